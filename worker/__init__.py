@@ -1,0 +1,30 @@
+"""maketrigger's worker: the agent in a build container that runs `make <target>` on request."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from . import config as config_module
+from .makefile import TargetCatalog
+from .runner import Runner
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """The worker app for one workspace. Settings: defaults, then WORKER_*, then `config`."""
+    cfg = config_module.load(config)
+    app = Flask(__name__)
+    app.config.update(cfg)
+    app.json.sort_keys = False
+    runner = Runner(cfg["WORKDIR"], cfg["STATE_DIR"], lock_mode=cfg["LOCK"],
+                    job_timeout=cfg["JOB_TIMEOUT"], kill_grace=cfg["KILL_GRACE"],
+                    keep_runs=cfg["KEEP_RUNS"])
+    runner.recover()
+    app.extensions["runner"] = runner
+    app.extensions["catalog"] = TargetCatalog(cfg["WORKDIR"])
+    if not cfg["TOKEN"]:
+        logging.getLogger(__name__).warning("WORKER_INSECURE=1: serving without a token")
+    from .api import bp
+    app.register_blueprint(bp)
+    return app

@@ -1,0 +1,176 @@
+"""The worker's HTTP API, spoken only by the controller (and by nothing without the token)."""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
+from werkzeug.exceptions import HTTPException
+
+from . import rules
+from .makefile import MakefileError
+from .runner import Busy, Run, RunExists, RunState, ShuttingDown, UnknownRun
+
+bp = Blueprint("worker", __name__)
+
+FOLLOW_POLL = 0.05  # seconds between looks at a growing log; the end of a run wakes at once
+CHUNK = 64 * 1024
+
+
+def _runner():
+    return current_app.extensions["runner"]
+
+
+def _run_json(run: Run) -> dict:
+    d = run.record()
+    for private in ("pid", "pid_start", "owner_pid"):
+        d.pop(private)
+    try:
+        d["log_size"] = os.path.getsize(_runner().log_path(run.id))
+    except OSError:
+        d["log_size"] = 0
+    return d
+
+
+@bp.before_app_request
+def require_token():
+    token = current_app.config["TOKEN"]
+    if not token:
+        return None
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return jsonify(error="missing or wrong worker token"), 401
+    return None
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(exc: HTTPException):
+    return jsonify(error=exc.description), exc.code
+
+
+@bp.app_errorhandler(Exception)
+def unexpected(exc: Exception):
+    current_app.logger.error("unexpected error on %s %s", request.method, request.path,
+                             exc_info=exc)
+    return jsonify(error=f"internal error: {type(exc).__name__}: {exc}"), 500
+
+
+@bp.app_errorhandler(rules.RuleError)
+def rule_error(exc):
+    return jsonify(error=str(exc)), 400
+
+
+@bp.app_errorhandler(Busy)
+@bp.app_errorhandler(RunExists)
+def conflict(exc):
+    return jsonify(error=str(exc)), 409
+
+
+@bp.app_errorhandler(UnknownRun)
+def unknown_run(exc):
+    return jsonify(error=f"no run {exc.args[0]} on this worker"), 404
+
+
+@bp.app_errorhandler(ShuttingDown)
+@bp.app_errorhandler(MakefileError)
+def unavailable(exc):
+    return jsonify(error=str(exc)), 503
+
+
+@bp.get("/healthz")
+def healthz():
+    cfg = current_app.config
+    runs = _runner().active()
+    return jsonify(ok=True, busy=bool(runs), runs=[r.id for r in runs], lock=cfg["LOCK"],
+                   job_timeout=cfg["JOB_TIMEOUT"], workdir=cfg["WORKDIR"])
+
+
+def allowed_targets() -> dict[str, str]:
+    """Buildable targets (after WORKER_TARGETS) with their descriptions."""
+    patterns = current_app.config["TARGETS"]
+    return {t.name: t.description for t in current_app.extensions["catalog"].targets()
+            if rules.target_allowed(t.name, patterns)}
+
+
+@bp.get("/targets")
+def targets():
+    return jsonify(targets=[{"name": n, "description": d} for n, d in allowed_targets().items()])
+
+
+def check_request(body: dict) -> tuple[str, dict, float | None]:
+    """Everything the worker enforces before make may see a request."""
+    cfg = current_app.config
+    target = rules.check_target_syntax(body.get("target"))
+    variables = rules.check_vars_syntax(body.get("vars"))
+    rules.check_vars_allowed(variables, cfg["VARS"])
+    if not rules.target_allowed(target, cfg["TARGETS"]):
+        raise rules.RuleError(f"target {target} is not allowed by WORKER_TARGETS")
+    if target not in allowed_targets():
+        raise rules.RuleError(f"target {target} is not defined in the workspace's makefile")
+    timeout = body.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise rules.RuleError("timeout must be a positive number of seconds")
+        if timeout > cfg["JOB_TIMEOUT"]:
+            raise rules.RuleError(f"timeout must be at most {cfg['JOB_TIMEOUT']:g} s "
+                                  "(WORKER_JOB_TIMEOUT)")
+    return target, variables, timeout
+
+
+@bp.post("/runs")
+def start_run():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        abort(400, "body must be a JSON object")
+    run_id = body.get("id")
+    if not isinstance(run_id, str):
+        raise rules.RuleError("id must be a string")
+    target, variables, timeout = check_request(body)
+    run = _runner().start(run_id, target, variables, timeout)
+    return jsonify(_run_json(run)), 201
+
+
+@bp.get("/runs/<run_id>")
+def get_run(run_id: str):
+    run = _runner().get(run_id)
+    if run.state is not RunState.RUNNING:
+        run.reported = True
+    return jsonify(_run_json(run))
+
+
+@bp.delete("/runs/<run_id>")
+def cancel_run(run_id: str):
+    return jsonify(_run_json(_runner().cancel(run_id))), 202
+
+
+@bp.get("/runs/<run_id>/log")
+def run_log(run_id: str):
+    runner = _runner()
+    run = runner.get(run_id)
+    offset = request.args.get("offset", "0")
+    if not offset.isdigit():
+        abort(400, "offset must be a non-negative integer")
+    follow = request.args.get("follow") in ("1", "true")
+    try:
+        f = open(runner.log_path(run.id), "rb")  # noqa: SIM115 (closed by the stream)
+    except FileNotFoundError:
+        abort(404, f"the log of run {run_id} is gone")
+    f.seek(int(offset))
+
+    def chunks():
+        with f:
+            while True:
+                data = f.read(CHUNK)
+                if data:
+                    yield data
+                    continue
+                if not follow or run.done.is_set():
+                    rest = f.read()  # anything written just before the end
+                    if rest:
+                        yield rest
+                    return
+                run.done.wait(FOLLOW_POLL)
+
+    return Response(stream_with_context(chunks()), mimetype="text/plain",
+                    headers={"X-Run-State": run.state.value, "Cache-Control": "no-store"})

@@ -1,0 +1,74 @@
+"""The worker's settings: defaults, then environment variables, then explicit overrides."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the worker must not start."""
+
+
+def _list(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+# name: (environment variable, parser, default)
+SETTINGS = {
+    "WORKDIR": ("WORKER_WORKDIR", str, "/workspace"),
+    "STATE_DIR": ("WORKER_STATE_DIR", str, None),
+    "LOCK": ("WORKER_LOCK", str, "workspace"),
+    "TARGETS": ("WORKER_TARGETS", _list, []),
+    "VARS": ("WORKER_VARS", _list, []),
+    "JOB_TIMEOUT": ("WORKER_JOB_TIMEOUT", float, 3600.0),
+    "KILL_GRACE": ("WORKER_KILL_GRACE", float, 10.0),
+    "KEEP_RUNS": ("WORKER_KEEP_RUNS", int, 100),
+    "TOKEN": ("TRIGGER_WORKER_TOKEN", str, ""),
+    "INSECURE": ("WORKER_INSECURE", _bool, False),
+}
+
+
+def read_secret(environ, name: str) -> str:
+    """`NAME` or, Docker-secrets style, the stripped content of the file named by `NAME_FILE`."""
+    value = environ.get(name, "")
+    path = environ.get(f"{name}_FILE", "")
+    if not value and path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc}") from exc
+    return value
+
+
+def load(overrides: dict | None = None, environ=None) -> dict:
+    """Every setting, parsed and checked; raises ConfigError naming the bad variable."""
+    environ = os.environ if environ is None else environ
+    cfg: dict = {}
+    for key, (var, parse, default) in SETTINGS.items():
+        raw = read_secret(environ, var) if key == "TOKEN" else environ.get(var)
+        try:
+            cfg[key] = parse(raw) if raw not in (None, "") else default
+        except ValueError as exc:
+            raise ConfigError(f"{var}={raw!r}: {exc}") from None
+    cfg.update(overrides or {})
+    if cfg["LOCK"] not in ("workspace", "target"):
+        raise ConfigError(f"WORKER_LOCK must be 'workspace' or 'target', not {cfg['LOCK']!r}")
+    if not os.path.isdir(cfg["WORKDIR"]):
+        raise ConfigError(f"WORKER_WORKDIR {cfg['WORKDIR']!r} is not a directory")
+    cfg["WORKDIR"] = os.path.realpath(cfg["WORKDIR"])
+    if not cfg["TOKEN"] and not cfg["INSECURE"]:
+        raise ConfigError("no worker token: set TRIGGER_WORKER_TOKEN (or TRIGGER_WORKER_TOKEN_FILE)"
+                          ", or WORKER_INSECURE=1 to run without one")
+    if cfg["JOB_TIMEOUT"] <= 0 or cfg["KILL_GRACE"] < 0:
+        raise ConfigError("WORKER_JOB_TIMEOUT must be > 0 and WORKER_KILL_GRACE >= 0")
+    if not cfg["STATE_DIR"]:
+        digest = hashlib.sha256(cfg["WORKDIR"].encode()).hexdigest()[:12]
+        cfg["STATE_DIR"] = os.path.join(tempfile.gettempdir(), f"maketrigger-worker-{digest}")
+    return cfg

@@ -1,0 +1,38 @@
+"""gunicorn settings for the worker: exactly one process, since the running build is in-process
+state. Plain settings read from the environment; hooks are plain functions."""
+
+import logging
+import os
+import signal
+import threading
+
+bind = os.environ.get("WORKER_BIND", "0.0.0.0:8000")
+workers = 1  # never more: the runs and their waiter threads live in this one process
+worker_class = "gthread"
+threads = int(os.environ.get("WORKER_THREADS", "8"))
+timeout = 30
+# Long enough for running builds to get SIGTERM, end within their kill grace, and be reported.
+graceful_timeout = int(float(os.environ.get("WORKER_KILL_GRACE", "10"))) + 10
+control_socket_disable = True
+accesslog = os.environ.get("WORKER_ACCESS_LOG") or None
+loglevel = os.environ.get("WORKER_LOG_LEVEL", "info")
+
+
+def post_worker_init(worker):
+    """On SIGTERM (a `docker stop`), cancel running builds before gunicorn stops serving, so
+    the controller still hears how they ended."""
+    runner = worker.wsgi.extensions["runner"]
+    gunicorn_handler = signal.getsignal(signal.SIGTERM)
+
+    def finish_then_exit():
+        try:
+            runner.shutdown("worker shutdown")
+        except Exception:
+            logging.getLogger(__name__).exception("stopping the running builds failed")
+        finally:
+            gunicorn_handler(signal.SIGTERM, None)
+
+    def on_sigterm(signum, frame):
+        threading.Thread(target=finish_then_exit, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)

@@ -1,0 +1,130 @@
+"""Reading a workspace's targets, and their `##` descriptions, from make's own database."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import threading
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+# `## target: description` on a line of its own, or `target: deps ## description`.
+_DOC_LINE = re.compile(r"^##\s*([^\s:#=]+)\s*:\s*(.*?)\s*$")
+_DOC_INLINE = re.compile(r"^([^\s:#=][^:#=]*?)\s*::?(?!=)[^#=]*?##\s*(.*?)\s*$")
+_RULE = re.compile(r"^([^#\s:=][^:=]*?)::?(?:\s|$)")
+_MAKEFILE_LIST = re.compile(r"^MAKEFILE_LIST :?= (.*)$")
+
+
+class MakefileError(RuntimeError):
+    """make could not read the workspace's makefile."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description}
+
+
+def read_database(workdir: str, timeout: float = 30) -> str:
+    """make's printed database for `workdir`, without running any recipe (`-pRrq`)."""
+    try:
+        proc = subprocess.run(
+            ["make", "-C", workdir, "-pRrq", "--", ":"], stdin=subprocess.DEVNULL,
+            capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MakefileError(f"could not run make: {exc}") from exc
+    out = proc.stdout.decode("utf-8", "replace")
+    if "\n# Files" not in out:
+        err = proc.stderr.decode("utf-8", "replace").strip()
+        raise MakefileError(f"make could not read the makefile: {err or 'no database printed'}")
+    return out
+
+
+def parse_targets(database: str) -> tuple[list[str], list[str]]:
+    """(target names, makefile paths) from a printed database; no special or pattern targets."""
+    makefiles: list[str] = []
+    names: list[str] = []
+    in_files = False
+    not_a_target = False
+    for line in database.splitlines():
+        if not in_files:
+            m = _MAKEFILE_LIST.match(line)
+            if m:
+                makefiles = m.group(1).split()
+            if line == "# Files":
+                in_files = True
+            continue
+        if line.startswith("# files hash-table stats"):
+            break
+        if line == "# Not a target:":
+            not_a_target = True
+            continue
+        m = _RULE.match(line)
+        if m:
+            if not not_a_target:
+                names.extend(n for n in m.group(1).split()
+                             if not n.startswith(".") and "%" not in n)
+            not_a_target = False
+    return sorted(set(names)), makefiles
+
+
+def parse_descriptions(text: str) -> dict[str, str]:
+    """`##` help comments of one makefile's text, by target name."""
+    docs: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _DOC_LINE.match(line)
+        if m:
+            docs.setdefault(m.group(1), m.group(2))
+            continue
+        m = _DOC_INLINE.match(line)
+        if m:
+            for name in m.group(1).split():
+                docs.setdefault(name, m.group(2))
+    return docs
+
+
+class TargetCatalog:
+    """The targets of one workspace, re-read only when a makefile (or the folder) changes."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._makefiles: list[str] = []
+        self._targets: list[Target] = []
+
+    def _stamp(self, paths: list[str]) -> tuple:
+        stamp = []
+        for path in [".", *paths]:
+            try:
+                st = os.stat(os.path.join(self.workdir, path))
+                stamp.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                stamp.append((path, None))
+        return tuple(stamp)
+
+    def targets(self) -> list[Target]:
+        """All buildable targets, with descriptions; raises MakefileError if make cannot read."""
+        with self._lock:
+            if self._key is not None and self._key == self._stamp(self._makefiles):
+                return self._targets
+            names, makefiles = parse_targets(read_database(self.workdir))
+            docs: dict[str, str] = {}
+            for path in makefiles:
+                try:
+                    with open(os.path.join(self.workdir, path), encoding="utf-8",
+                              errors="replace") as f:
+                        for name, text in parse_descriptions(f.read()).items():
+                            docs.setdefault(name, text)
+                except OSError as exc:
+                    log.warning("cannot read makefile %s: %s", path, exc)
+            self._targets = [Target(n, docs.get(n, "")) for n in names]
+            self._makefiles = makefiles
+            self._key = self._stamp(makefiles)
+            return self._targets

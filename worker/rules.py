@@ -1,0 +1,148 @@
+"""What may reach make's command line.
+
+`make` runs commands, so every target name and variable that a request carries is checked
+here before it goes anywhere near an argv. The worker enforces all of it; the controller imports
+this module for its early syntax checks, so the rules live in exactly one place.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+
+# Characters that never appear in a target name we accept. `=` matters even after `--`: make
+# reads NAME=VALUE as a variable assignment wherever it stands on the command line.
+_TARGET_FORBIDDEN = {
+    "=": "'=' (make reads NAME=VALUE as a variable assignment)",
+    "$": "'$' (make expands variables and functions)",
+    "`": "backticks",
+    "'": "quotes",
+    '"': "quotes",
+    ";": "';'",
+    "|": "'|'",
+    "&": "'&'",
+    "\0": "NUL",
+}
+
+VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Variables that change how make runs commands or parses its own command line. A command-line
+# SHELL= alone runs arbitrary programs; MAKEFLAGS= smuggles in options.
+REFUSED_VARS = frozenset({
+    "SHELL", "MAKEFLAGS", "MFLAGS", "MAKEFILES", "MAKE", ".SHELLFLAGS", "MAKECMDGOALS",
+    "GNUMAKEFLAGS", "MAKEOVERRIDES", "VPATH", ".RECIPEPREFIX",
+})
+
+_VALUE_FORBIDDEN = {
+    "$": "'$' (a $(shell ...) value executes)",
+    "`": "backticks",
+    "'": "quotes",
+    '"': "quotes",
+    ";": "';'",
+    "|": "'|'",
+    "&": "'&'",
+    "<": "'<'",
+    ">": "'>'",
+    "\n": "newlines",
+    "\r": "newlines",
+    "\0": "NUL",
+}
+
+MAX_TARGET_LEN = 200
+MAX_VALUE_LEN = 4096
+MAX_VARS = 64
+
+
+class RuleError(ValueError):
+    """An input that must not reach make; the message names the rule it breaks."""
+
+
+def check_target_syntax(target: object) -> str:
+    """Return `target` if its spelling is acceptable to pass to make, else raise RuleError."""
+    if not isinstance(target, str):
+        raise RuleError("target must be a string")
+    if not target:
+        raise RuleError("target must not be empty")
+    if len(target) > MAX_TARGET_LEN:
+        raise RuleError(f"target must be at most {MAX_TARGET_LEN} characters")
+    if target.startswith("-"):
+        raise RuleError("target must not start with '-' (make would read it as an option)")
+    if target.startswith("."):
+        raise RuleError("target must not start with '.' (special targets are not buildable)")
+    if "%" in target:
+        raise RuleError("target must not contain '%' (pattern rules are not targets)")
+    for ch, why in _TARGET_FORBIDDEN.items():
+        if ch in target:
+            raise RuleError(f"target must not contain {why}")
+    if any(c.isspace() for c in target):
+        raise RuleError("target must not contain whitespace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in target):
+        raise RuleError("target must not contain control characters")
+    return target
+
+
+def target_allowed(target: str, patterns: Iterable[str]) -> bool:
+    """True if no allow-list is configured, or `target` matches one of its glob patterns."""
+    patterns = [p for p in patterns if p]
+    return not patterns or any(fnmatch.fnmatchcase(target, p) for p in patterns)
+
+
+def check_var_name(name: object) -> str:
+    """Return `name` if it is a variable name make may be given on its command line."""
+    if not isinstance(name, str) or not VAR_NAME_RE.fullmatch(name):
+        raise RuleError(f"variable name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
+    if name in REFUSED_VARS or name.startswith((".", "MAKE")):
+        raise RuleError(f"variable {name} is always refused (it changes how make runs commands)")
+    return name
+
+
+def check_var_value(name: str, value: object) -> str:
+    """Return `value` if it cannot make make execute anything, else raise RuleError."""
+    if not isinstance(value, str):
+        raise RuleError(f"value of {name} must be a string")
+    if len(value) > MAX_VALUE_LEN:
+        raise RuleError(f"value of {name} must be at most {MAX_VALUE_LEN} characters")
+    for ch, why in _VALUE_FORBIDDEN.items():
+        if ch in value:
+            raise RuleError(f"value of {name} must not contain {why}")
+    if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+        raise RuleError(f"value of {name} must not contain control characters")
+    return value
+
+
+def check_vars_syntax(variables: object) -> dict[str, str]:
+    """Check every name and value of a `vars` object; returns it as a plain dict."""
+    if variables is None:
+        return {}
+    if not isinstance(variables, Mapping):
+        raise RuleError("vars must be an object of NAME: VALUE strings")
+    if len(variables) > MAX_VARS:
+        raise RuleError(f"at most {MAX_VARS} variables are accepted")
+    return {check_var_name(k): check_var_value(k, v) for k, v in variables.items()}
+
+
+def check_vars_allowed(variables: Mapping[str, str], allowed: Iterable[str]) -> None:
+    """Refuse any variable whose name the worker's WORKER_VARS does not list."""
+    allowed = set(allowed)
+    for name in variables:
+        if name not in allowed:
+            if not allowed:
+                raise RuleError(f"variable {name} refused: this worker accepts no variables "
+                                "(WORKER_VARS is empty)")
+            raise RuleError(f"variable {name} refused: not listed in WORKER_VARS")
+
+
+def make_argv(workdir: str, target: str, variables: Mapping[str, str]) -> list[str]:
+    """The exact argv of a build; every part is checked again here, whatever the caller did."""
+    check_target_syntax(target)
+    checked = check_vars_syntax(variables)
+    return ["make", "-C", workdir, *(f"{k}={v}" for k, v in checked.items()), "--", target]
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """Split a command-line `NAME=VALUE` into a checked pair (used by the CLI and schedules)."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise RuleError(f"{text!r} is not NAME=VALUE")
+    return check_var_name(name), check_var_value(name, value)

@@ -1,0 +1,401 @@
+"""The make processes of one workspace: start, follow, cancel, time out, and clean up after.
+
+Each run is identified by the controller's job id. A run's record (JSON) and its log live in the
+worker's state folder, so a worker that restarts still knows what its predecessor ran. make's
+stdout and stderr are the log file itself: output lands in order even while nobody reads it, and
+is not lost if the worker dies.
+
+The lock that keeps builds apart is an flock on the workspace folder (and, with
+`WORKER_LOCK=target`, on a per-target file inside `.maketrigger/locks/`). It is held by make
+itself (the descriptors are inherited), so it lasts exactly as long as the build does, across
+every process and container that shares the workspace.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from . import rules
+
+log = logging.getLogger(__name__)
+
+RUN_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class RunState(str, Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+class Busy(Exception):
+    """The workspace (or the target) is locked by another build."""
+
+
+class RunExists(Exception):
+    """A run with this id was started before: each job runs at most once."""
+
+
+class UnknownRun(KeyError):
+    """No run with this id is known here."""
+
+
+class ShuttingDown(Exception):
+    """The worker is stopping and takes no new builds."""
+
+
+@dataclass
+class Run:
+    id: str
+    target: str
+    vars: dict
+    state: RunState = RunState.RUNNING
+    exit_code: int | None = None
+    error: str | None = None
+    started_at: float = 0.0
+    finished_at: float | None = None
+    timeout: float | None = None
+    pid: int | None = None
+    pid_start: str | None = None
+    owner_pid: int = 0
+    host: str = ""
+    # In memory only:
+    done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    end_state: RunState | None = field(default=None, repr=False, compare=False)
+    end_reason: str | None = field(default=None, repr=False, compare=False)
+    reported: bool = field(default=False, repr=False, compare=False)
+
+    _PERSISTED = ("id", "target", "vars", "state", "exit_code", "error", "started_at",
+                  "finished_at", "timeout", "pid", "pid_start", "owner_pid", "host")
+
+    def record(self) -> dict:
+        d = {k: getattr(self, k) for k in self._PERSISTED}
+        d["state"] = self.state.value
+        return d
+
+    @classmethod
+    def from_record(cls, d: dict) -> Run:
+        run = cls(**{k: d.get(k) for k in cls._PERSISTED if k in d})
+        run.state = RunState(d["state"])
+        if run.state is not RunState.RUNNING:
+            run.done.set()
+        return run
+
+
+def describe_exit(code: int) -> str:
+    """A readable end for a process return code: 'exit status 2', 'killed by SIGKILL'."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_group(pgid: int, sig: int) -> bool:
+    """Signal a whole process group; a group that is already gone is not an error."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError as exc:
+        log.warning("cannot signal process group %s: %s", pgid, exc)
+        return False
+
+
+class Runner:
+    """Every build of one workspace that this worker process started or inherited."""
+
+    def __init__(self, workdir: str, state_dir: str, *, lock_mode: str = "workspace",
+                 job_timeout: float = 3600, kill_grace: float = 10, keep_runs: int = 100):
+        self.workdir = os.path.abspath(workdir)
+        self.state_dir = state_dir
+        self.runs_dir = os.path.join(state_dir, "runs")
+        self.lock_mode = lock_mode
+        self.job_timeout = job_timeout
+        self.kill_grace = kill_grace
+        self.keep_runs = keep_runs
+        self.host = socket.gethostname()
+        self._lock = threading.Lock()
+        self._active: dict[str, Run] = {}
+        self._stopping = False
+        os.makedirs(self.runs_dir, exist_ok=True)
+
+    # --- files ---------------------------------------------------------------------------
+    def log_path(self, run_id: str) -> str:
+        return os.path.join(self.runs_dir, f"{run_id}.log")
+
+    def _record_path(self, run_id: str) -> str:
+        return os.path.join(self.runs_dir, f"{run_id}.json")
+
+    def _save(self, run: Run) -> None:
+        path = self._record_path(run.id)
+        tmp = f"{path}.tmp{threading.get_ident()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(run.record(), f)
+        os.replace(tmp, path)
+
+    def _load(self, run_id: str) -> Run | None:
+        try:
+            with open(self._record_path(run_id), encoding="utf-8") as f:
+                return Run.from_record(json.load(f))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("unreadable run record %s: %s", run_id, exc)
+            return None
+
+    # --- locks ---------------------------------------------------------------------------
+    def _take_locks(self, target: str) -> list[int]:
+        """Open and flock what this build needs; raises Busy if another build holds it."""
+        fds: list[int] = []
+        try:
+            fd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
+            fds.append(fd)
+            if self.lock_mode == "target":
+                self._flock(fd, fcntl.LOCK_SH, "the workspace is locked by another build")
+                fd = os.open(self._target_lock_file(target), os.O_RDWR | os.O_CREAT, 0o666)
+                fds.append(fd)
+                self._flock(fd, fcntl.LOCK_EX, f"target {target} is already being built")
+            else:
+                self._flock(fd, fcntl.LOCK_EX, "the workspace is busy with another build")
+            return fds
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+    @staticmethod
+    def _flock(fd: int, kind: int, busy_message: str) -> None:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise Busy(busy_message) from None
+            raise
+
+    def _target_lock_file(self, target: str) -> str:
+        folder = os.path.join(self.workdir, ".maketrigger", "locks")
+        if not os.path.isdir(folder):
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(self.workdir, ".maketrigger", ".gitignore"), "w") as f:
+                f.write("# maketrigger's lock files\n*\n")
+        return os.path.join(folder, hashlib.sha256(target.encode()).hexdigest()[:32] + ".lock")
+
+    # --- runs ----------------------------------------------------------------------------
+    def start(self, run_id: str, target: str, variables: dict, timeout: float | None) -> Run:
+        """Start `make -- target` as run `run_id`. The caller has validated target and vars."""
+        if not RUN_ID_RE.fullmatch(run_id):
+            raise rules.RuleError("run id must be 1-64 letters, digits, '_', '.' or '-'")
+        limit = self.job_timeout if timeout is None else timeout
+        argv = rules.make_argv(self.workdir, target, variables)
+        with self._lock:
+            if self._stopping:
+                raise ShuttingDown("the worker is shutting down")
+            if run_id in self._active or os.path.exists(self._record_path(run_id)):
+                raise RunExists(f"run {run_id} was already started on this worker")
+            fds = self._take_locks(target)
+            try:
+                run = self._spawn(run_id, target, dict(variables), limit, argv, fds)
+            finally:
+                for fd in fds:  # make holds its own copies now
+                    os.close(fd)
+            self._active[run_id] = run
+        threading.Thread(target=self._wait, args=(run,), name=f"run-{run_id}",
+                         daemon=True).start()
+        self._prune()
+        return run
+
+    def _spawn(self, run_id, target, variables, limit, argv, fds) -> Run:
+        logfd = os.open(self.log_path(run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC,
+                        0o644)
+        try:
+            os.write(logfd, ("+ " + " ".join(argv) + "\n").encode())
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=logfd, stderr=subprocess.STDOUT,
+                cwd=self.workdir, start_new_session=True, pass_fds=tuple(fds), close_fds=True)
+        except OSError as exc:
+            os.write(logfd, f"*** maketrigger: could not start make: {exc}\n".encode())
+            raise
+        finally:
+            os.close(logfd)
+        run = Run(id=run_id, target=target, vars=variables, started_at=time.time(),
+                  timeout=limit, pid=proc.pid, pid_start=_process_start(proc.pid),
+                  owner_pid=os.getpid(), host=self.host)
+        run._proc = proc  # type: ignore[attr-defined]
+        try:
+            self._save(run)
+        except OSError:
+            kill_group(proc.pid, signal.SIGKILL)  # a build nobody could account for must not run
+            proc.wait()
+            raise
+        log.info("run %s: started make %s (pid %s)", run_id, target, proc.pid)
+        return run
+
+    def _wait(self, run: Run) -> None:
+        """Follow one make to its end, enforce its timeout, and write its result."""
+        proc: subprocess.Popen = run._proc  # type: ignore[attr-defined]
+        try:
+            try:
+                code = proc.wait(timeout=run.timeout)
+            except subprocess.TimeoutExpired:
+                self._stop(run, RunState.FAILED, f"timed out after {run.timeout:g} s")
+                code = proc.wait()
+            kill_group(proc.pid, signal.SIGKILL)  # what make left behind in its group
+            self._finish(run, code)
+        except Exception:
+            log.exception("run %s: lost track of make", run.id)
+            self._finish(run, None, RunState.LOST, "the worker lost track of make")
+
+    def _finish(self, run: Run, code: int | None, state: RunState | None = None,
+                error: str | None = None) -> None:
+        run.exit_code = code if code is not None and code >= 0 else None
+        if state is None:
+            if run.end_state is not None:
+                state, error = run.end_state, run.end_reason
+            elif code == 0:
+                state = RunState.SUCCEEDED
+            else:
+                state, error = RunState.FAILED, f"make ended with {describe_exit(code)}"
+        run.state, run.error, run.finished_at = state, error, time.time()
+        if state is not RunState.SUCCEEDED:
+            with open(self.log_path(run.id), "ab") as f:
+                f.write(f"*** maketrigger: {state.value}: {error}\n".encode())
+        self._save(run)
+        with self._lock:
+            self._active.pop(run.id, None)
+        run.done.set()
+        log.info("run %s: %s (%s)", run.id, state.value, error or "ok")
+
+    def _stop(self, run: Run, state: RunState, reason: str) -> None:
+        """SIGTERM the build's process group, then SIGKILL it after the grace period."""
+        if run.done.is_set() or run.end_state is not None:
+            return
+        run.end_state, run.end_reason = state, reason
+        kill_group(run.pid, signal.SIGTERM)
+
+        def escalate() -> None:
+            if not run.done.wait(self.kill_grace):
+                log.warning("run %s: still running %gs after SIGTERM; SIGKILL", run.id,
+                            self.kill_grace)
+                kill_group(run.pid, signal.SIGKILL)
+
+        threading.Thread(target=escalate, name=f"kill-{run.id}", daemon=True).start()
+
+    def cancel(self, run_id: str, reason: str = "cancelled on request") -> Run:
+        run = self.get(run_id)
+        self._stop(run, RunState.CANCELLED, reason)
+        return run
+
+    def get(self, run_id: str) -> Run:
+        with self._lock:
+            run = self._active.get(run_id)
+        if run is None and RUN_ID_RE.fullmatch(run_id):
+            run = self._load(run_id)
+        if run is None:
+            raise UnknownRun(run_id)
+        return run
+
+    def active(self) -> list[Run]:
+        with self._lock:
+            return list(self._active.values())
+
+    # --- start-up and shutdown -----------------------------------------------------------
+    def recover(self) -> None:
+        """End what a predecessor of this worker left running; mark its runs `lost`."""
+        for name in os.listdir(self.runs_dir):
+            if not name.endswith(".json"):
+                continue
+            run = self._load(name[:-5])
+            if run is None or run.state is not RunState.RUNNING:
+                continue
+            same_host = run.host == self.host
+            if same_host and run.owner_pid != os.getpid() and _alive(run.owner_pid):
+                continue  # a live sibling worker on this host owns it
+            reason = "the worker restarted during the build"
+            if same_host and run.pid and _process_start(run.pid) == run.pid_start:
+                log.warning("run %s: ending make (pid %s) left by a dead worker", run.id, run.pid)
+                kill_group(run.pid, signal.SIGTERM)
+                deadline = time.monotonic() + self.kill_grace
+                while _process_start(run.pid) == run.pid_start and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                kill_group(run.pid, signal.SIGKILL)
+                reason += "; the build it left running was stopped"
+            self._finish(run, None, RunState.LOST, reason)
+
+    def shutdown(self, reason: str = "worker shutdown", linger: float = 2.0) -> None:
+        """Refuse new builds, stop the running ones, and give the controller a moment to read
+        their final state. Returns once they have ended (bounded by the kill grace)."""
+        with self._lock:
+            self._stopping = True
+            runs = list(self._active.values())
+        for run in runs:
+            self._stop(run, RunState.CANCELLED, reason)
+        deadline = time.monotonic() + self.kill_grace + 2
+        for run in runs:
+            run.done.wait(max(0.0, deadline - time.monotonic()))
+        deadline = time.monotonic() + linger
+        while runs and not all(r.reported for r in runs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _prune(self) -> None:
+        """Keep the records and logs of at most `keep_runs` finished runs."""
+        try:
+            names = [n for n in os.listdir(self.runs_dir) if n.endswith(".json")]
+        except OSError:
+            return
+        if len(names) <= self.keep_runs:
+            return
+        active = {r.id for r in self.active()}
+        paths = sorted((os.path.join(self.runs_dir, n) for n in names
+                        if n[:-5] not in active), key=_mtime)
+        for path in paths[: max(0, len(names) - self.keep_runs)]:
+            for p in (path, path[:-5] + ".log"):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
