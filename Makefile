@@ -1,0 +1,45 @@
+# maketrigger: wheels, container images and their end-to-end tests.
+#
+#   make wheels        dependency wheels in wheels/, so the images build without the index
+#   make base-image    the stand-in base image (debootstrap), for machines without a registry
+#   make images        both images, tagged as docker-compose.yml names them
+#   make e2e           the end-to-end tests against real containers (tests/e2e)
+#
+# Every variable can be set on the command line or in the environment, e.g.
+#   make images WORKER_BASE_IMAGE=rocker/verse:4.4 TRIGGER_WORKER_IMAGE=my-worker:4.4
+
+PYTHON ?= python3
+DOCKER ?= docker
+export DOCKER
+
+BASE_IMAGE ?= python:3.12-slim-bookworm
+WORKER_BASE_IMAGE ?= $(BASE_IMAGE)
+STANDIN_IMAGE ?= maketrigger-base:bookworm
+export STANDIN_IMAGE
+TRIGGER_SERVER_IMAGE ?= maketrigger-server:local
+TRIGGER_WORKER_IMAGE ?= maketrigger-worker:local
+
+.PHONY: help wheels base-image images e2e
+
+help:
+	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
+
+# The project and every dependency as wheels, plus setuptools to build the project from source
+# inside the image. They must suit the image's Python: the stand-in base has Debian's 3.11.
+wheels:
+	$(PYTHON) -m pip wheel --quiet . 'setuptools>=61' -w wheels/
+
+base-image:
+	scripts/base-image.sh build $(STANDIN_IMAGE)
+
+# A base image that can be neither found nor pulled is replaced by the stand-in.
+images: wheels
+	base=$$(scripts/base-image.sh resolve $(BASE_IMAGE)) && \
+	$(DOCKER) build -f Dockerfile.server --build-arg BASE_IMAGE=$$base \
+		-t $(TRIGGER_SERVER_IMAGE) .
+	base=$$(scripts/base-image.sh resolve $(WORKER_BASE_IMAGE)) && \
+	$(DOCKER) build -f Dockerfile.worker --build-arg BASE_IMAGE=$$base \
+		-t $(TRIGGER_WORKER_IMAGE) .
+
+e2e:
+	$(PYTHON) -m pytest -m docker -v tests/e2e
