@@ -62,9 +62,13 @@ def rule_error(exc):
 
 
 @bp.app_errorhandler(Busy)
+def busy(exc):
+    return jsonify(error=str(exc), reason="busy"), 409
+
+
 @bp.app_errorhandler(RunExists)
-def conflict(exc):
-    return jsonify(error=str(exc)), 409
+def exists(exc):
+    return jsonify(error=str(exc), reason="exists"), 409
 
 
 @bp.app_errorhandler(UnknownRun)

@@ -11,6 +11,7 @@ workers = 1  # never more: the runs and their waiter threads live in this one pr
 worker_class = "gthread"
 threads = int(os.environ.get("WORKER_THREADS", "8"))
 timeout = 30
+keepalive = 75  # longer than the controller's health interval, so kept-alive links get reused
 # Long enough for running builds to get SIGTERM, end within their kill grace, and be reported.
 graceful_timeout = int(float(os.environ.get("WORKER_KILL_GRACE", "10"))) + 10
 control_socket_disable = True

@@ -1,0 +1,34 @@
+"""maketrigger's controller: takes triggers, queues jobs, hands them to workers, keeps history."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from . import config as config_module
+from .api import WaitSlots, bp
+from .dispatch import Dispatcher
+from .store import Store
+from .workers import WorkerClient, WorkerPool
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """The controller app. Settings: defaults, then TRIGGER_* variables, then `config`.
+
+    The dispatcher is created here but started by the gunicorn hook (or a test), never at
+    import time: threads do not survive gunicorn's fork.
+    """
+    cfg = config_module.load(config)
+    app = Flask(__name__)
+    app.config.update(cfg)
+    app.config["MAX_CONTENT_LENGTH"] = cfg["MAX_BODY"]
+    app.json.sort_keys = False
+    store = Store(cfg["DB"], max_log_bytes=cfg["MAX_LOG_BYTES"])
+    client = WorkerClient(cfg["WORKER_TOKEN"])
+    pool = WorkerPool(cfg["WORKERS"], client, resolve_interval=cfg["RESOLVE_INTERVAL"],
+                      health_interval=cfg["HEALTH_INTERVAL"])
+    app.extensions.update(
+        store=store, pool=pool,
+        dispatcher=Dispatcher(store, pool, client, lost_after=cfg["LOST_AFTER"]),
+        wait_slots=WaitSlots(cfg["MAX_WAITERS"]))
+    app.register_blueprint(bp)
+    return app

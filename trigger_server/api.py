@@ -1,0 +1,358 @@
+"""The public HTTP API: validation at the edge, JSON errors, one concern per view."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
+from werkzeug.exceptions import HTTPException
+
+from worker import rules
+
+from .store import Job, JobState, StoreError
+
+bp = Blueprint("api", __name__)
+
+# POST /jobs with `wait`: the HTTP status tells how the job ended (curl --fail exits non-zero).
+WAIT_STATUS = {
+    JobState.SUCCEEDED: 200,
+    JobState.FAILED: 422,
+    JobState.CANCELLED: 409,
+    JobState.LOST: 502,
+}
+JOB_FIELDS = {"target", "vars", "worker", "wait", "timeout", "source"}
+SOURCES = ("api", "cli")
+LOG_CHUNK = 256 * 1024
+KEEPALIVE = 15.0
+
+
+class TooBusy(Exception):
+    """Too many requests are already holding a thread while they wait."""
+
+
+def _store():
+    return current_app.extensions["store"]
+
+
+def _dispatcher():
+    return current_app.extensions["dispatcher"]
+
+
+def _pool():
+    return current_app.extensions["pool"]
+
+
+def error(status: int, message: str):
+    return jsonify(error=message), status
+
+
+# --- auth and errors --------------------------------------------------------------------
+@bp.before_app_request
+def require_token():
+    token = current_app.config["API_TOKEN"]
+    if not token or request.path == "/healthz":
+        return None
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return error(401, "missing or wrong API token (Authorization: Bearer ...)")
+    return None
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(exc: HTTPException):
+    return error(exc.code or 500, exc.description or exc.name)
+
+
+@bp.app_errorhandler(rules.RuleError)
+def rule_error(exc: rules.RuleError):
+    return error(400, str(exc))
+
+
+@bp.app_errorhandler(TooBusy)
+def too_busy(exc: TooBusy):
+    resp, status = error(429, str(exc))
+    resp.headers["Retry-After"] = "5"
+    return resp, status
+
+
+@bp.app_errorhandler(StoreError)
+def store_error(exc: StoreError):
+    return error(503, str(exc))
+
+
+@bp.app_errorhandler(Exception)
+def unexpected(exc: Exception):
+    current_app.logger.error("unexpected error on %s %s", request.method, request.path,
+                             exc_info=exc)
+    return error(500, f"internal error: {type(exc).__name__}")
+
+
+# --- long requests ------------------------------------------------------------------------
+class WaitSlots:
+    """Bounds how many requests may hold a server thread while they wait or follow a log."""
+
+    def __init__(self, size: int):
+        self._sem = threading.BoundedSemaphore(size)
+
+    def take(self) -> None:
+        if not self._sem.acquire(blocking=False):
+            raise TooBusy("too many requests are waiting already; retry later, or poll "
+                          "GET /jobs/<id> instead of waiting")
+
+    def give(self) -> None:
+        self._sem.release()
+
+
+def wait_for_end(job_id: int, seconds: float) -> Job:
+    """The job once it has ended, or as it is when `seconds` have passed."""
+    dispatcher = _dispatcher()
+    deadline = time.monotonic() + seconds
+    while True:
+        version = dispatcher.version
+        job = _store().get_job(job_id)
+        left = deadline - time.monotonic()
+        if job.state.ended or left <= 0:
+            return job
+        dispatcher.wait_changed(version, left)
+
+
+# --- jobs ---------------------------------------------------------------------------------
+def _job_request() -> dict:
+    """The fields of POST /jobs, from a JSON object or a form (`curl -d target=html`)."""
+    if request.mimetype == "application/json":
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            abort(400, "body must be a JSON object (valid UTF-8 JSON)")
+        return body
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data") or (
+            not request.get_data(cache=True)):
+        form = request.values
+        body = {k: form.get(k) for k in JOB_FIELDS if k in form and k != "var"}
+        assignments = form.getlist("var")
+        if assignments:
+            body["vars"] = dict(rules.parse_assignment(a) for a in assignments)
+        unknown = set(form) - JOB_FIELDS - {"var"}
+        if unknown:
+            abort(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        for key in ("wait", "timeout"):
+            if key in body:
+                body[key] = _form_number(key, body[key])
+        return body
+    abort(415, "send application/json or a form (application/x-www-form-urlencoded)")
+
+
+def _form_number(key: str, text: str):
+    if key == "wait" and text.lower() in ("1", "true", "yes", ""):
+        return True
+    if key == "wait" and text.lower() in ("0", "false", "no"):
+        return False
+    try:
+        return float(text)
+    except ValueError:
+        abort(400, f"{key} must be a number")
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        abort(400, f"{key} must be a number of seconds")
+    if value < 0 or (value == 0 and not allow_zero):
+        abort(400, f"{key} must be {'>= 0' if allow_zero else '> 0'}")
+    return float(value)
+
+
+def _validate(body: dict) -> tuple[str, dict, str | None, float | None, str, float]:
+    unknown = set(body) - JOB_FIELDS
+    if unknown:
+        abort(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+    target = rules.check_target_syntax(body.get("target"))
+    variables = rules.check_vars_syntax(body.get("vars"))
+    selector = body.get("worker") or None
+    if selector is not None and not isinstance(selector, str):
+        abort(400, "worker must be a string: a worker's host name or URL")
+    pool = _pool()
+    if not pool.known(selector):
+        abort(400, f"unknown worker {selector!r}; see GET /workers")
+    timeout = body.get("timeout")
+    if timeout is not None:
+        timeout = _positive("timeout", timeout)
+        limit = pool.max_timeout(selector)
+        if limit and timeout > limit:
+            abort(400, f"timeout must be at most {limit:g} s (the worker's WORKER_JOB_TIMEOUT)")
+    source = body.get("source") or "api"
+    if source not in SOURCES:
+        abort(400, f"source must be one of {', '.join(SOURCES)}")
+    wait = body.get("wait") or 0
+    max_wait = current_app.config["MAX_WAIT"]
+    wait = max_wait if wait is True else min(_positive("wait", wait, allow_zero=True), max_wait)
+    known = pool.targets(selector)
+    if known is not None and target not in {t["name"] for t in known}:
+        abort(400, f"target {target} is not a target of the worker's makefile "
+                   "(see GET /targets)")
+    return target, variables, selector, timeout, source, wait
+
+
+@bp.post("/jobs")
+def create_job():
+    target, variables, selector, timeout, source, wait = _validate(_job_request())
+    slots = current_app.extensions["wait_slots"]
+    if wait:
+        slots.take()
+    try:
+        job, coalesced = _store().create_job(target, variables, selector, source, timeout)
+        if not coalesced:
+            _dispatcher().wake()
+        status = 202
+        if wait:
+            job = wait_for_end(job.id, wait)
+            status = WAIT_STATUS.get(job.state, 202)
+    finally:
+        if wait:
+            slots.give()
+    resp = jsonify({**job.to_dict(), "coalesced": coalesced})
+    resp.status_code = status
+    resp.headers["Location"] = f"/jobs/{job.id}"
+    return resp
+
+
+def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        abort(400, f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+@bp.get("/jobs")
+def list_jobs():
+    state = request.args.get("state")
+    if state is not None and state not in {s.value for s in JobState}:
+        abort(400, f"state must be one of {', '.join(s.value for s in JobState)}")
+    limit = _int_arg("limit", 50, 1, 500)
+    before = _int_arg("before", None, 1, 2**63 - 1)
+    jobs = _store().list_jobs(state=state, target=request.args.get("target"), limit=limit,
+                              before=before)
+    next_before = jobs[-1].id if len(jobs) == limit else None
+    return jsonify(jobs=[j.to_dict() for j in jobs], next_before=next_before)
+
+
+def _job_or_404(job_id: int) -> Job:
+    job = _store().get_job(job_id)
+    if job is None:
+        abort(404, f"no job {job_id}")
+    return job
+
+
+@bp.get("/jobs/<int:job_id>")
+def get_job(job_id: int):
+    return jsonify(_job_or_404(job_id).to_dict())
+
+
+@bp.delete("/jobs/<int:job_id>")
+def cancel_job(job_id: int):
+    job = _job_or_404(job_id)
+    if job.state.ended or not _dispatcher().cancel(job):
+        job = _job_or_404(job_id)
+        if job.state.ended:
+            abort(409, f"job {job_id} has already ended ({job.state.value})")
+    return jsonify(_job_or_404(job_id).to_dict()), 202
+
+
+@bp.get("/jobs/<int:job_id>/log")
+def job_log(job_id: int):
+    _job_or_404(job_id)
+    sse = request.accept_mimetypes.best == "text/event-stream"
+    start = request.headers.get("Last-Event-ID") if sse else None
+    start = start or request.args.get("offset", "0")
+    if not start.isdigit():
+        abort(400, "offset (or Last-Event-ID) must be a non-negative byte offset")
+    follow = sse or request.args.get("follow") in ("1", "true")
+    if not follow:
+        data = _store().read_log(job_id, int(start), limit=1 << 62)
+        return Response(data, mimetype="text/plain")
+    slots = current_app.extensions["wait_slots"]
+    slots.take()
+    chunks = _follow_log(job_id, int(start), sse)
+    return Response(stream_with_context(_released(chunks, slots)),
+                    mimetype="text/event-stream" if sse else "text/plain",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _released(chunks, slots: WaitSlots):
+    try:
+        yield from chunks
+    finally:
+        slots.give()
+
+
+def _follow_log(job_id: int, offset: int, sse: bool):
+    """The log from `offset` as it grows, until the job has ended and all of it is sent."""
+    store, dispatcher = _store(), _dispatcher()
+    while True:
+        version = dispatcher.version
+        data = store.read_log(job_id, offset, LOG_CHUNK)
+        if data:
+            if sse:
+                text, used = _utf8_prefix(data)
+                if used:
+                    offset += used
+                    yield _sse_event(text, offset)
+                    continue
+                data = b""  # only part of a character so far
+            else:
+                offset += len(data)
+                yield data
+                continue
+        job = store.get_job(job_id)
+        if job.state.ended and offset >= job.log_size:
+            if sse:
+                yield f"event: end\ndata: {json.dumps(job.to_dict())}\n\n".encode()
+            return
+        if job.state.ended:
+            offset = job.log_size  # an incomplete character at the very end
+            continue
+        if dispatcher.wait_changed(version, KEEPALIVE) == version and sse:
+            yield b": keepalive\n\n"
+
+
+def _utf8_prefix(data: bytes) -> tuple[str, int]:
+    """Decode the longest prefix of whole UTF-8 characters (bad bytes become U+FFFD)."""
+    for cut in range(len(data), max(-1, len(data) - 4), -1):
+        try:
+            return data[:cut].decode("utf-8"), cut
+        except UnicodeDecodeError as exc:
+            if exc.reason != "unexpected end of data":
+                return data.decode("utf-8", "replace"), len(data)
+    return data.decode("utf-8", "replace"), len(data)
+
+
+def _sse_event(text: str, offset: int) -> bytes:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return (f"id: {offset}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
+
+
+# --- workers and targets ---------------------------------------------------------------------
+@bp.get("/workers")
+def list_workers():
+    pool = _pool()
+    rows = [w.to_dict() for w in pool.all()]
+    rows += [{"url": url, "name": url, "healthy": False, "busy": False, "jobs": [],
+              "lock": None, "last_error": message} for url, message in pool.errors().items()]
+    return jsonify(workers=rows)
+
+
+@bp.get("/targets")
+def list_targets():
+    found = _pool().targets(request.args.get("worker") or None)
+    if found is None:
+        abort(503, "no healthy worker to ask for its targets; see GET /workers")
+    return jsonify(targets=found)
+
+
+@bp.get("/healthz")
+def healthz():
+    healthy = sum(1 for w in _pool().all() if w.healthy)
+    return jsonify(ok=True, workers_healthy=healthy)

@@ -1,0 +1,67 @@
+"""The controller's settings: defaults, then TRIGGER_* environment variables, then overrides."""
+
+from __future__ import annotations
+
+import os
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the controller must not start."""
+
+
+def _list(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+# name: (environment variable, parser, default). Secrets also come from VAR_FILE.
+SETTINGS = {
+    "WORKERS": ("TRIGGER_WORKERS", _list, []),
+    "DB": ("TRIGGER_DB", str, "maketrigger.db"),
+    "WORKER_TOKEN": ("TRIGGER_WORKER_TOKEN", str, ""),
+    "API_TOKEN": ("TRIGGER_API_TOKEN", str, ""),
+    "INSECURE": ("WORKER_INSECURE", _bool, False),
+    "LOST_AFTER": ("TRIGGER_LOST_AFTER", float, 30.0),
+    "RESOLVE_INTERVAL": ("TRIGGER_RESOLVE_INTERVAL", float, 2.0),
+    "HEALTH_INTERVAL": ("TRIGGER_HEALTH_INTERVAL", float, 2.0),
+    "MAX_WAIT": ("TRIGGER_MAX_WAIT", float, 3600.0),
+    "MAX_WAITERS": ("TRIGGER_MAX_WAITERS", int, 0),
+    "THREADS": ("TRIGGER_THREADS", int, 16),
+    "MAX_BODY": ("TRIGGER_MAX_BODY", int, 64 * 1024),
+    "MAX_LOG_BYTES": ("TRIGGER_MAX_LOG_BYTES", int, 100 * 1024 * 1024),
+}
+SECRETS = ("WORKER_TOKEN", "API_TOKEN")
+
+
+def _secret(environ, var: str) -> str | None:
+    value = environ.get(var)
+    path = environ.get(f"{var}_FILE")
+    if not value and path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"{var}_FILE: cannot read {path}: {exc}") from exc
+    return value
+
+
+def load(overrides: dict | None = None, environ=None) -> dict:
+    """Every setting, parsed and checked; raises ConfigError naming the bad variable."""
+    environ = os.environ if environ is None else environ
+    cfg: dict = {}
+    for key, (var, parse, default) in SETTINGS.items():
+        raw = _secret(environ, var) if key in SECRETS else environ.get(var)
+        try:
+            cfg[key] = parse(raw) if raw not in (None, "") else default
+        except ValueError as exc:
+            raise ConfigError(f"{var}={raw!r}: {exc}") from None
+    cfg.update(overrides or {})
+    if not cfg["WORKER_TOKEN"] and not cfg["INSECURE"]:
+        raise ConfigError("no worker token: set TRIGGER_WORKER_TOKEN (or TRIGGER_WORKER_TOKEN_FILE)"
+                          ", or WORKER_INSECURE=1 to talk to workers without one")
+    if not cfg["MAX_WAITERS"]:
+        cfg["MAX_WAITERS"] = max(1, cfg["THREADS"] - 4)
+    return cfg

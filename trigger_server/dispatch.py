@@ -1,0 +1,261 @@
+"""Queued job -> idle worker -> followed to the end.
+
+One dispatcher thread hands queued jobs, oldest first, to idle healthy workers; it sleeps until
+woken (a new job, a job that ended, a worker that became healthy), so no polling interval sits
+between a trigger and make starting. Each dispatched job gets a follower thread that copies the
+worker's log into the store and records how the run ended.
+
+At most once: a job is marked `running` on its worker *before* the start request is sent, so a
+controller that dies mid-dispatch finds it on restart and asks that worker, instead of running
+it again. A run the worker does not know ends `lost`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .store import Job, JobState, Store, StoreError
+from .workers import (
+    RunStarted,
+    RunUnknown,
+    Worker,
+    WorkerBusy,
+    WorkerClient,
+    WorkerError,
+    WorkerPool,
+    WorkerRejected,
+)
+
+log = logging.getLogger(__name__)
+
+BUSY_BACKOFF = 1.0  # a worker whose workspace was locked by someone else is retried after this
+HOUSEKEEPING = 1.0  # the loop also runs this often, for backoffs that expire
+
+
+class Dispatcher:
+    def __init__(self, store: Store, pool: WorkerPool, client: WorkerClient, *,
+                 lost_after: float = 30.0):
+        self.store = store
+        self.pool = pool
+        self.client = client
+        self.lost_after = lost_after
+        self.changed = threading.Condition()  # notified on every log append and state change
+        self.version = 0  # counts those notifications, so a waiter never misses one
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._running: dict[int, tuple[Worker, str]] = {}  # job id -> (worker, target)
+        self._cancel: set[int] = set()
+        self._thread: threading.Thread | None = None
+        pool.on_change = self.wake
+
+    # --- control ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start discovery, pick up what a previous controller left, and start dispatching."""
+        if self._thread is not None:
+            return
+        self.pool.start()
+        self.recover()
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.pool.stop()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def notify(self) -> None:
+        with self.changed:
+            self.version += 1
+            self.changed.notify_all()
+
+    def wait_changed(self, since: int, timeout: float) -> int:
+        """Block until something changed after `version` was `since` (or timeout)."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.version != since, timeout)
+            return self.version
+
+    # --- the loop --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(HOUSEKEEPING)
+            self._wake.clear()
+            try:
+                self.dispatch_once()
+            except StoreError as exc:
+                log.error("dispatch paused: %s", exc)
+            except Exception:
+                log.exception("dispatch failed; retrying")
+
+    def dispatch_once(self) -> int:
+        """Start every queued job that can start now, oldest first; returns how many."""
+        started = 0
+        with self._lock:
+            busy_targets = {target for _, target in self._running.values()}
+        for job in self.store.jobs_in(JobState.QUEUED):
+            if job.target in busy_targets:
+                continue  # the same target never runs twice at once; later jobs may go first
+            with self.pool.lock:
+                worker = self.pool.pick(job.selector, job.target)
+                if worker is None:
+                    continue
+                if not self.store.claim(job.id, worker.url):
+                    continue  # cancelled meanwhile
+                worker.jobs[job.id] = job.target
+            with self._lock:
+                self._running[job.id] = (worker, job.target)
+            busy_targets.add(job.target)
+            threading.Thread(target=self._run, args=(job, worker, True), name=f"job-{job.id}",
+                             daemon=True).start()
+            started += 1
+        return started
+
+    def recover(self) -> None:
+        """Follow again the jobs a previous controller left `running`."""
+        for job in self.store.jobs_in(JobState.RUNNING):
+            worker = self.pool.get(job.worker) if job.worker else None
+            if worker is None:
+                self._end(job.id, JobState.LOST, error="no worker was recorded for this job")
+                continue
+            log.info("job %s: following it again on %s", job.id, worker.url)
+            with self.pool.lock:
+                worker.jobs[job.id] = job.target
+            with self._lock:
+                self._running[job.id] = (worker, job.target)
+            threading.Thread(target=self._run, args=(job, worker, False), name=f"job-{job.id}",
+                             daemon=True).start()
+
+    # --- one job ---------------------------------------------------------------------------
+    def _run(self, job: Job, worker: Worker, start: bool) -> None:
+        try:
+            if not start or self._start(job, worker):
+                self._follow(job, worker)
+        except StoreError as exc:
+            log.error("job %s: %s; it will be reconciled on the next start", job.id, exc)
+        except Exception as exc:
+            log.exception("job %s: follower failed", job.id)
+            self._end(job.id, JobState.LOST, error=f"the controller lost track of it: {exc}")
+        finally:
+            with self.pool.lock:
+                worker.jobs.pop(job.id, None)
+                for w in self.pool.all():
+                    w.blocked_until = 0.0  # whatever locked them may have been this job
+            with self._lock:
+                self._running.pop(job.id, None)
+                self._cancel.discard(job.id)
+            self.notify()
+            self.wake()
+
+    def _start(self, job: Job, worker: Worker) -> bool:
+        """Ask the worker to start the job; False if it did not (requeued or ended)."""
+        try:
+            self.client.start_run(worker, self.store.run_id(job.id), job.target, job.vars,
+                                  job.timeout)
+        except RunStarted:
+            pass  # our own start, retried: the first attempt got through
+        except WorkerBusy as exc:
+            log.info("job %s: %s is busy (%s); requeued", job.id, worker.url, exc)
+            worker.blocked_until = time.monotonic() + BUSY_BACKOFF
+            self.store.unclaim(job.id)
+            return False
+        except WorkerRejected as exc:
+            self._end(job.id, JobState.FAILED, error=f"rejected by the worker: {exc}")
+            return False
+        except WorkerError as exc:
+            if exc.uncertain:
+                return True  # it may have started: follow it rather than run it twice
+            log.warning("job %s: cannot start on %s: %s; requeued", job.id, worker.url, exc)
+            worker.healthy, worker.last_error = False, str(exc)
+            self.store.unclaim(job.id)
+            return False
+        log.info("job %s: %s started on %s", job.id, job.target, worker.url)
+        self.notify()
+        return True
+
+    def _follow(self, job: Job, worker: Worker) -> None:
+        """Copy the run's log as it grows and record its end. Ends `lost` if the worker is gone
+        (refused, no longer resolves, forgot the run) or silent for longer than lost_after."""
+        offset = self.store.get_job(job.id).log_size
+        run_id = self.store.run_id(job.id)
+        last_contact = time.monotonic()
+        cancel_sent = False
+        while True:
+            try:
+                cancel_sent = cancel_sent or self._send_cancel(job.id, worker)
+                for chunk in self.client.stream_log(worker, run_id, offset):
+                    self.store.append_log(job.id, offset, chunk)
+                    offset += len(chunk)
+                    last_contact = time.monotonic()
+                    self.notify()
+                    cancel_sent = cancel_sent or self._send_cancel(job.id, worker)
+                run = self.client.get_run(worker, run_id)
+                last_contact = time.monotonic()
+                if run["state"] == "running":
+                    continue
+                if run.get("log_size", 0) > offset:
+                    continue  # the end of the log is still to copy
+                self._end(job.id, JobState(run["state"]), run.get("exit_code"), run.get("error"))
+                return
+            except RunUnknown:
+                self._end(job.id, JobState.LOST,
+                          error=f"worker {worker.url} no longer knows this run (it restarted?)")
+                return
+            except WorkerError as exc:
+                if exc.gone or worker.gone or not self.pool.still_resolves(worker):
+                    self._end(job.id, JobState.LOST, error=f"worker gone: {exc}")
+                    return
+                silent = time.monotonic() - last_contact
+                if silent > self.lost_after:
+                    self._end(job.id, JobState.LOST,
+                              error=f"worker silent for {silent:.0f} s "
+                                    f"(TRIGGER_LOST_AFTER): {exc}")
+                    return
+                log.info("job %s: %s; retrying", job.id, exc)
+                self._stop.wait(min(1.0, self.lost_after / 10))
+
+    def _send_cancel(self, job_id: int, worker: Worker) -> bool:
+        """Deliver a cancel the API asked for; True once the worker has it."""
+        if job_id not in self._cancel:
+            return False
+        try:
+            self.client.cancel_run(worker, self.store.run_id(job_id))
+            return True
+        except WorkerError as exc:
+            log.warning("job %s: cancel not delivered yet: %s", job_id, exc)
+            return False
+
+    def _end(self, job_id: int, state: JobState, exit_code: int | None = None,
+             error: str | None = None) -> None:
+        if self.store.finish(job_id, state, exit_code, error):
+            log.info("job %s: %s%s", job_id, state.value, f" ({error})" if error else "")
+        self.notify()
+
+    # --- requests from the API ---------------------------------------------------------------
+    def cancel(self, job: Job) -> bool:
+        """Cancel a queued job at once, or ask the worker to stop a running one."""
+        if job.state is JobState.QUEUED and self.store.finish(
+                job.id, JobState.CANCELLED, error="cancelled before it started",
+                only_queued=True):
+            self.notify()
+            return True
+        with self._lock:
+            assigned = self._running.get(job.id)
+            if assigned is None:
+                return False
+            self._cancel.add(job.id)
+        try:
+            self.client.cancel_run(assigned[0], self.store.run_id(job.id))
+        except RunUnknown:
+            pass  # not started yet: the follower sends the cancel once it is
+        except WorkerError as exc:
+            log.warning("job %s: cancel not delivered yet: %s", job.id, exc)
+        return True
+
+    def running_jobs(self) -> dict[int, str]:
+        with self._lock:
+            return {job_id: worker.url for job_id, (worker, _) in self._running.items()}

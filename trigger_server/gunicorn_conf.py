@@ -1,0 +1,26 @@
+"""gunicorn settings for the controller: one process (gthread), because the dispatcher and the
+jobs it follows are in-process state. The dispatcher thread starts after the fork."""
+
+import os
+
+bind = os.environ.get("TRIGGER_BIND", "0.0.0.0:8080")
+workers = 1  # never more: one dispatcher per database
+worker_class = "gthread"
+threads = int(os.environ.get("TRIGGER_THREADS", "16"))
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+control_socket_disable = True
+accesslog = os.environ.get("TRIGGER_ACCESS_LOG") or None
+loglevel = os.environ.get("TRIGGER_LOG_LEVEL", "info")
+
+
+def post_worker_init(worker):
+    """Start the dispatcher in the serving process (threads do not survive a fork)."""
+    worker.wsgi.extensions["dispatcher"].start()
+
+
+def worker_exit(server, worker):
+    dispatcher = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("dispatcher")
+    if dispatcher:
+        dispatcher.stop()

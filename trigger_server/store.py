@@ -1,0 +1,294 @@
+"""SQLite: jobs and their logs. The only module that writes SQL.
+
+One connection per thread, WAL mode, so API threads read while the dispatcher writes. Every
+state change is a single UPDATE guarded by the state it expects, so two threads can never both
+move a job (a cancelled job is never dispatched; a job is claimed by one worker at most).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    vars TEXT NOT NULL DEFAULT '{}',
+    selector TEXT,
+    worker TEXT,
+    state TEXT NOT NULL,
+    exit_code INTEGER,
+    error TEXT,
+    source TEXT NOT NULL,
+    timeout REAL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    log_size INTEGER NOT NULL DEFAULT 0,
+    log_truncated INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, target, id);
+CREATE INDEX IF NOT EXISTS jobs_by_target ON jobs (target, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log_chunks (
+    job_id INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, offset)
+) WITHOUT ROWID;
+"""
+
+TRUNCATION_MARKER = b"\n*** maketrigger: log truncated here: it reached TRIGGER_MAX_LOG_BYTES ***\n"
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used right now (locked, disk full, unreadable)."""
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+@dataclass
+class Job:
+    id: int
+    target: str
+    vars: dict
+    selector: str | None
+    worker: str | None
+    state: JobState
+    exit_code: int | None
+    error: str | None
+    source: str
+    timeout: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    log_size: int
+    log_truncated: bool
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        d = dict(row)
+        d["vars"] = json.loads(d["vars"])
+        d["state"] = JobState(d["state"])
+        d["log_truncated"] = bool(d["log_truncated"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "target": self.target, "vars": self.vars, "state": self.state.value,
+            "exit_code": self.exit_code, "worker": self.worker,
+            "requested_worker": self.selector, "source": self.source, "error": self.error,
+            "timeout": self.timeout, "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at), "finished_at": iso(self.finished_at),
+            "log_size": self.log_size, "log_truncated": self.log_truncated,
+        }
+
+
+class Store:
+    def __init__(self, path: str, max_log_bytes: int = 0):
+        self.path = path
+        self.max_log_bytes = max_log_bytes
+        self._local = threading.local()
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        try:
+            self._conn().executescript(SCHEMA)  # commits by itself
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        self.instance = self._instance_id()
+
+    def _instance_id(self) -> str:
+        """A random name for this database, made once: it keeps the run ids that workers see
+        unique even when several controllers (or a fresh database) use the same worker."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?)",
+                       (secrets.token_hex(4),))
+            return db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()[0]
+
+    def run_id(self, job_id: int) -> str:
+        """The id a worker knows job `job_id` by."""
+        return f"{self.instance}-{job_id}"
+
+    # --- connections ---------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE), committed or rolled back."""
+        try:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database unavailable: {exc}") from exc
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError(f"database write failed: {exc}") from exc
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise StoreError(f"database write failed: {exc}") from exc
+
+    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database read failed: {exc}") from exc
+
+    # --- jobs ----------------------------------------------------------------------------
+    def create_job(self, target: str, variables: dict, selector: str | None, source: str,
+                   timeout: float | None = None) -> tuple[Job, bool]:
+        """A new queued job, or the identical one still queued (returned with True)."""
+        vars_json = json.dumps(variables, sort_keys=True)
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE state = 'queued' AND target = ? AND vars = ? "
+                "AND selector IS ? ORDER BY id LIMIT 1", (target, vars_json, selector)).fetchone()
+            if row is not None:
+                return Job.from_row(row), True
+            cur = db.execute(
+                "INSERT INTO jobs (target, vars, selector, state, source, timeout, created_at) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                (target, vars_json, selector, source, timeout, time.time()))
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return Job.from_row(row), False
+
+    def get_job(self, job_id: int) -> Job | None:
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(rows[0]) if rows else None
+
+    def list_jobs(self, state: str | None = None, target: str | None = None, limit: int = 50,
+                  before: int | None = None) -> list[Job]:
+        """Newest first."""
+        where, args = [], []
+        for column, value in (("state", state), ("target", target)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        sql = "SELECT * FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        return [Job.from_row(r) for r in self._read(sql, (*args, limit))]
+
+    def jobs_in(self, state: JobState, limit: int = 1000) -> list[Job]:
+        """Oldest first: the dispatcher's FIFO order."""
+        rows = self._read("SELECT * FROM jobs WHERE state = ? ORDER BY id LIMIT ?",
+                          (state.value, limit))
+        return [Job.from_row(r) for r in rows]
+
+    def claim(self, job_id: int, worker: str) -> bool:
+        """queued -> running on `worker`; False if the job is no longer queued."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'running', worker = ?, started_at = ? "
+                "WHERE id = ? AND state = 'queued'", (worker, time.time(), job_id))
+            return cur.rowcount == 1
+
+    def unclaim(self, job_id: int) -> bool:
+        """running -> queued, for a start the worker never accepted."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'queued', worker = NULL, started_at = NULL "
+                "WHERE id = ? AND state = 'running'", (job_id,))
+            return cur.rowcount == 1
+
+    def finish(self, job_id: int, state: JobState, exit_code: int | None = None,
+               error: str | None = None, *, only_queued: bool = False) -> bool:
+        """Move a queued (or running) job to an end state; False if it was not in one."""
+        assert state.ended
+        states = "('queued')" if only_queued else "('queued', 'running')"
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, exit_code = ?, error = ?, finished_at = ? "
+                f"WHERE id = ? AND state IN {states}",
+                (state.value, exit_code, error, time.time(), job_id))
+            return cur.rowcount == 1
+
+    # --- logs ----------------------------------------------------------------------------
+    def append_log(self, job_id: int, offset: int, data: bytes) -> int:
+        """Store the bytes the worker sent from `offset` of its log; returns how many of them
+        were new. Past max_log_bytes the log ends with TRUNCATION_MARKER and drops the rest."""
+        with self._tx() as db:
+            row = db.execute("SELECT log_size, log_truncated FROM jobs WHERE id = ?",
+                             (job_id,)).fetchone()
+            if row is None or row["log_truncated"]:
+                return 0
+            size = row["log_size"]
+            if offset > size:
+                raise ValueError(f"log of job {job_id}: gap from {size} to {offset}")
+            data = data[size - offset:]
+            if not data:
+                return 0
+            truncated = False
+            if self.max_log_bytes and size + len(data) > self.max_log_bytes:
+                data = data[: max(0, self.max_log_bytes - size)] + TRUNCATION_MARKER
+                truncated = True
+            db.execute("INSERT INTO log_chunks (job_id, offset, data) VALUES (?, ?, ?)",
+                       (job_id, size, data))
+            db.execute("UPDATE jobs SET log_size = ?, log_truncated = ? WHERE id = ?",
+                       (size + len(data), truncated, job_id))
+            return len(data)
+
+    def read_log(self, job_id: int, offset: int = 0, limit: int = 1 << 20) -> bytes:
+        """Up to about `limit` bytes of a job's stored log, from byte `offset`."""
+        out = bytearray()
+        while len(out) < limit:
+            start = offset + len(out)
+            rows = self._read(
+                "SELECT offset, data FROM log_chunks WHERE job_id = ? AND offset <= ? "
+                "AND offset + length(data) > ? ORDER BY offset DESC LIMIT 1",
+                (job_id, start, start))
+            if not rows:
+                break
+            out += rows[0]["data"][start - rows[0]["offset"]:]
+        return bytes(out)
+
+    def integrity_ok(self) -> bool:
+        return self._read("PRAGMA integrity_check")[0][0] == "ok"

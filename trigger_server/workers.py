@@ -1,0 +1,389 @@
+"""The only module that talks HTTP to workers: discovery, health, start, follow, cancel.
+
+`TRIGGER_WORKERS` names base URLs. A host name that resolves to several addresses (a compose
+service scaled with `--scale worker=3`) is that many workers, one per distinct IPv4 address
+(IPv6 only for names without one), re-resolved periodically so scaling is picked up live.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import requests
+from urllib3.util.retry import Retry
+
+log = logging.getLogger(__name__)
+
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 5.0
+STREAM_READ_TIMEOUT = 10.0
+
+
+class WorkerError(Exception):
+    """A worker could not be used; `gone` means it will not come back for this run."""
+
+    def __init__(self, message: str, *, gone: bool = False, uncertain: bool = False):
+        super().__init__(message)
+        self.gone = gone
+        self.uncertain = uncertain  # the request may have reached the worker
+
+
+class WorkerBusy(WorkerError):
+    """The worker refused a start because its workspace or the target is locked (409)."""
+
+
+class RunStarted(WorkerError):
+    """The worker already has this run (a start that was retried): follow it."""
+
+
+class WorkerRejected(WorkerError):
+    """The worker refused a start for good (400): the message says why."""
+
+
+class RunUnknown(WorkerError):
+    """The worker does not know the run (404): it restarted, or never got it."""
+
+
+@dataclass
+class Worker:
+    """One worker address. `name` is the host name from TRIGGER_WORKERS that it came from."""
+
+    url: str
+    name: str
+    configured: str
+    healthy: bool | None = None
+    last_error: str | None = None
+    lock: str = "workspace"
+    job_timeout: float | None = None
+    checked_at: float | None = None
+    gone: bool = False
+    blocked_until: float = 0.0
+    jobs: dict[int, str] = field(default_factory=dict)  # job id -> target
+    _streams: set = field(default_factory=set, repr=False)
+
+    def matches(self, selector: str | None) -> bool:
+        if not selector:
+            return True
+        return selector in (self.name, self.url, self.configured, self.configured.rstrip("/"))
+
+    def can_take(self, target: str) -> bool:
+        if self.lock == "target":
+            return target not in self.jobs.values()
+        return not self.jobs
+
+    def to_dict(self) -> dict:
+        return {"url": self.url, "name": self.name, "healthy": bool(self.healthy),
+                "busy": bool(self.jobs), "jobs": sorted(self.jobs), "lock": self.lock,
+                "last_error": self.last_error}
+
+
+def resolve(configured: str) -> list[Worker]:
+    """The workers one configured base URL stands for; raises OSError if it cannot resolve."""
+    parts = urlsplit(configured.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"worker URL {configured!r} must be http(s)://HOST[:PORT]")
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        ipaddress.ip_address(host)
+        addresses = [host]
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            if exc.errno not in _NO_SUCH_NAME:
+                raise  # a temporary failure says nothing about the workers
+            infos = []
+        v4 = sorted({i[4][0] for i in infos if i[0] == socket.AF_INET})
+        v6 = sorted({i[4][0] for i in infos if i[0] == socket.AF_INET6})
+        addresses = v4 or v6
+    workers = []
+    for addr in addresses:
+        shown = f"[{addr}]" if ":" in addr else addr
+        workers.append(Worker(url=f"{parts.scheme}://{shown}:{port}{parts.path}", name=host,
+                              configured=configured))
+    return workers
+
+
+class WorkerClient:
+    """HTTP calls to workers, with timeouts and the shared token."""
+
+    def __init__(self, token: str):
+        self.session = requests.Session()
+        # One retry covers a kept-alive connection the worker closed just as it was reused.
+        # Retrying a start is safe: the worker refuses a run id it already has (409 "exists").
+        retry = Retry(total=2, connect=1, read=1, status=0, other=0, allowed_methods=None,
+                      raise_on_status=False)
+        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=64,
+                                                max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def _call(self, method: str, worker: Worker, path: str, **kw) -> requests.Response:
+        kw.setdefault("timeout", (CONNECT_TIMEOUT, READ_TIMEOUT))
+        try:
+            resp = self.session.request(method, worker.url + path, **kw)
+        except requests.ConnectionError as exc:
+            refused = isinstance(_root_cause(exc), ConnectionRefusedError)
+            raise WorkerError(f"cannot reach worker {worker.url}: {_short(exc)}",
+                              gone=refused) from None
+        except requests.RequestException as exc:
+            raise WorkerError(f"worker {worker.url} did not answer: {_short(exc)}",
+                              uncertain=True) from None
+        if resp.status_code == 401:
+            raise WorkerError(f"worker {worker.url} refused the worker token (401)")
+        return resp
+
+    @staticmethod
+    def _json(resp: requests.Response, worker: Worker) -> dict:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise WorkerError(f"worker {worker.url} answered {resp.status_code} without JSON")
+        if resp.status_code >= 400:
+            message = str(body.get("error", resp.reason))
+            if resp.status_code == 409 and body.get("reason") == "exists":
+                raise RunStarted(message)
+            if resp.status_code == 409:
+                raise WorkerBusy(message)
+            if resp.status_code == 404:
+                raise RunUnknown(message)
+            if 400 <= resp.status_code < 500:
+                raise WorkerRejected(message)
+            raise WorkerError(f"worker {worker.url}: {message}")
+        return body
+
+    def health(self, worker: Worker) -> dict:
+        return self._json(self._call("GET", worker, "/healthz"), worker)
+
+    def targets(self, worker: Worker) -> list[dict]:
+        return self._json(self._call("GET", worker, "/targets",
+                                     timeout=(CONNECT_TIMEOUT, 30)), worker)["targets"]
+
+    def start_run(self, worker: Worker, run_id: str, target: str, variables: dict,
+                  timeout: float | None) -> dict:
+        body = {"id": run_id, "target": target, "vars": variables, "timeout": timeout}
+        return self._json(self._call("POST", worker, "/runs", json=body,
+                                     timeout=(CONNECT_TIMEOUT, 30)), worker)
+
+    def get_run(self, worker: Worker, run_id: str) -> dict:
+        return self._json(self._call("GET", worker, f"/runs/{run_id}"), worker)
+
+    def cancel_run(self, worker: Worker, run_id: str) -> dict:
+        return self._json(self._call("DELETE", worker, f"/runs/{run_id}"), worker)
+
+    def stream_log(self, worker: Worker, run_id: str, offset: int,
+                   follow: bool = True) -> Iterator[bytes]:
+        """The run's log from `offset`, as it grows; ends when the run ends (or on error)."""
+        resp = self._call("GET", worker, f"/runs/{run_id}/log",
+                          params={"offset": offset, "follow": int(follow)}, stream=True,
+                          timeout=(CONNECT_TIMEOUT, STREAM_READ_TIMEOUT))
+        if resp.status_code != 200:
+            self._json(resp, worker)
+        worker._streams.add(resp)
+        try:
+            yield from resp.raw.stream(64 * 1024, decode_content=False)
+        except Exception as exc:
+            if worker.gone:
+                raise WorkerError(f"worker {worker.url} is gone", gone=True) from None
+            raise WorkerError(f"log stream from {worker.url} broke: {_short(exc)}") from None
+        finally:
+            worker._streams.discard(resp)
+            resp.close()
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None and exc.args and isinstance(exc.args[0], BaseException):
+            nxt = exc.args[0]
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(_root_cause(exc)).__name__}: {_root_cause(exc)}"[:300]
+
+
+class WorkerPool:
+    """Every known worker, kept fresh by one background thread (resolution and health)."""
+
+    def __init__(self, configured: list[str], client: WorkerClient, *,
+                 resolve_interval: float = 2.0, health_interval: float = 2.0):
+        self.configured = configured
+        self.client = client
+        self.resolve_interval = resolve_interval
+        self.health_interval = health_interval
+        self.lock = threading.RLock()
+        self._workers: dict[str, Worker] = {}
+        self._errors: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._checks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
+        self._targets_cache: dict[str | None, tuple[float, list[dict]]] = {}
+        self.on_change = lambda: None  # set by the dispatcher: a worker became usable
+
+    # --- discovery -------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-resolve every configured URL; workers whose address went away are marked gone."""
+        found: dict[str, Worker] = {}
+        errors: dict[str, str] = {}
+        unsure: set[str] = set()  # lookups that failed for now: keep what they had
+        for configured in self.configured:
+            try:
+                resolved = resolve(configured)
+            except (OSError, ValueError) as exc:
+                errors[configured] = f"cannot resolve {configured}: {exc}"
+                unsure.add(configured)
+                continue
+            if not resolved:
+                errors[configured] = f"{configured}: no such host (is any worker running?)"
+            for w in resolved:
+                found.setdefault(w.url, w)
+        with self.lock:
+            for url, worker in list(self._workers.items()):
+                if url not in found and worker.configured not in unsure:
+                    self._drop(worker, "its address no longer resolves")
+            for url, worker in found.items():
+                if url not in self._workers or self._workers[url].gone:
+                    log.info("worker %s (%s) appeared", url, worker.name)
+                    self._workers[url] = worker
+            self._errors = errors
+
+    def _drop(self, worker: Worker, why: str) -> None:
+        if not worker.gone:
+            log.warning("worker %s is gone: %s", worker.url, why)
+        worker.gone, worker.healthy, worker.last_error = True, False, why
+        for resp in list(worker._streams):
+            resp.close()  # wakes its follower at once
+        if not worker.jobs:
+            self._workers.pop(worker.url, None)
+
+    def still_resolves(self, worker: Worker) -> bool:
+        """Look the worker's name up again now (after an error on it)."""
+        try:
+            return any(w.url == worker.url for w in resolve(worker.configured))
+        except (OSError, ValueError):
+            return True  # the lookup failed for now: that is no proof the worker is gone
+
+    def get(self, url: str) -> Worker:
+        """The worker at `url`, or a detached one (a job that ran where nothing is now)."""
+        with self.lock:
+            worker = self._workers.get(url)
+            if worker is None:
+                host = urlsplit(url).hostname or url
+                worker = Worker(url=url, name=host, configured=url)
+                self._workers[url] = worker
+                self._errors.pop(url, None)
+            return worker
+
+    def all(self) -> list[Worker]:
+        with self.lock:
+            return list(self._workers.values())
+
+    def errors(self) -> dict[str, str]:
+        with self.lock:
+            return dict(self._errors)
+
+    # --- health ----------------------------------------------------------------------------
+    def check(self, worker: Worker) -> None:
+        try:
+            info = self.client.health(worker)
+        except WorkerError as exc:
+            became_bad = worker.healthy is not False
+            worker.healthy, worker.last_error = False, str(exc)
+            if became_bad:
+                log.warning("worker %s unhealthy: %s", worker.url, exc)
+        else:
+            was_healthy = worker.healthy
+            worker.healthy, worker.last_error = True, None
+            worker.lock = info.get("lock", "workspace")
+            worker.job_timeout = info.get("job_timeout")
+            if not was_healthy:
+                log.info("worker %s healthy", worker.url)
+                self.on_change()
+        worker.checked_at = time.time()
+
+    def check_all(self) -> None:
+        workers = [w for w in self.all() if not w.gone]
+        for future in [self._checks.submit(self.check, w) for w in workers]:
+            future.result()
+
+    def start(self) -> None:
+        self.refresh()
+        self.check_all()
+        threading.Thread(target=self._loop, name="worker-pool", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        next_resolve = next_health = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= next_resolve:
+                    self.refresh()
+                    next_resolve = now + self.resolve_interval
+                if now >= next_health:
+                    self.check_all()
+                    next_health = now + self.health_interval
+            except Exception:
+                log.exception("worker discovery failed")
+            self._stop.wait(max(0.05, min(next_resolve, next_health) - time.monotonic()))
+
+    # --- choosing ----------------------------------------------------------------------------
+    def pick(self, selector: str | None, target: str) -> Worker | None:
+        """An idle healthy worker for `target` (fewest jobs first), or None."""
+        now = time.monotonic()
+        with self.lock:
+            fit = [w for w in self._workers.values()
+                   if w.healthy and not w.gone and w.matches(selector)
+                   and w.blocked_until <= now and w.can_take(target)]
+            return min(fit, key=lambda w: len(w.jobs), default=None)
+
+    def known(self, selector: str | None) -> bool:
+        """Whether any configured worker answers to `selector`."""
+        if not selector:
+            return True
+        with self.lock:
+            if any(w.matches(selector) for w in self._workers.values()):
+                return True
+        return selector in self.configured or selector in {
+            urlsplit(c).hostname for c in self.configured}
+
+    def max_timeout(self, selector: str | None) -> float | None:
+        with self.lock:
+            limits = [w.job_timeout for w in self._workers.values()
+                      if w.matches(selector) and w.healthy and w.job_timeout]
+        return min(limits) if limits else None
+
+    def targets(self, selector: str | None = None, ttl: float = 5.0) -> list[dict] | None:
+        """The targets a healthy matching worker lists (cached for `ttl`); None if none answers."""
+        cached = self._targets_cache.get(selector)
+        if cached and time.monotonic() - cached[0] < ttl:
+            return cached[1]
+        for worker in [w for w in self.all() if w.healthy and w.matches(selector)]:
+            try:
+                found = self.client.targets(worker)
+            except WorkerError as exc:
+                log.warning("cannot list targets of %s: %s", worker.url, exc)
+                continue
+            self._targets_cache[selector] = (time.monotonic(), found)
+            return found
+        return None
