@@ -1,0 +1,230 @@
+"""`trigger`: the command line for a maketrigger controller.
+
+Exit statuses never collide with make's own 1 and 2, so `trigger run X --wait` in cron or a
+script tells a failed build from a failed trigger:
+
+    0    the build succeeded (or, without --wait, the job was accepted)
+    N    with --wait: make's own exit status when the build failed
+    64   usage error (bad options or arguments)
+    65   rejected by the server (bad target, variable, token...)
+    69   server unreachable, or it answered with a server error
+    124  timed out (--timeout elapsed, or the job hit its own time limit)
+    125  the job was cancelled or lost, or failed without an exit status
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+import requests
+
+from worker import rules
+
+EXIT_USAGE, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_ENDED = 64, 65, 69, 124, 125
+
+
+class Abort(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class Api:
+    """The controller's HTTP API, with its errors turned into exit statuses."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, timeout: float = 30, **kw) -> requests.Response:
+        try:
+            resp = self.session.request(method, self.url + path, timeout=(5, timeout), **kw)
+        except requests.Timeout as exc:
+            raise Abort(f"server {self.url} did not answer in time: {exc}",
+                        EXIT_UNREACHABLE) from None
+        except requests.RequestException as exc:
+            raise Abort(f"cannot reach server {self.url}: {exc}", EXIT_UNREACHABLE) from None
+        if resp.status_code >= 400 and not (method == "POST" and path == "/jobs"):
+            self.fail(resp)
+        return resp
+
+    @staticmethod
+    def fail(resp: requests.Response):
+        try:
+            message = resp.json().get("error", resp.reason)
+        except (ValueError, AttributeError):
+            message = resp.text.strip()[:200] or resp.reason
+        code = EXIT_UNREACHABLE if resp.status_code >= 500 else EXIT_REJECTED
+        raise Abort(f"server said {resp.status_code}: {message}", code)
+
+    def json(self, method: str, path: str, **kw) -> dict:
+        return self.call(method, path, **kw).json()
+
+
+def job_exit(job: dict) -> int:
+    """The exit status for a job that has ended."""
+    state, error = job["state"], job.get("error") or ""
+    if state == "succeeded":
+        return 0
+    if state == "failed" and job.get("exit_code"):
+        return job["exit_code"]
+    if state == "failed" and error.startswith("timed out"):
+        return EXIT_TIMEOUT
+    if state == "failed" and error.startswith("rejected"):
+        return EXIT_REJECTED
+    return EXIT_ENDED
+
+
+def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
+    """Stream the job's log (printing it if `echo`) until it ends; the job's final JSON."""
+    offset = 0
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise Abort(f"job {job_id} still running after --timeout", EXIT_TIMEOUT)
+        read_timeout = 20 if left is None else max(0.1, min(left, 20))
+        try:
+            with api.call("GET", f"/jobs/{job_id}/log", timeout=read_timeout, stream=True,
+                          params={"offset": offset, "follow": 1}) as resp:
+                for chunk in resp.iter_content(chunk_size=None):
+                    offset += len(chunk)
+                    if echo:
+                        sys.stdout.buffer.write(chunk)
+                        sys.stdout.flush()
+        except (Abort, requests.RequestException) as exc:
+            if isinstance(exc, Abort) and exc.code != EXIT_UNREACHABLE:
+                raise
+            continue  # quiet build or a dropped link: reconnect from `offset`
+        job = api.json("GET", f"/jobs/{job_id}")
+        if job["state"] not in ("queued", "running"):
+            return job
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="TRIGGER_URL", default="http://localhost:8080", show_default=True,
+              help="The controller (env TRIGGER_URL).")
+@click.option("--token", envvar="TRIGGER_API_TOKEN", default="", show_default=False,
+              help="API token (env TRIGGER_API_TOKEN).")
+@click.pass_context
+def cli(ctx: click.Context, url: str, token: str) -> None:
+    """Trigger `make` builds on maketrigger workers and follow them."""
+    ctx.obj = Api(url, token)
+
+
+@cli.command()
+@click.argument("target")
+@click.argument("assignments", nargs=-1, metavar="[NAME=VALUE]...")
+@click.option("--wait", is_flag=True, help="Wait for the end; exit with make's status.")
+@click.option("--follow", "-f", "follow_log", is_flag=True,
+              help="Print the log as it grows (implies --wait).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds to wait at most (the CLI's limit, not the job's).")
+@click.option("--job-timeout", type=click.FloatRange(min=0, min_open=True),
+              help="The job's own time limit in seconds.")
+@click.option("--worker", help="Build on this worker (host name or URL).")
+@click.pass_obj
+def run(api: Api, target, assignments, wait, follow_log, timeout, job_timeout, worker):
+    """Queue `make TARGET`, optionally waiting for it to end."""
+    try:
+        rules.check_target_syntax(target)
+        variables = dict(rules.parse_assignment(a) for a in assignments)
+    except rules.RuleError as exc:
+        raise Abort(str(exc), EXIT_REJECTED) from None
+    body = {"target": target, "vars": variables, "source": "cli"}
+    if worker:
+        body["worker"] = worker
+    if job_timeout:
+        body["timeout"] = job_timeout
+    resp = api.call("POST", "/jobs", json=body)
+    if resp.status_code >= 400:
+        api.fail(resp)
+    job = resp.json()
+    note = " (joined an identical queued job)" if job.get("coalesced") else ""
+    click.echo(f"job {job['id']}: {target} {job['state']}{note}", err=True)
+    if not (wait or follow_log):
+        click.echo(job["id"])
+        return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job = follow(api, job["id"], deadline, echo=follow_log)
+    detail = f" ({job['error']})" if job.get("error") else ""
+    click.echo(f"job {job['id']}: {job['state']}{detail}", err=True)
+    sys.exit(job_exit(job))
+
+
+@cli.command()
+@click.argument("job_id", type=int, required=False)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
+@click.pass_obj
+def status(api: Api, job_id, limit):
+    """One job as JSON, or a table of the latest jobs."""
+    if job_id is not None:
+        click.echo(json.dumps(api.json("GET", f"/jobs/{job_id}"), indent=2))
+        return
+    jobs = api.json("GET", "/jobs", params={"limit": limit})["jobs"]
+    click.echo(f"{'ID':>6}  {'STATE':<10} {'EXIT':>4}  {'SOURCE':<8} {'TARGET':<24} CREATED")
+    for j in jobs:
+        code = "" if j["exit_code"] is None else j["exit_code"]
+        click.echo(f"{j['id']:>6}  {j['state']:<10} {code:>4}  {j['source']:<8} "
+                   f"{j['target']:<24} {j['created_at']}")
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--follow", "-f", "follow_log", is_flag=True, help="Keep printing until it ends.")
+@click.pass_obj
+def log(api: Api, job_id, follow_log):
+    """Print a job's log."""
+    if follow_log:
+        sys.exit(job_exit(follow(api, job_id, None, echo=True)))
+    sys.stdout.buffer.write(api.call("GET", f"/jobs/{job_id}/log").content)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.pass_obj
+def cancel(api: Api, job_id):
+    """Cancel a queued or running job."""
+    job = api.json("DELETE", f"/jobs/{job_id}")
+    click.echo(f"job {job['id']}: {job['state']} (cancel requested)", err=True)
+
+
+@cli.command()
+@click.pass_obj
+def workers(api: Api):
+    """The workers the controller knows, and their health."""
+    for w in api.json("GET", "/workers")["workers"]:
+        health = "healthy" if w["healthy"] else "UNHEALTHY"
+        busy = f"busy (jobs {', '.join(map(str, w['jobs']))})" if w["busy"] else "idle"
+        error = f"  {w['last_error']}" if w.get("last_error") else ""
+        click.echo(f"{w['url']:<32} {w['name']:<16} {health:<10} {busy}{error}")
+
+
+@cli.command()
+@click.option("--worker", help="Ask this worker (host name or URL).")
+@click.pass_obj
+def targets(api: Api, worker):
+    """The targets that may be built, with their descriptions."""
+    params = {"worker": worker} if worker else {}
+    for t in api.json("GET", "/targets", params=params)["targets"]:
+        click.echo(f"{t['name']:<24} {t['description']}".rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI with its own exit statuses (click's usage errors would exit 2, like make)."""
+    try:
+        cli.main(args=argv, prog_name="trigger", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except Abort as exc:
+        click.echo(f"trigger: {exc}", err=True)
+        sys.exit(exc.code)
