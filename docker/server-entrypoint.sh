@@ -11,6 +11,11 @@ set -eu
 
 say() { echo "maketrigger-server: $*" >&2; }
 
+# Compose passes every documented setting, empty when not set: empty means "the default".
+for var in $(env | sed -n 's/^\(\(TRIGGER\|WORKER\)_[A-Z0-9_]*\)=$/\1/p'); do
+    unset "$var"
+done
+
 token_file=${MAKETRIGGER_GENERATED_TOKEN:-/run/maketrigger/worker_token}
 
 insecure() {
