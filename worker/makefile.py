@@ -65,12 +65,14 @@ def parse_targets(database: str) -> tuple[list[str], list[str]]:
         if line == "# Not a target:":
             not_a_target = True
             continue
+        if not line or line.startswith(("#", "\t")):
+            continue
+        if not_a_target:  # the comment applies to this entry, whatever its name looks like
+            not_a_target = False
+            continue
         m = _RULE.match(line)
         if m:
-            if not not_a_target:
-                names.extend(n for n in m.group(1).split()
-                             if not n.startswith(".") and "%" not in n)
-            not_a_target = False
+            names.extend(n for n in m.group(1).split() if not n.startswith(".") and "%" not in n)
     return sorted(set(names)), makefiles
 
 

@@ -1,0 +1,141 @@
+"""A trigger runs make on a real worker, and the result and log come back to the controller."""
+
+import json
+
+import requests
+
+from .procs import TOKEN
+
+
+def test_it_runs_a_target_and_keeps_its_log(stack):
+    w = stack.worker()
+    stack.server([w])
+    resp = stack.post(json={"target": "ok"})
+    assert resp.status_code == 202
+    assert resp.headers["Location"] == f"/jobs/{resp.json()['id']}"
+    job = stack.wait_state(resp.json()["id"])
+    assert job["state"] == "succeeded" and job["exit_code"] == 0
+    assert job["worker"] == w.url and job["source"] == "api"
+    assert job["started_at"] and job["finished_at"]
+    assert "building ok" in stack.log(job["id"])
+
+
+def test_a_failing_target_reports_makes_exit_code(stack):
+    stack.server([stack.worker()])
+    job = stack.wait_state(stack.trigger("fail")["id"])
+    assert job["state"] == "failed"
+    assert job["exit_code"] == 2
+    assert "exit status 2" in job["error"]
+    assert "about to fail" in stack.log(job["id"])
+
+
+def test_wait_holds_the_response_and_its_status_tells_the_outcome(stack):
+    stack.server([stack.worker()])
+    ok = stack.post(json={"target": "ok", "wait": True})
+    assert ok.status_code == 200 and ok.json()["state"] == "succeeded"
+    failed = stack.post(data={"target": "fail", "wait": "1"})  # a form, as from curl -d
+    assert failed.status_code == 422 and failed.json()["state"] == "failed"
+    pending = stack.post(json={"target": "slow", "vars": {}, "wait": 0.3})
+    assert pending.status_code == 202 and pending.json()["state"] in ("queued", "running")
+
+
+def test_variables_reach_make_when_the_worker_allows_them(stack):
+    ws = stack.workspace()
+    stack.server([stack.worker(ws, WORKER_VARS="MSG")])
+    resp = stack.post(json={"target": "marker", "vars": {"MSG": "hello there"}, "wait": True})
+    assert resp.status_code == 200, resp.text
+    with open(f"{ws}/marker.txt") as f:
+        assert f.read() == "hello there\n"
+
+
+def test_the_log_streams_live_and_resumes_by_byte_offset(stack):
+    stack.server([stack.worker()])
+    job_id = stack.trigger("chatty")["id"]
+    with requests.get(f"{stack.url}/jobs/{job_id}/log", params={"follow": 1}, stream=True,
+                      timeout=30) as resp:
+        streamed = b"".join(resp.iter_content(None)).decode()
+    assert stack.job(job_id)["state"] == "succeeded"  # follow ended with the job
+    assert [f"line {i}" in streamed for i in range(1, 6)] == [True] * 5
+    full = stack.log(job_id)
+    assert streamed == full
+    offset = full.index("line 3")
+    tail = requests.get(f"{stack.url}/jobs/{job_id}/log", params={"offset": offset}, timeout=30)
+    assert tail.text == full[offset:]
+
+
+def test_server_sent_events_resume_with_last_event_id(stack):
+    stack.server([stack.worker()])
+    job_id = stack.trigger("chatty")["id"]
+    headers = {"Accept": "text/event-stream"}
+    first_id, first_text = None, []
+    with requests.get(f"{stack.url}/jobs/{job_id}/log", headers=headers, stream=True,
+                      timeout=30) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        for line in resp.iter_lines(decode_unicode=True):
+            if line.startswith("id: "):
+                first_id = int(line[4:])
+            elif line.startswith("data: "):
+                first_text.append(line[6:])
+            elif line == "" and first_id is not None:
+                break  # one event read; drop the connection
+    events = []
+    with requests.get(f"{stack.url}/jobs/{job_id}/log", stream=True, timeout=30,
+                      headers={**headers, "Last-Event-ID": str(first_id)}) as resp:
+        event = {"data": []}
+        for line in resp.iter_lines(decode_unicode=True):
+            if line == "":
+                events.append(event)
+                event = {"data": []}
+            elif line.startswith("data: "):
+                event["data"].append(line[6:])
+            elif ":" in line and not line.startswith(":"):
+                key, _, value = line.partition(": ")
+                event[key] = value
+    assert events[-1]["event"] == "end"
+    assert json.loads(events[-1]["data"][0])["state"] == "succeeded"
+    rest = "".join("\n".join(e["data"]) for e in events[:-1])
+    assert "\n".join(first_text) + rest == stack.log(job_id)
+
+
+def test_targets_and_workers_are_listed_with_descriptions(stack):
+    w = stack.worker()
+    stack.server([w])
+    targets = {t["name"]: t["description"] for t in stack.get("/targets")["targets"]}
+    assert targets["ok"] == "succeed quickly"
+    assert targets["slow"] == "take SECS seconds"
+    assert targets["chatty"] == ""
+    assert ".PHONY" not in targets
+    (worker_row,) = stack.get("/workers")["workers"]
+    assert worker_row["url"] == w.url and worker_row["healthy"] and not worker_row["busy"]
+
+
+def test_a_host_name_is_resolved_to_one_worker_per_address(stack):
+    w = stack.worker()
+    stack.server([w])
+    # the same worker named by host name: localhost is one worker (IPv4 only), not two
+    s2 = stack.server([w], db=str(stack.tmp / "second.db"),
+                      TRIGGER_WORKERS=f"http://localhost:{w.port}")
+    rows = requests.get(s2.url + "/workers", timeout=10).json()["workers"]
+    assert [(r["url"], r["name"]) for r in rows] == [(w.url, "localhost")]
+    resp = requests.post(s2.url + "/jobs", json={"target": "ok", "worker": "localhost",
+                                                 "wait": True}, timeout=30)
+    assert resp.status_code == 200
+
+
+def test_the_worker_api_speaks_the_documented_contract(stack):
+    w = stack.worker()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    started = requests.post(f"{w.url}/runs", json={"id": "c-1", "target": "ok"}, headers=auth,
+                            timeout=10)
+    assert started.status_code == 201
+    assert set(started.json()) >= {"id", "target", "vars", "state", "exit_code", "error",
+                                   "started_at", "finished_at", "log_size"}
+    again = requests.post(f"{w.url}/runs", json={"id": "c-1", "target": "ok"}, headers=auth,
+                          timeout=10)
+    assert again.status_code == 409 and again.json()["reason"] == "exists"
+    with requests.get(f"{w.url}/runs/c-1/log", params={"follow": 1}, headers=auth,
+                      timeout=10) as log:
+        assert "building ok" in log.text
+    assert requests.get(f"{w.url}/runs/c-1", headers=auth, timeout=10).json()["state"] == \
+        "succeeded"
+    assert requests.get(f"{w.url}/runs/nope", headers=auth, timeout=10).status_code == 404
