@@ -42,4 +42,4 @@ images: wheels
 		-t $(TRIGGER_WORKER_IMAGE) .
 
 e2e:
-	$(PYTHON) -m pytest -m docker -v tests/e2e
+	$(PYTHON) -m pytest -v tests/e2e

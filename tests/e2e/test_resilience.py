@@ -1,0 +1,48 @@
+"""What a crash costs: a worker killed mid-build loses that job, not the controller; the
+controller's restart keeps the history."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+
+def test_a_killed_worker_loses_its_job_and_the_controller_stays_healthy(fresh):
+    job = fresh.post_job("check-titles").json()
+    fresh.wait_for_job(job["id"], ("running",))
+    worker = fresh.container("worker")
+
+    worker.kill()
+    killed = time.monotonic()
+
+    lost = fresh.wait_for_job(job["id"], timeout=30)
+    assert lost["state"] == "lost", lost
+    assert time.monotonic() - killed < 15
+    assert fresh.get("/healthz").status_code == 200
+    assert fresh.health(fresh.container("controller")) == "healthy"
+
+
+def test_a_worker_brought_back_with_compose_up_builds_again(fresh):
+    fresh.container("worker").kill()
+
+    fresh.compose("up", "-d", "worker")
+    fresh.wait_healthy(1)
+
+    job = fresh.post_job("site", wait=True).json()
+    assert job["state"] == "succeeded", fresh.describe()
+
+
+def test_the_history_survives_a_restart_of_the_controller(fresh):
+    before = fresh.post_job("stats", wait=True).json()
+
+    fresh.container("controller").restart(timeout=20)
+    fresh.wait_healthy(1)
+
+    after = fresh.job(before["id"])
+    assert after["state"] == "succeeded"
+    assert after["finished_at"] == before["finished_at"]
+    log = fresh.get(f"/jobs/{before['id']}/log").text
+    assert "stats: ok" in log
