@@ -97,7 +97,7 @@ class Dispatcher:
         started = 0
         with self._lock:
             busy_targets = {target for _, target in self._running.values()}
-        for job in self.store.jobs_in(JobState.QUEUED):
+        for job in self.store.dispatchable():
             if job.target in busy_targets:
                 continue  # the same target never runs twice at once; later jobs may go first
             with self.pool.lock:
@@ -116,8 +116,9 @@ class Dispatcher:
         return started
 
     def recover(self) -> None:
-        """Follow again the jobs a previous controller left `running`."""
-        for job in self.store.jobs_in(JobState.RUNNING):
+        """Follow again the jobs a previous controller left running or being started."""
+        claimed = [j for j in self.store.jobs_in(JobState.QUEUED) if j.worker]
+        for job in self.store.jobs_in(JobState.RUNNING) + claimed:
             worker = self.pool.get(job.worker) if job.worker else None
             if worker is None:
                 self._end(job.id, JobState.LOST, error="no worker was recorded for this job")
@@ -133,8 +134,13 @@ class Dispatcher:
     # --- one job ---------------------------------------------------------------------------
     def _run(self, job: Job, worker: Worker, start: bool) -> None:
         try:
-            if not start or self._start(job, worker):
-                self._follow(job, worker)
+            if start:
+                job.worker = worker.url
+                if not self._start(job, worker):
+                    return
+            elif job.state is JobState.QUEUED and not self._reclaim(job, worker):
+                return
+            self._follow(job, worker)
         except StoreError as exc:
             log.error("job %s: %s; it will be reconciled on the next start", job.id, exc)
         except Exception as exc:
@@ -167,15 +173,33 @@ class Dispatcher:
             self._end(job.id, JobState.FAILED, error=f"rejected by the worker: {exc}")
             return False
         except WorkerError as exc:
-            if exc.uncertain:
-                return True  # it may have started: follow it rather than run it twice
-            log.warning("job %s: cannot start on %s: %s; requeued", job.id, worker.url, exc)
-            worker.healthy, worker.last_error = False, str(exc)
-            self.store.unclaim(job.id)
-            return False
-        log.info("job %s: %s started on %s", job.id, job.target, worker.url)
+            if not exc.uncertain:
+                log.warning("job %s: cannot start on %s: %s; requeued", job.id, worker.url, exc)
+                worker.healthy, worker.last_error = False, str(exc)
+                self.store.unclaim(job.id)
+                return False
+            # It may have started: find out rather than risk running it twice.
+        return self._started(job)
+
+    def _started(self, job: Job) -> bool:
+        if not self.store.mark_running(job.id):
+            self._cancel.add(job.id)  # cancelled while the start was on its way
+        log.info("job %s: %s started on %s", job.id, job.target, job.worker)
         self.notify()
         return True
+
+    def _reclaim(self, job: Job, worker: Worker) -> bool:
+        """A previous controller was starting this job: did the worker get it?"""
+        try:
+            self.client.get_run(worker, self.store.run_id(job.id))
+        except RunUnknown:
+            self.store.unclaim(job.id)  # it never started: dispatch it again
+            return False
+        except WorkerError as exc:
+            self._end(job.id, JobState.LOST, error=f"cannot ask {worker.url} whether it "
+                                                   f"started: {exc}")
+            return False
+        return self._started(job)
 
     def _follow(self, job: Job, worker: Worker) -> None:
         """Copy the run's log as it grows and record its end. Ends `lost` if the worker is gone
@@ -209,6 +233,9 @@ class Dispatcher:
                 if exc.gone or worker.gone or not self.pool.still_resolves(worker):
                     self._end(job.id, JobState.LOST, error=f"worker gone: {exc}")
                     return
+                if self._answers(worker, run_id):
+                    last_contact = time.monotonic()
+                    continue  # a quiet build, not a lost worker: listen again
                 silent = time.monotonic() - last_contact
                 if silent > self.lost_after:
                     self._end(job.id, JobState.LOST,
@@ -217,6 +244,13 @@ class Dispatcher:
                     return
                 log.info("job %s: %s; retrying", job.id, exc)
                 self._stop.wait(min(1.0, self.lost_after / 10))
+
+    def _answers(self, worker: Worker, run_id: str) -> bool:
+        try:
+            self.client.get_run(worker, run_id)
+            return True
+        except WorkerError:
+            return False
 
     def _send_cancel(self, job_id: int, worker: Worker) -> bool:
         """Deliver a cancel the API asked for; True once the worker has it."""

@@ -1,6 +1,7 @@
 """gunicorn settings for the controller: one process (gthread), because the dispatcher and the
 jobs it follows are in-process state. The dispatcher thread starts after the fork."""
 
+import logging
 import os
 
 bind = os.environ.get("TRIGGER_BIND", "0.0.0.0:8080")
@@ -13,6 +14,8 @@ keepalive = 5
 control_socket_disable = True
 accesslog = os.environ.get("TRIGGER_ACCESS_LOG") or None
 loglevel = os.environ.get("TRIGGER_LOG_LEVEL", "info")
+logging.basicConfig(level=loglevel.upper(),
+                    format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
 
 
 def post_worker_init(worker):

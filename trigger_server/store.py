@@ -185,8 +185,9 @@ class Store:
         vars_json = json.dumps(variables, sort_keys=True)
         with self._tx() as db:
             row = db.execute(
-                "SELECT * FROM jobs WHERE state = 'queued' AND target = ? AND vars = ? "
-                "AND selector IS ? ORDER BY id LIMIT 1", (target, vars_json, selector)).fetchone()
+                "SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL AND target = ? "
+                "AND vars = ? AND selector IS ? ORDER BY id LIMIT 1",
+                (target, vars_json, selector)).fetchone()
             if row is not None:
                 return Job.from_row(row), True
             cur = db.execute(
@@ -223,20 +224,32 @@ class Store:
                           (state.value, limit))
         return [Job.from_row(r) for r in rows]
 
+    def dispatchable(self, limit: int = 1000) -> list[Job]:
+        """Queued jobs not yet handed to a worker, oldest first."""
+        rows = self._read("SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL "
+                          "ORDER BY id LIMIT ?", (limit,))
+        return [Job.from_row(r) for r in rows]
+
     def claim(self, job_id: int, worker: str) -> bool:
-        """queued -> running on `worker`; False if the job is no longer queued."""
+        """Record that `worker` is being asked to start the job (it stays `queued` until the
+        worker accepts). False if the job is no longer waiting."""
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE jobs SET state = 'running', worker = ?, started_at = ? "
-                "WHERE id = ? AND state = 'queued'", (worker, time.time(), job_id))
+            cur = db.execute("UPDATE jobs SET worker = ? WHERE id = ? AND state = 'queued' "
+                             "AND worker IS NULL", (worker, job_id))
             return cur.rowcount == 1
 
     def unclaim(self, job_id: int) -> bool:
-        """running -> queued, for a start the worker never accepted."""
+        """Back to waiting, for a start the worker did not accept."""
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE jobs SET state = 'queued', worker = NULL, started_at = NULL "
-                "WHERE id = ? AND state = 'running'", (job_id,))
+            cur = db.execute("UPDATE jobs SET worker = NULL WHERE id = ? AND state = 'queued'",
+                             (job_id,))
+            return cur.rowcount == 1
+
+    def mark_running(self, job_id: int) -> bool:
+        """The worker accepted the job; False if it was cancelled meanwhile."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET state = 'running', started_at = ? "
+                             "WHERE id = ? AND state = 'queued'", (time.time(), job_id))
             return cur.rowcount == 1
 
     def finish(self, job_id: int, state: JobState, exit_code: int | None = None,

@@ -17,6 +17,8 @@ graceful_timeout = int(float(os.environ.get("WORKER_KILL_GRACE", "10"))) + 10
 control_socket_disable = True
 accesslog = os.environ.get("WORKER_ACCESS_LOG") or None
 loglevel = os.environ.get("WORKER_LOG_LEVEL", "info")
+logging.basicConfig(level=loglevel.upper(),
+                    format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
 
 
 def post_worker_init(worker):

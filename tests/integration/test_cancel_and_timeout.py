@@ -1,0 +1,61 @@
+"""Cancel and time limits stop the whole build: make and everything it started."""
+
+import requests
+
+from .procs import pids_of, wait_for
+
+
+def test_cancel_ends_the_whole_process_tree(stack):
+    stack.server([stack.worker()])
+    job_id = stack.trigger("tree")["id"]
+    wait_for(lambda: "tree started" in stack.log(job_id), what="the tree to start")
+    assert len(pids_of("sleep 30[01]")) >= 2
+    resp = requests.delete(f"{stack.url}/jobs/{job_id}", timeout=10)
+    assert resp.status_code == 202
+    job = stack.wait_state(job_id)
+    assert job["state"] == "cancelled"
+    assert "cancel" in job["error"]
+    wait_for(lambda: not pids_of("sleep 30[01]"), what="every process of the build to be gone")
+
+
+def test_a_queued_job_is_cancelled_before_it_starts(stack):
+    stack.server([stack.worker()])
+    running = stack.trigger("slow")["id"]
+    queued = stack.trigger("other")["id"]
+    assert stack.job(queued)["state"] == "queued"
+    assert requests.delete(f"{stack.url}/jobs/{queued}", timeout=10).status_code == 202
+    assert stack.job(queued)["state"] == "cancelled"
+    requests.delete(f"{stack.url}/jobs/{running}", timeout=10)
+    assert stack.wait_state(running)["state"] == "cancelled"
+    again = requests.delete(f"{stack.url}/jobs/{running}", timeout=10)
+    assert again.status_code == 409 and "already ended" in again.json()["error"]
+
+
+def test_a_job_over_its_time_limit_fails_with_the_reason(stack):
+    stack.server([stack.worker()])
+    job_id = stack.trigger("slow", timeout=1)["id"]
+    job = stack.wait_state(job_id)
+    assert job["state"] == "failed"
+    assert job["error"] == "timed out after 1 s"
+    assert "timed out" in stack.log(job_id)
+    wait_for(lambda: not pids_of("sleep 30$"), what="the timed-out build to be gone")
+
+
+def test_the_worker_default_time_limit_applies_and_bounds_requests(stack):
+    stack.server([stack.worker(WORKER_JOB_TIMEOUT=1)])
+    job = stack.wait_state(stack.trigger("slow")["id"])
+    assert job["state"] == "failed" and job["error"] == "timed out after 1 s"
+    resp = stack.post(json={"target": "slow", "timeout": 5})
+    assert resp.status_code == 400 and "at most 1 s" in resp.json()["error"]
+
+
+def test_sigterm_to_the_worker_cancels_its_build_and_reports_it(stack):
+    w = stack.worker()
+    stack.server([w])
+    job_id = stack.trigger("slow")["id"]
+    stack.wait_state(job_id, "running")
+    wait_for(lambda: "start" in stack.log(job_id), what="make to start")
+    w.proc.send_signal(15)  # what `docker stop` sends
+    job = stack.wait_state(job_id)
+    assert job["state"] == "cancelled" and job["error"] == "worker shutdown"
+    assert w.proc.wait(30) == 0
