@@ -46,3 +46,18 @@ def test_the_history_survives_a_restart_of_the_controller(fresh):
     assert after["finished_at"] == before["finished_at"]
     log = fresh.get(f"/jobs/{before['id']}/log").text
     assert "stats: ok" in log
+
+
+def test_stopping_a_worker_cancels_its_build_and_reports_it_in_time(fresh):
+    job = fresh.post_job("check-titles").json()
+    fresh.wait_for_job(job["id"], ("running",))
+
+    started = time.monotonic()
+    fresh.compose("stop", "worker")
+    stopping = time.monotonic() - started
+
+    ended = fresh.job(job["id"])
+    assert ended["state"] == "cancelled", ended
+    assert ended["error"] == "worker shutdown"
+    assert stopping < 20  # well inside stop_grace_period: no SIGKILL needed
+    assert all(c.attrs["State"]["ExitCode"] == 0 for c in fresh.containers("worker", all=True))
