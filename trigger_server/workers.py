@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 _NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 5.0
+HEALTH_TIMEOUT = (1.0, 2.0)  # a frozen worker shows unhealthy within a few seconds
 STREAM_READ_TIMEOUT = 10.0
 
 
@@ -166,7 +167,7 @@ class WorkerClient:
         return body
 
     def health(self, worker: Worker) -> dict:
-        return self._json(self._call("GET", worker, "/healthz"), worker)
+        return self._json(self._call("GET", worker, "/healthz", timeout=HEALTH_TIMEOUT), worker)
 
     def targets(self, worker: Worker) -> list[dict]:
         return self._json(self._call("GET", worker, "/targets",

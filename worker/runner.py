@@ -107,25 +107,26 @@ def describe_exit(code: int) -> str:
     return f"exit status {code}"
 
 
-def _process_start(pid: int) -> str | None:
-    """The start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first), or None if gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
 
 
+def _process_start(pid: int) -> str | None:
+    """The start time of a live process (field 22 of its stat), to tell a reused pid apart.
+    A zombie counts as gone: it runs nothing, and may wait long for a reaper."""
+    fields = _proc_stat(pid)
+    if not fields or fields[0] in ("Z", "X") or len(fields) < 20:
+        return None
+    return fields[19]
+
+
 def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(pid) and _process_start(pid) is not None
 
 
 def kill_group(pgid: int, sig: int) -> bool:

@@ -1,0 +1,96 @@
+"""Crashes on either side: jobs end in a known state, nothing runs twice, work resumes."""
+
+import os
+import shutil
+import signal
+import time
+
+from .procs import pids_of, wait_for
+
+
+def test_a_worker_killed_mid_build_ends_the_job_lost_and_the_next_job_runs(stack):
+    ws = stack.workspace()
+    w = stack.worker(ws, name="w")
+    stack.server([w])
+    job_id = stack.trigger("slow")["id"]
+    wait_for(lambda: "start" in stack.log(job_id), what="make to start")
+    w.kill(signal.SIGKILL)  # gunicorn master and worker; make survives in its own group
+    killed_at = time.monotonic()
+    job = stack.wait_state(job_id, timeout=5)
+    assert job["state"] == "lost", job
+    assert time.monotonic() - killed_at < 5
+    assert "worker gone" in job["error"]
+    # A worker started again on the same workspace ends the orphaned make before any work.
+    assert pids_of("sleep 30$")
+    w.start()
+    wait_for(lambda: not pids_of("sleep 30$"), what="the orphaned make to be ended")
+    after = stack.post(json={"target": "ok", "wait": 30})
+    assert after.status_code == 200, after.text
+
+
+def test_a_killed_gunicorn_worker_process_is_replaced_and_its_build_reported_lost(stack):
+    w = stack.worker()
+    stack.server([w])
+    job_id = stack.trigger("slow")["id"]
+    wait_for(lambda: "start" in stack.log(job_id), what="make to start")
+    (child,) = w.children()
+    os.kill(child, signal.SIGKILL)  # the master forks a new worker process, which recovers
+    job = stack.wait_state(job_id, timeout=10)
+    assert job["state"] == "lost"
+    assert "restarted" in job["error"]
+    wait_for(lambda: not pids_of("sleep 30$"), what="the orphaned make to be ended")
+    assert stack.post(json={"target": "ok", "wait": 30}).status_code == 200
+
+
+def test_a_frozen_worker_is_unhealthy_and_its_job_lost_after_the_grace(stack):
+    w = stack.worker()
+    stack.server([w], TRIGGER_LOST_AFTER=3)
+    job_id = stack.trigger("slow")["id"]
+    wait_for(lambda: "start" in stack.log(job_id), what="make to start")
+    for pid in [*w.children(), w.proc.pid]:
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: not stack.get("/workers")["workers"][0]["healthy"], timeout=10,
+                 what="the frozen worker to show unhealthy")
+        job = stack.wait_state(job_id, timeout=30)
+        assert job["state"] == "lost" and "TRIGGER_LOST_AFTER" in job["error"]
+    finally:
+        for pid in [*w.children(), w.proc.pid]:
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: stack.get("/workers")["workers"][0]["healthy"], timeout=10,
+             what="the worker to recover")
+
+
+def test_a_restarted_controller_keeps_history_and_resumes_its_work(stack):
+    w = stack.worker()
+    server = stack.server([w])
+    done = stack.post(json={"target": "ok", "wait": True}).json()
+    running = stack.trigger("slow", vars={}, timeout=3)["id"]
+    stack.wait_state(running, "running")
+    queued = stack.trigger("ok")["id"]
+    server.kill(signal.SIGKILL)
+    server.start()
+    assert stack.job(done["id"])["state"] == "succeeded"
+    assert "building ok" in stack.log(done["id"])
+    # the running job is followed again on its worker, to its real end
+    job = stack.wait_state(running, timeout=15)
+    assert job["state"] == "failed" and job["error"] == "timed out after 3 s"
+    assert "start" in stack.log(running)
+    assert stack.wait_state(queued)["state"] == "succeeded"
+    # nothing ran twice: one run per job on the worker
+    assert len([j for j in stack.get("/jobs?limit=500")["jobs"]]) == 3
+
+
+def test_a_job_whose_run_the_worker_forgot_ends_lost_after_a_controller_restart(stack):
+    ws = stack.workspace()
+    w = stack.worker(ws, name="w")
+    server = stack.server([w])
+    job_id = stack.trigger("slow")["id"]
+    stack.wait_state(job_id, "running")
+    server.kill(signal.SIGKILL)
+    w.stop()  # SIGTERM: the build is cancelled
+    shutil.rmtree(stack.tmp / "w-state")  # a new container: no memory of the run
+    w.start()
+    server.start()
+    job = stack.wait_state(job_id, timeout=10)
+    assert job["state"] == "lost" and "no longer knows" in job["error"]
