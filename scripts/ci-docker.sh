@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Make a Docker engine reachable on this machine, for `make images` and `make e2e`.
 #
-# Idempotent: installs Debian's docker.io, docker-compose (Compose v1) and debootstrap (for the
-# stand-in base image when no registry is reachable) only if missing, starts dockerd in the
+# Idempotent: installs Debian's docker.io, docker-compose (Compose v1), debootstrap (for the
+# stand-in base image when no registry is reachable) and curl only if missing, starts dockerd in the
 # background only if no engine answers, then waits until one does. Needs root (or sudo).
 #
 #   scripts/ci-docker.sh            # install if needed, start dockerd, wait
@@ -30,6 +30,7 @@ install_packages() {
     command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
     command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)  # the e2e tests use it as a user would
     if [ ${#missing[@]} -eq 0 ]; then
         return
     fi
