@@ -71,10 +71,10 @@ def job_exit(job: dict) -> int:
     state, error = job["state"], job.get("error") or ""
     if state == "succeeded":
         return 0
+    if state == "failed" and error.startswith("timed out"):
+        return EXIT_TIMEOUT  # make's own status then only says it was stopped
     if state == "failed" and job.get("exit_code"):
         return job["exit_code"]
-    if state == "failed" and error.startswith("timed out"):
-        return EXIT_TIMEOUT
     if state == "failed" and error.startswith("rejected"):
         return EXIT_REJECTED
     return EXIT_ENDED

@@ -40,6 +40,8 @@ class Stack:
                     "TRIGGER_WORKER_TOKEN": TOKEN, "TRIGGER_HEALTH_INTERVAL": "0.5",
                     "TRIGGER_RESOLVE_INTERVAL": "1", "TRIGGER_LOST_AFTER": "5"}
         settings.update({k: str(v) for k, v in env.items()})
+        if "TRIGGER_API_TOKEN" in env:
+            self.http.headers["Authorization"] = f"Bearer {env['TRIGGER_API_TOKEN']}"
         proc = Proc("trigger_server", settings, str(self.tmp / f"server{len(self.procs)}.log"),
                     port=port).start()
         self.procs.append(proc)
@@ -76,13 +78,23 @@ class Stack:
         return resp.text
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
             proc.stop()
 
 
 @pytest.fixture
 def stack(tmp_path):
     s = Stack(tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def module_stack(tmp_path_factory):
+    """One stack for a whole module of tests that only read or are refused."""
+    s = Stack(tmp_path_factory.mktemp("stack"))
     yield s
     s.close()
 

@@ -92,6 +92,14 @@ class Proc:
         if sig == signal.SIGKILL:
             self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """Ask the whole group to stop (SIGTERM); `stop()` then waits for it."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             try:

@@ -1,0 +1,112 @@
+"""The `trigger` command against a real controller: its output and its exit statuses."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .procs import free_port
+
+
+def trigger(stack, *args, url=None, timeout=60):
+    exe = [shutil.which("trigger")] if shutil.which("trigger") else [
+        sys.executable, "-c", "from trigger_server.cli import main; main()"]
+    return subprocess.run([*exe, "--url", url or stack.url, *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cli_stack(module_stack):
+    ws = module_stack.workspace("cli")
+    module_stack.server([module_stack.worker(ws, name="cli", WORKER_VARS="MSG")])
+    return module_stack
+
+
+def test_run_wait_exits_zero_on_success_and_records_source_cli(cli_stack):
+    out = trigger(cli_stack, "run", "ok", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert "succeeded" in out.stderr
+    job_id = int(out.stderr.split()[1].rstrip(":"))
+    assert cli_stack.job(job_id)["source"] == "cli"
+
+
+def test_run_wait_exits_with_makes_own_status_on_failure(cli_stack):
+    out = trigger(cli_stack, "run", "fail", "--wait")
+    assert out.returncode == 2
+    assert "failed" in out.stderr
+
+
+def test_run_follow_prints_the_log_live(cli_stack):
+    out = trigger(cli_stack, "run", "chatty", "--follow")
+    assert out.returncode == 0
+    assert [f"line {i}" in out.stdout for i in range(1, 6)] == [True] * 5
+
+
+def test_run_passes_variables(cli_stack):
+    out = trigger(cli_stack, "run", "marker", "MSG=from the cli", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert (cli_stack.tmp / "cli" / "marker.txt").read_text() == "from the cli\n"
+
+
+def test_run_without_wait_prints_the_job_id(cli_stack):
+    out = trigger(cli_stack, "run", "ok")
+    assert out.returncode == 0
+    job_id = int(out.stdout.strip())
+    assert cli_stack.wait_state(job_id)["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["run", "-x"], 64, ""),                         # looks like an option: usage error
+    (["run", "--", "-x"], 65, "start with '-'"),     # rejected before it is sent
+    (["run", "a;b"], 65, "';'"),
+    (["run", "nope"], 65, "not a target"),
+    (["run", "ok", "SHELL=/bin/sh"], 65, "always refused"),
+    (["run", "ok", "--bogus"], 64, "No such option"),
+    (["status", "999"], 65, "no job 999"),
+    (["cancel", "999"], 65, "no job 999"),
+])
+def test_errors_have_their_own_exit_statuses(cli_stack, args, code, message):
+    out = trigger(cli_stack, *args)
+    assert out.returncode == code, (out.returncode, out.stderr)
+    assert message in out.stderr
+
+
+def test_an_unreachable_server_exits_69(cli_stack):
+    out = trigger(cli_stack, "status", url=f"http://127.0.0.1:{free_port()}")
+    assert out.returncode == 69
+    assert "cannot reach server" in out.stderr
+
+
+def test_timeout_bounds_the_wait_and_exits_124(cli_stack):
+    out = trigger(cli_stack, "run", "slow", "SECS=5", "--wait", "--timeout", "0.5")
+    assert out.returncode == 65  # SECS is not in WORKER_VARS
+    out = trigger(cli_stack, "run", "slow", "--wait", "--timeout", "0.5")
+    assert out.returncode == 124 and "--timeout" in out.stderr
+    job_id = int(out.stderr.split()[1].rstrip(":"))
+    assert trigger(cli_stack, "cancel", str(job_id)).returncode == 0
+    assert cli_stack.wait_state(job_id)["state"] == "cancelled"
+
+
+def test_a_job_time_limit_exits_124_and_a_cancel_125(cli_stack):
+    out = trigger(cli_stack, "run", "slow", "--wait", "--job-timeout", "1")
+    assert out.returncode == 124 and "timed out after 1 s" in out.stderr
+    running = subprocess.Popen(
+        [sys.executable, "-c", "from trigger_server.cli import main; main()", "--url",
+         cli_stack.url, "run", "slow", "--wait"], stderr=subprocess.PIPE, text=True)
+    job_id = int(running.stderr.readline().split()[1].rstrip(":"))
+    cli_stack.wait_state(job_id, "running")
+    trigger(cli_stack, "cancel", str(job_id))
+    assert running.wait(30) == 125
+
+
+def test_status_log_workers_and_targets_print_what_the_api_says(cli_stack):
+    job_id = cli_stack.post(json={"target": "ok", "wait": True}).json()["id"]
+    table = trigger(cli_stack, "status")
+    assert table.returncode == 0 and f"{job_id}" in table.stdout and "succeeded" in table.stdout
+    one = trigger(cli_stack, "status", str(job_id))
+    assert '"state": "succeeded"' in one.stdout
+    assert "building ok" in trigger(cli_stack, "log", str(job_id)).stdout
+    assert "healthy" in trigger(cli_stack, "workers").stdout
+    targets = trigger(cli_stack, "targets").stdout
+    assert "ok" in targets and "succeed quickly" in targets

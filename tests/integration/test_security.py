@@ -1,0 +1,178 @@
+"""Tokens on both sides, and every input rule enforced by the running servers."""
+
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from .procs import TOKEN
+
+CANARY_MAKEFILE = """\
+ok:
+\t@echo ok
+show:
+\t@echo "value=$(V)"
+"""
+
+
+def test_the_worker_refuses_requests_without_its_token(stack):
+    w = stack.worker()
+    for path in ("/healthz", "/targets", "/runs/x"):
+        assert requests.get(w.url + path, timeout=5).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert requests.get(w.url + path, headers=wrong, timeout=5).status_code == 401
+    resp = requests.post(w.url + "/runs", json={"id": "1", "target": "ok"}, timeout=5)
+    assert resp.status_code == 401 and "token" in resp.json()["error"]
+
+
+@pytest.mark.parametrize("module,env", [
+    ("worker", {"WORKER_WORKDIR": "/tmp"}),
+    ("trigger_server", {"TRIGGER_WORKERS": "http://127.0.0.1:1"}),
+])
+def test_neither_side_starts_without_a_worker_token(tmp_path, module, env):
+    env = {"PATH": "/usr/bin:/bin", "TRIGGER_DB": str(tmp_path / "db"), **env}
+    proc = subprocess.run([sys.executable, "-c", f"from {module}.serve import main; main()"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "no worker token" in proc.stderr and "WORKER_INSECURE=1" in proc.stderr
+
+
+def test_an_api_token_guards_everything_but_healthz(stack):
+    stack.server([stack.worker()], TRIGGER_API_TOKEN="s3cret")
+    assert requests.get(stack.url + "/healthz", timeout=5).status_code == 200
+    for method, path in (("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/1"),
+                         ("GET", "/workers"), ("GET", "/targets"), ("DELETE", "/jobs/1")):
+        resp = requests.request(method, stack.url + path, timeout=5)
+        assert resp.status_code == 401, (method, path)
+        assert "token" in resp.json()["error"]
+    ok = requests.get(stack.url + "/jobs", headers={"Authorization": "Bearer s3cret"}, timeout=5)
+    assert ok.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def guarded(module_stack):
+    """A worker that accepts variable V only, behind a controller: for rejection matrices."""
+    ws = module_stack.workspace("guarded", makefile=CANARY_MAKEFILE)
+    module_stack.server([module_stack.worker(ws, name="guarded", WORKER_VARS="V")])
+    return module_stack
+
+
+@pytest.mark.parametrize("target,rule", [
+    ("-f/etc/passwd", "start with '-'"),
+    ("--eval=x", "start with '-'"),
+    ("CC=evil", "'='"),
+    ("a b", "whitespace"),
+    ("$(shell id)", "'$'"),
+    ("`id`", "backticks"),
+    ("a'b", "quotes"),
+    ('a"b', "quotes"),
+    ("a;b", "';'"),
+    ("a|b", "'|'"),
+    ("a&b", "'&'"),
+    ("a\nb", "whitespace"),
+    ("a\x00b", "NUL"),
+    ("", "empty"),
+    (".PHONY", "start with '.'"),
+    ("%.o", "'%'"),
+])
+def test_the_controller_rejects_a_bad_target_naming_the_rule(guarded, target, rule):
+    resp = guarded.post(json={"target": target})
+    assert resp.status_code == 400
+    assert rule in resp.json()["error"]
+    assert guarded.get("/jobs")["jobs"] == []
+
+
+@pytest.mark.parametrize("variables,rule", [
+    ({"SHELL": "/bin/sh"}, "always refused"),
+    ({"MAKEFLAGS": "-j"}, "always refused"),
+    ({".SHELLFLAGS": "-c"}, "must match"),
+    ({"MAKE_X": "1"}, "always refused"),
+    ({"VPATH": "/"}, "always refused"),
+    ({"1X": "a"}, "must match"),
+    ({"V": "$(shell touch canary)"}, "'$'"),
+    ({"V": "`touch canary`"}, "backticks"),
+    ({"V": "a;b"}, "';'"),
+    ({"V": "a>b"}, "'>'"),
+    ({"V": "a\nb"}, "newlines"),
+    ({"V": 3}, "must be a string"),
+    ("V=1", "object"),
+])
+def test_the_controller_rejects_bad_variables(guarded, variables, rule):
+    resp = guarded.post(json={"target": "show", "vars": variables})
+    assert resp.status_code == 400, resp.text
+    assert rule in resp.json()["error"]
+    assert guarded.get("/jobs")["jobs"] == []
+
+
+def _worker_start(w, **body):
+    return requests.post(f"{w.url}/runs", json={"id": "r1", **body}, timeout=10,
+                         headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def test_the_worker_checks_everything_itself(stack):
+    ws = stack.workspace(makefile=CANARY_MAKEFILE)
+    w = stack.worker(ws, WORKER_VARS="V", WORKER_TARGETS="sh*")
+    cases = [
+        ({"target": "-f/etc/passwd"}, "start with '-'"),
+        ({"target": "nope"}, "WORKER_TARGETS"),
+        ({"target": "ok"}, "WORKER_TARGETS"),
+        ({"target": "shx"}, "not defined"),
+        ({"target": "show", "vars": {"OTHER": "1"}}, "not listed in WORKER_VARS"),
+        ({"target": "show", "vars": {"SHELL": "/bin/sh"}}, "always refused"),
+        ({"target": "show", "vars": {"V": "$(shell touch canary)"}}, "'$'"),
+        ({"target": "show", "timeout": -1}, "positive"),
+    ]
+    for body, rule in cases:
+        resp = _worker_start(w, **body)
+        assert resp.status_code == 400, body
+        assert rule in resp.json()["error"], (body, resp.json())
+    assert not (stack.tmp / "ws" / "canary").exists()
+    assert _worker_start(w, target="show", vars={"V": "fine value"}).status_code == 201
+
+
+def test_no_variables_are_accepted_unless_the_worker_lists_them(stack):
+    stack.server([stack.worker(stack.workspace(makefile=CANARY_MAKEFILE))])
+    resp = stack.post(json={"target": "show", "vars": {"V": "x"}, "wait": True})
+    assert resp.status_code == 422
+    assert "WORKER_VARS is empty" in resp.json()["error"]
+
+
+def test_values_reach_make_as_literal_text(stack):
+    ws = stack.workspace(makefile=CANARY_MAKEFILE)
+    stack.server([stack.worker(ws, WORKER_VARS="V")])
+    resp = stack.post(json={"target": "show", "vars": {"V": "a b*c (d) #e"}, "wait": True})
+    assert resp.status_code == 200
+    assert "value=a b*c (d)" in stack.log(resp.json()["id"])
+
+
+@pytest.mark.parametrize("kwargs,status,message", [
+    ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
+    ({"data": b"\xff\xfe", "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
+    ({"json": ["ok"]}, 400, "JSON object"),
+    ({"json": {"target": "ok", "bogus": 1}}, 400, "unknown field"),
+    ({"json": {"target": "nope"}}, 400, "not a target"),
+    ({"json": {"target": "ok", "wait": "soon"}}, 400, "wait"),
+    ({"json": {"target": "ok", "timeout": 0}}, 400, "timeout"),
+    ({"json": {"target": "ok", "source": "webhook"}}, 400, "source"),
+    ({"json": {"target": "ok", "worker": 5}}, 400, "worker"),
+    ({"data": b"x", "headers": {"Content-Type": "text/plain"}}, 415, "application/json"),
+    ({"json": {"target": "ok", "vars": {"V": "x" * 70000}}}, 413, ""),
+])
+def test_malformed_requests_get_a_json_error(guarded, kwargs, status, message):
+    resp = guarded.post(**kwargs)
+    assert resp.status_code == status, resp.text
+    assert message in resp.json()["error"]
+
+
+def test_unknown_routes_and_methods_answer_json(guarded):
+    stack = guarded
+    nope = requests.get(stack.url + "/nope", timeout=5)
+    assert nope.status_code == 404 and "error" in nope.json()
+    wrong = requests.put(stack.url + "/jobs", timeout=5)
+    assert wrong.status_code == 405 and "error" in wrong.json()
+    missing = requests.get(stack.url + "/jobs/999", timeout=5)
+    assert missing.status_code == 404 and missing.json()["error"] == "no job 999"
+    for bad in ("/jobs?limit=0", "/jobs?limit=x", "/jobs?state=bogus", "/jobs/1/log?offset=-1"):
+        resp = requests.get(stack.url + bad, timeout=5)
+        assert resp.status_code in (400, 404) and "error" in resp.json(), bad
