@@ -76,8 +76,12 @@ def unknown_run(exc):
     return jsonify(error=f"no run {exc.args[0]} on this worker"), 404
 
 
-@bp.app_errorhandler(ShuttingDown)
 @bp.app_errorhandler(MakefileError)
+def unreadable_makefile(exc):
+    return jsonify(error=str(exc)), 422
+
+
+@bp.app_errorhandler(ShuttingDown)
 def unavailable(exc):
     return jsonify(error=str(exc)), 503
 

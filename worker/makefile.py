@@ -36,13 +36,17 @@ def read_database(workdir: str, timeout: float = 30) -> str:
     try:
         proc = subprocess.run(
             ["make", "-C", workdir, "-pRrq", "--", ":"], stdin=subprocess.DEVNULL,
-            capture_output=True, timeout=timeout, check=False)
+            capture_output=True, timeout=timeout, check=False,
+            env={**os.environ, "LC_ALL": "C"})  # make's messages, untranslated
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise MakefileError(f"could not run make: {exc}") from exc
     out = proc.stdout.decode("utf-8", "replace")
-    if "\n# Files" not in out:
-        err = proc.stderr.decode("utf-8", "replace").strip()
-        raise MakefileError(f"make could not read the makefile: {err or 'no database printed'}")
+    # make always complains that ':' (the goal asked for) has no rule; anything else is real.
+    errors = [line for line in proc.stderr.decode("utf-8", "replace").splitlines()
+              if "***" in line and "No rule to make target ':'" not in line]
+    if errors or "\n# Files" not in out:
+        detail = "; ".join(errors) or "no database printed"
+        raise MakefileError(f"make could not read the makefile: {detail}")
     return out
 
 

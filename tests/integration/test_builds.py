@@ -139,3 +139,13 @@ def test_the_worker_api_speaks_the_documented_contract(stack):
     assert requests.get(f"{w.url}/runs/c-1", headers=auth, timeout=10).json()["state"] == \
         "succeeded"
     assert requests.get(f"{w.url}/runs/nope", headers=auth, timeout=10).status_code == 404
+
+
+def test_a_broken_makefile_fails_the_job_with_makes_message(stack):
+    ws = stack.workspace()
+    stack.server([stack.worker(ws)])
+    with open(f"{ws}/Makefile", "a") as f:
+        f.write("broken\n")
+    resp = stack.post(json={"target": "ok", "wait": 10})
+    assert resp.status_code == 422
+    assert "missing separator" in resp.json()["error"]

@@ -1,0 +1,101 @@
+"""What may reach make's command line (worker/rules.py), as a validation matrix and as
+properties over arbitrary input."""
+
+import string
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker import rules
+
+
+@pytest.mark.parametrize("target", ["html", "lesson-md", "out/file.txt", "a_b.c", "x:y"[:1],
+                                    "site+assets", "über"])
+def test_it_accepts_ordinary_target_names(target):
+    assert rules.check_target_syntax(target) == target
+
+
+@pytest.mark.parametrize("target,rule", [
+    ("-n", "start with '-'"),
+    ("CC=gcc", "'='"),
+    ("a b", "whitespace"),
+    ("a\tb", "whitespace"),
+    ("a\nb", "whitespace"),
+    ("$(shell id)", "'$'"),
+    ("`id`", "backticks"),
+    ("'a'", "quotes"),
+    ('"a"', "quotes"),
+    ("a;b", "';'"),
+    ("a|b", "'|'"),
+    ("a&b", "'&'"),
+    ("a\0b", "NUL"),
+    ("a\x1bb", "control characters"),
+    ("", "empty"),
+    (".DEFAULT", "start with '.'"),
+    ("%.o", "'%'"),
+    ("x" * 201, "at most"),
+    (None, "string"),
+    (3, "string"),
+])
+def test_it_rejects_a_target_naming_the_rule(target, rule):
+    with pytest.raises(rules.RuleError, match=None) as err:
+        rules.check_target_syntax(target)
+    assert rule in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(rules.REFUSED_VARS) + ["MAKEFOO", ".X", "MAKE_J"])
+def test_it_always_refuses_variables_that_change_how_make_runs(name):
+    with pytest.raises(rules.RuleError):
+        rules.check_var_name(name)
+
+
+@pytest.mark.parametrize("value", ["$(shell id)", "${HOME}", "`id`", "a'b", 'a"b', "a;b", "a|b",
+                                   "a&b", "a<b", "a>b", "a\nb", "a\rb", "a\0b", "x" * 5000])
+def test_it_rejects_values_that_could_execute(value):
+    with pytest.raises(rules.RuleError):
+        rules.check_var_value("V", value)
+
+
+def test_only_listed_variables_are_allowed():
+    rules.check_vars_allowed({"A": "1"}, ["A", "B"])
+    with pytest.raises(rules.RuleError, match="not listed in WORKER_VARS"):
+        rules.check_vars_allowed({"C": "1"}, ["A"])
+    with pytest.raises(rules.RuleError, match="WORKER_VARS is empty"):
+        rules.check_vars_allowed({"A": "1"}, [])
+
+
+def test_target_globs_allow_only_matching_names():
+    assert rules.target_allowed("html", [])
+    assert rules.target_allowed("lesson-md", ["lesson-*", "html"])
+    assert not rules.target_allowed("clean", ["lesson-*", "html"])
+
+
+def test_the_argv_ends_options_before_the_target():
+    argv = rules.make_argv("/ws", "html", {"LANG": "en"})
+    assert argv == ["make", "-C", "/ws", "LANG=en", "--", "html"]
+
+
+SAFE_VALUE = set(string.printable) - set("$`'\";|&<>\n\r\x0b\x0c")
+
+
+@given(st.text(max_size=60), st.dictionaries(st.text(max_size=12), st.text(max_size=40),
+                                                max_size=4))
+def test_nothing_outside_the_rules_ever_reaches_makes_argv(target, variables):
+    try:
+        argv = rules.make_argv("/ws", target, variables)
+    except rules.RuleError:
+        return
+    assert argv[:3] == ["make", "-C", "/ws"] and argv[-2] == "--"
+    assert argv[-1] == target and not target.startswith(("-", "."))
+    assert not set(target) & set("=$`'\";|&%\0") and not any(c.isspace() for c in target)
+    for arg in argv[3:-2]:
+        name, _, value = arg.partition("=")
+        assert rules.VAR_NAME_RE.fullmatch(name)
+        assert name not in rules.REFUSED_VARS and not name.startswith("MAKE")
+        assert not set(value) & set("$`'\";|&<>\n\r\0")
+
+
+@given(st.text(alphabet=st.sampled_from(sorted(SAFE_VALUE)), max_size=50))
+def test_safe_values_pass_unchanged(value):
+    assert rules.check_var_value("V", value) == value

@@ -1,0 +1,100 @@
+"""The SQLite store: jobs, coalescing, guarded state changes, and logs by byte offset."""
+
+import pytest
+
+from trigger_server.store import TRUNCATION_MARKER, JobState, Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(str(tmp_path / "t.db"))
+
+
+def test_a_new_job_is_queued_with_its_fields(store):
+    job, coalesced = store.create_job("html", {"B": "2", "A": "1"}, None, "api", 30)
+    assert not coalesced
+    assert (job.state, job.target, job.vars, job.timeout) == (JobState.QUEUED, "html",
+                                                              {"A": "1", "B": "2"}, 30)
+    d = job.to_dict()
+    assert d["created_at"].endswith("Z") and d["started_at"] is None
+
+
+def test_an_identical_queued_job_is_reused(store):
+    a, _ = store.create_job("html", {"A": "1"}, None, "api")
+    b, coalesced = store.create_job("html", {"A": "1"}, None, "cli")
+    assert coalesced and b.id == a.id
+    for other in (("pdf", {"A": "1"}, None), ("html", {"A": "2"}, None),
+                  ("html", {"A": "1"}, "worker2")):
+        assert not store.create_job(*other, "api")[1]
+
+
+def test_a_job_being_started_or_running_is_not_coalesced(store):
+    a, _ = store.create_job("html", {}, None, "api")
+    assert store.claim(a.id, "http://w:8000")
+    b, coalesced = store.create_job("html", {}, None, "api")
+    assert not coalesced and b.id != a.id
+
+
+def test_state_changes_are_guarded(store):
+    job, _ = store.create_job("html", {}, None, "api")
+    assert store.claim(job.id, "http://w")
+    assert not store.claim(job.id, "http://other")  # one worker at most
+    assert store.dispatchable() == []
+    assert store.mark_running(job.id)
+    assert not store.mark_running(job.id)
+    assert store.finish(job.id, JobState.SUCCEEDED, 0)
+    assert not store.finish(job.id, JobState.FAILED, 2)  # an ended job stays ended
+    assert store.get_job(job.id).state is JobState.SUCCEEDED
+
+
+def test_a_cancelled_queued_job_can_no_longer_be_started(store):
+    job, _ = store.create_job("html", {}, None, "api")
+    assert store.claim(job.id, "http://w")
+    assert store.finish(job.id, JobState.CANCELLED, only_queued=True)
+    assert not store.mark_running(job.id)
+
+
+def test_an_unaccepted_claim_goes_back_to_the_queue(store):
+    job, _ = store.create_job("html", {}, None, "api")
+    store.claim(job.id, "http://w")
+    assert store.unclaim(job.id)
+    assert [j.id for j in store.dispatchable()] == [job.id]
+
+
+def test_logs_append_idempotently_and_read_from_any_offset(store):
+    job, _ = store.create_job("html", {}, None, "api")
+    assert store.append_log(job.id, 0, b"hello ") == 6
+    assert store.append_log(job.id, 0, b"hello world") == 5  # a resent prefix is skipped
+    assert store.append_log(job.id, 11, b"\nbye") == 4
+    assert store.read_log(job.id) == b"hello world\nbye"
+    assert store.read_log(job.id, 3) == b"lo world\nbye"
+    assert store.read_log(job.id, 15) == b""
+    assert store.get_job(job.id).log_size == 15
+    with pytest.raises(ValueError, match="gap"):
+        store.append_log(job.id, 20, b"x")
+
+
+def test_a_log_over_the_cap_ends_with_a_marker(tmp_path):
+    store = Store(str(tmp_path / "t.db"), max_log_bytes=10)
+    job, _ = store.create_job("html", {}, None, "api")
+    store.append_log(job.id, 0, b"0123456789abcdef")
+    store.append_log(job.id, 16, b"more")
+    assert store.read_log(job.id) == b"0123456789" + TRUNCATION_MARKER
+    assert store.get_job(job.id).log_truncated
+
+
+def test_history_pages_newest_first(store):
+    ids = [store.create_job(f"t{i}", {}, None, "api")[0].id for i in range(5)]
+    assert [j.id for j in store.list_jobs(limit=2)] == ids[:-3:-1]
+    assert [j.id for j in store.list_jobs(limit=2, before=ids[3])] == ids[2:0:-1]
+    assert [j.id for j in store.list_jobs(target="t1")] == [ids[1]]
+
+
+def test_the_database_survives_reopening(tmp_path):
+    path = str(tmp_path / "t.db")
+    first = Store(path)
+    job, _ = first.create_job("html", {}, None, "api")
+    again = Store(path)
+    assert again.get_job(job.id).target == "html"
+    assert again.instance == first.instance  # run ids stay stable across restarts
+    assert again.integrity_ok()
