@@ -4,6 +4,7 @@
 #   make base-image    the stand-in base image (debootstrap), for machines without a registry
 #   make images        both images, tagged as docker-compose.yml names them
 #   make e2e           the end-to-end tests against real containers (tests/e2e)
+#   make test          the whole test suite: unit, integration and e2e
 #
 # Every variable can be set on the command line or in the environment, e.g.
 #   make images WORKER_BASE_IMAGE=rocker/verse:4.4 TRIGGER_WORKER_IMAGE=my-worker:4.4
@@ -19,7 +20,7 @@ export STANDIN_IMAGE
 TRIGGER_SERVER_IMAGE ?= maketrigger-server:local
 TRIGGER_WORKER_IMAGE ?= maketrigger-worker:local
 
-.PHONY: help wheels base-image images e2e
+.PHONY: help wheels base-image images e2e test
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -43,3 +44,10 @@ images: wheels
 
 e2e:
 	$(PYTHON) -m pytest -v tests/e2e
+
+# pytest exits 5 when it collected nothing: for this suite that is a failure, said plainly.
+test:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PYTHON) -m pytest -ra; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
