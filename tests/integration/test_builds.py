@@ -1,10 +1,11 @@
 """A trigger runs make on a real worker, and the result and log come back to the controller."""
 
 import json
+import threading
 
 import requests
 
-from .procs import TOKEN
+from .procs import TOKEN, wait_for
 
 
 def test_it_runs_a_target_and_keeps_its_log(stack):
@@ -149,3 +150,16 @@ def test_a_broken_makefile_fails_the_job_with_makes_message(stack):
     resp = stack.post(json={"target": "ok", "wait": 10})
     assert resp.status_code == 422
     assert "missing separator" in resp.json()["error"]
+
+
+def test_waiting_requests_are_bounded_and_refused_beyond_the_bound(stack):
+    stack.server([stack.worker()], TRIGGER_MAX_WAITERS=1)
+    holder = threading.Thread(target=stack.post, kwargs={"json": {"target": "slow",
+                                                                  "wait": 3}})
+    holder.start()
+    wait_for(lambda: stack.get("/jobs")["jobs"], what="the waiting job to exist")
+    resp = stack.post(json={"target": "ok", "wait": True})
+    assert resp.status_code == 429 and resp.headers["Retry-After"]
+    assert "waiting" in resp.json()["error"]
+    assert len(stack.get("/jobs")["jobs"]) == 1  # the refused trigger made no job
+    holder.join()

@@ -1,0 +1,70 @@
+"""The worker's runner on its own: locks, records, pruning, readable ends."""
+
+import signal
+import time
+
+import pytest
+
+from worker.runner import Busy, RunExists, Runner, RunState, describe_exit
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "Makefile").write_text("ok:\n\t@echo ok\nslow:\n\t@sleep 5\nother:\n\t@sleep 5\n")
+    return ws
+
+
+def wait_done(run):
+    assert run.done.wait(10)
+    return run
+
+
+def test_a_second_build_in_the_workspace_is_refused_while_one_runs(workspace, tmp_path):
+    a = Runner(str(workspace), str(tmp_path / "a"), kill_grace=1)
+    b = Runner(str(workspace), str(tmp_path / "b"), kill_grace=1)  # a replica, same folder
+    run = a.start("1", "slow", {}, None)
+    with pytest.raises(Busy):
+        b.start("2", "other", {}, None)
+    a.cancel("1")
+    wait_done(run)
+    wait_done(b.start("3", "ok", {}, None))
+
+
+def test_with_target_locks_only_the_same_target_waits(workspace, tmp_path):
+    a = Runner(str(workspace), str(tmp_path / "a"), lock_mode="target", kill_grace=1)
+    b = Runner(str(workspace), str(tmp_path / "b"), lock_mode="target", kill_grace=1)
+    slow = a.start("1", "slow", {}, None)
+    other = b.start("2", "other", {}, None)
+    with pytest.raises(Busy, match="already being built"):
+        b.start("3", "slow", {}, None)
+    assert (workspace / ".maketrigger" / ".gitignore").read_text().endswith("*\n")
+    for runner, run in ((a, slow), (b, other)):
+        runner.cancel(run.id)
+        wait_done(run)
+
+
+def test_a_run_id_runs_at_most_once(workspace, tmp_path):
+    r = Runner(str(workspace), str(tmp_path / "s"))
+    wait_done(r.start("1", "ok", {}, None))
+    with pytest.raises(RunExists):
+        r.start("1", "ok", {}, None)
+
+
+def test_records_outlive_the_runner_and_old_ones_are_pruned(workspace, tmp_path):
+    r = Runner(str(workspace), str(tmp_path / "s"), keep_runs=3)
+    for i in range(5):
+        wait_done(r.start(str(i), "ok", {}, None))
+        time.sleep(0.01)
+    again = Runner(str(workspace), str(tmp_path / "s"), keep_runs=3)
+    assert again.get("4").state is RunState.SUCCEEDED
+    kept = sorted(p.name for p in (tmp_path / "s" / "runs").glob("*.json"))
+    assert len(kept) <= 4 and "4.json" in kept and "0.json" not in kept
+
+
+@pytest.mark.parametrize("code,text", [(0, "exit status 0"), (2, "exit status 2"),
+                                       (-signal.SIGKILL, "killed by SIGKILL"),
+                                       (-signal.SIGTERM, "killed by SIGTERM")])
+def test_ends_are_described_readably(code, text):
+    assert describe_exit(code) == text
