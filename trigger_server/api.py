@@ -201,9 +201,7 @@ def create_job():
     if wait:
         slots.take()
     try:
-        job, coalesced = _store().create_job(target, variables, selector, source, timeout)
-        if not coalesced:
-            _dispatcher().wake()
+        job, coalesced = _dispatcher().submit(target, variables, selector, source, timeout)
         status = 202
         if wait:
             job = wait_for_end(job.id, wait)

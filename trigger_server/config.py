@@ -32,8 +32,15 @@ SETTINGS = {
     "THREADS": ("TRIGGER_THREADS", int, 16),
     "MAX_BODY": ("TRIGGER_MAX_BODY", int, 64 * 1024),
     "MAX_LOG_BYTES": ("TRIGGER_MAX_LOG_BYTES", int, 100 * 1024 * 1024),
+    # git-host webhooks (trigger_server/hooks.py); each endpoint is off without its secret
+    "GITHUB_SECRET": ("TRIGGER_GITHUB_SECRET", str, ""),
+    "GITHUB_BRANCH": ("TRIGGER_GITHUB_BRANCH", str, ""),
+    "GITHUB_TARGET": ("TRIGGER_GITHUB_TARGET", str, ""),
+    "GITLAB_TOKEN": ("TRIGGER_GITLAB_TOKEN", str, ""),
+    "GITLAB_BRANCH": ("TRIGGER_GITLAB_BRANCH", str, ""),
+    "GITLAB_TARGET": ("TRIGGER_GITLAB_TARGET", str, ""),
 }
-SECRETS = ("WORKER_TOKEN", "API_TOKEN")
+SECRETS = ("WORKER_TOKEN", "API_TOKEN", "GITHUB_SECRET", "GITLAB_TOKEN")
 
 
 def _secret(environ, var: str) -> str | None:

@@ -269,7 +269,16 @@ class Dispatcher:
             log.info("job %s: %s%s", job_id, state.value, f" ({error})" if error else "")
         self.notify()
 
-    # --- requests from the API ---------------------------------------------------------------
+    # --- requests from the API and the other sources -------------------------------------------
+    def submit(self, target: str, variables: dict, selector: str | None, source: str,
+               timeout: float | None = None) -> tuple[Job, bool]:
+        """Queue a job (or join the identical queued one) and wake the dispatcher.
+        The caller has validated the target and variables (worker.rules)."""
+        job, coalesced = self.store.create_job(target, variables, selector, source, timeout)
+        if not coalesced:
+            self.wake()
+        return job, coalesced
+
     def cancel(self, job: Job) -> bool:
         """Cancel a queued job at once, or ask the worker to stop a running one."""
         if job.state is JobState.QUEUED and self.store.finish(

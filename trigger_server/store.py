@@ -39,6 +39,13 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, target, id);
 CREATE INDEX IF NOT EXISTS jobs_by_target ON jobs (target, id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    provider TEXT NOT NULL,
+    delivery TEXT NOT NULL,
+    job_id INTEGER,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (provider, delivery)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS log_chunks (
     job_id INTEGER NOT NULL,
@@ -263,6 +270,20 @@ class Store:
                 f"WHERE id = ? AND state IN {states}",
                 (state.value, exit_code, error, time.time(), job_id))
             return cur.rowcount == 1
+
+    # --- webhook deliveries ---------------------------------------------------------------
+    def record_delivery(self, provider: str, delivery: str) -> bool:
+        """Remember a webhook delivery id; False if it was seen before (a redelivery)."""
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO deliveries (provider, delivery, received_at) "
+                             "VALUES (?, ?, ?)", (provider, delivery, time.time()))
+            return cur.rowcount == 1
+
+    def delivery_job(self, provider: str, delivery: str, job_id: int) -> None:
+        """Note which job a delivery queued."""
+        with self._tx() as db:
+            db.execute("UPDATE deliveries SET job_id = ? WHERE provider = ? AND delivery = ?",
+                       (job_id, provider, delivery))
 
     # --- logs ----------------------------------------------------------------------------
     def append_log(self, job_id: int, offset: int, data: bytes) -> int:
