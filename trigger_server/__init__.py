@@ -7,6 +7,7 @@ from flask import Flask
 from . import config as config_module
 from .api import WaitSlots, bp
 from .dispatch import Dispatcher
+from .schedules import Scheduler
 from .store import Store
 from .workers import WorkerClient, WorkerPool
 
@@ -14,8 +15,8 @@ from .workers import WorkerClient, WorkerPool
 def create_app(config: dict | None = None) -> Flask:
     """The controller app. Settings: defaults, then TRIGGER_* variables, then `config`.
 
-    The dispatcher is created here but started by the gunicorn hook (or a test), never at
-    import time: threads do not survive gunicorn's fork.
+    The dispatcher and the scheduler are created here but started by the gunicorn hook (or a
+    test), never at import time: threads do not survive gunicorn's fork.
     """
     cfg = config_module.load(config)
     app = Flask(__name__)
@@ -26,9 +27,11 @@ def create_app(config: dict | None = None) -> Flask:
     client = WorkerClient(cfg["WORKER_TOKEN"])
     pool = WorkerPool(cfg["WORKERS"], client, resolve_interval=cfg["RESOLVE_INTERVAL"],
                       health_interval=cfg["HEALTH_INTERVAL"])
+    dispatcher = Dispatcher(store, pool, client, lost_after=cfg["LOST_AFTER"])
     app.extensions.update(
-        store=store, pool=pool,
-        dispatcher=Dispatcher(store, pool, client, lost_after=cfg["LOST_AFTER"]),
+        store=store, pool=pool, dispatcher=dispatcher,
+        scheduler=Scheduler(cfg["SCHEDULES"], store, dispatcher, cfg["TIMEZONE"],
+                            cfg["SCHEDULE_CATCHUP"]),
         wait_slots=WaitSlots(cfg["MAX_WAITERS"]))
     app.register_blueprint(bp)
     return app

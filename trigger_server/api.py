@@ -350,6 +350,11 @@ def list_targets():
     return jsonify(targets=found)
 
 
+@bp.get("/schedules")
+def list_schedules():
+    return jsonify(schedules=current_app.extensions["scheduler"].describe())
+
+
 @bp.get("/healthz")
 def healthz():
     healthy = sum(1 for w in _pool().all() if w.healthy)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from . import schedules
+
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the controller must not start."""
@@ -32,6 +34,11 @@ SETTINGS = {
     "THREADS": ("TRIGGER_THREADS", int, 16),
     "MAX_BODY": ("TRIGGER_MAX_BODY", int, 64 * 1024),
     "MAX_LOG_BYTES": ("TRIGGER_MAX_LOG_BYTES", int, 100 * 1024 * 1024),
+    # schedules (trigger_server/schedules.py)
+    "SCHEDULE": ("TRIGGER_SCHEDULE", str, ""),
+    "SCHEDULE_FILE": ("TRIGGER_SCHEDULE_FILE", str, ""),
+    "SCHEDULE_CATCHUP": ("TRIGGER_SCHEDULE_CATCHUP", str, "once"),
+    "TZ": ("TZ", str, "UTC"),
     # git-host webhooks (trigger_server/hooks.py); each endpoint is off without its secret
     "GITHUB_SECRET": ("TRIGGER_GITHUB_SECRET", str, ""),
     "GITHUB_BRANCH": ("TRIGGER_GITHUB_BRANCH", str, ""),
@@ -69,6 +76,13 @@ def load(overrides: dict | None = None, environ=None) -> dict:
     if not cfg["WORKER_TOKEN"] and not cfg["INSECURE"]:
         raise ConfigError("no worker token: set TRIGGER_WORKER_TOKEN (or TRIGGER_WORKER_TOKEN_FILE)"
                           ", or WORKER_INSECURE=1 to talk to workers without one")
+    try:
+        cfg["SCHEDULES"] = schedules.load(cfg["SCHEDULE"], cfg["SCHEDULE_FILE"])
+        cfg["TIMEZONE"] = schedules.timezone(cfg["TZ"])
+    except schedules.ScheduleError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg["SCHEDULE_CATCHUP"] not in ("once", "none"):
+        raise ConfigError("TRIGGER_SCHEDULE_CATCHUP must be 'once' or 'none'")
     if not cfg["MAX_WAITERS"]:
         cfg["MAX_WAITERS"] = max(1, cfg["THREADS"] - 4)
     return cfg

@@ -19,11 +19,14 @@ logging.basicConfig(level=loglevel.upper(),
 
 
 def post_worker_init(worker):
-    """Start the dispatcher in the serving process (threads do not survive a fork)."""
+    """Start the dispatcher and the scheduler in the serving process (threads do not survive a
+    fork)."""
     worker.wsgi.extensions["dispatcher"].start()
+    worker.wsgi.extensions["scheduler"].start()
 
 
 def worker_exit(server, worker):
-    dispatcher = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("dispatcher")
-    if dispatcher:
-        dispatcher.stop()
+    extensions = worker.wsgi.extensions if getattr(worker, "wsgi", None) else {}
+    for name in ("scheduler", "dispatcher"):
+        if name in extensions:
+            extensions[name].stop()

@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     received_at REAL NOT NULL,
     PRIMARY KEY (provider, delivery)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schedule_state (
+    key TEXT PRIMARY KEY,
+    last_fire REAL,
+    last_job INTEGER
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS log_chunks (
     job_id INTEGER NOT NULL,
@@ -270,6 +275,26 @@ class Store:
                 f"WHERE id = ? AND state IN {states}",
                 (state.value, exit_code, error, time.time(), job_id))
             return cur.rowcount == 1
+
+    # --- schedules --------------------------------------------------------------------------
+    def schedule_state(self, key: str) -> tuple[float | None, int | None]:
+        """(last fire time, last job id) of a schedule."""
+        rows = self._read("SELECT last_fire, last_job FROM schedule_state WHERE key = ?", (key,))
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
+
+    def claim_fire(self, key: str, fire_time: float) -> bool:
+        """Record `fire_time` as the schedule's last; False if it (or a later one) was already:
+        whoever claims a fire time first is the only one to queue its job."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO schedule_state (key) VALUES (?)", (key,))
+            cur = db.execute("UPDATE schedule_state SET last_fire = ? WHERE key = ? "
+                             "AND (last_fire IS NULL OR last_fire < ?)",
+                             (fire_time, key, fire_time))
+            return cur.rowcount == 1
+
+    def set_schedule_job(self, key: str, job_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE schedule_state SET last_job = ? WHERE key = ?", (job_id, key))
 
     # --- webhook deliveries ---------------------------------------------------------------
     def record_delivery(self, provider: str, delivery: str) -> bool:

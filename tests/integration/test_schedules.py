@@ -1,0 +1,30 @@
+"""Schedules in a running controller."""
+
+import subprocess
+import sys
+
+
+def test_a_reboot_schedule_queues_a_job_at_start_and_is_listed(stack):
+    stack.server([stack.worker()], TRIGGER_SCHEDULE="@reboot ok\n0 3 * * * fail")
+    job = stack.wait_state(1)
+    assert (job["target"], job["source"], job["state"]) == ("ok", "schedule", "succeeded")
+    rows = stack.get("/schedules")["schedules"]
+    assert [r["schedule"] for r in rows] == ["@reboot ok", "0 3 * * * fail"]
+    assert rows[0]["last_job"]["id"] == 1
+    assert rows[1]["next_fire"].endswith("T03:00:00.000Z") and rows[1]["last_job"] is None
+
+
+def test_schedules_come_from_a_file_too(stack, tmp_path):
+    path = tmp_path / "schedules"
+    path.write_text("# every night\n@reboot chatty\n")
+    stack.server([stack.worker()], TRIGGER_SCHEDULE_FILE=str(path))
+    assert stack.wait_state(1)["target"] == "chatty"
+
+
+def test_a_bad_schedule_line_stops_the_controller_naming_the_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "TRIGGER_DB": str(tmp_path / "db"),
+           "TRIGGER_WORKER_TOKEN": "x", "TRIGGER_SCHEDULE": "@daily ok\n99 * * * * ok"}
+    proc = subprocess.run([sys.executable, "-c", "from trigger_server.serve import main; main()"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "TRIGGER_SCHEDULE line 2" in proc.stderr and "99 * * * *" in proc.stderr

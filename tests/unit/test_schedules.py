@@ -1,0 +1,113 @@
+"""Schedules: parsing, exactly-once fire times, catch-up and no pile-up, on a real store."""
+
+from datetime import datetime
+
+import pytest
+
+from trigger_server.dispatch import Dispatcher
+from trigger_server.schedules import Schedule, ScheduleError, Scheduler, parse, timezone
+from trigger_server.store import Store
+from trigger_server.workers import WorkerClient, WorkerPool
+
+UTC = timezone("UTC")
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(str(tmp_path / "t.db"))
+
+
+def scheduler(store, lines: str, catchup: str = "once", tz=UTC) -> Scheduler:
+    client = WorkerClient("token")
+    dispatcher = Dispatcher(store, WorkerPool([], client), client)  # never started: no threads
+    return Scheduler(parse(lines, "test"), store, dispatcher, tz, catchup)
+
+
+def test_lines_are_parsed_with_targets_and_variables():
+    found = parse("# nightly\n0 3 * * * site LANG=en\n\n@hourly stats\n@reboot site\n", "S")
+    assert [(s.expr, s.target, s.vars) for s in found] == [
+        ("0 3 * * *", "site", {"LANG": "en"}), ("@hourly", "stats", {}), ("@reboot", "site", {})]
+
+
+@pytest.mark.parametrize("line,message", [
+    ("61 * * * * site", "line 2: '61 * * * *' is not a 5-field cron expression"),
+    ("* * * * site", "line 2: '* * * * site' is not a 5-field cron expression"),
+    ("0 0 * * * * site", "line 2: -"),  # six fields: the sixth is read as the target
+    ("@often site", "line 2: unknown macro '@often'"),
+    ("0 3 * * *", "line 2: no target"),
+    ("0 3 * * * -x", "line 2: target must not start with '-'"),
+    ("0 3 * * * site SHELL=/bin/sh", "line 2: variable SHELL is always refused"),
+])
+def test_a_bad_line_is_an_error_naming_the_line(line, message):
+    with pytest.raises(ScheduleError) as err:
+        parse(f"@daily ok\n{line}\n", "TRIGGER_SCHEDULE")
+    assert str(err.value).startswith("TRIGGER_SCHEDULE line 2:")
+    if not message.endswith("-"):
+        assert message in str(err.value)
+
+
+def test_next_fire_times_follow_the_timezone():
+    berlin = timezone("Europe/Berlin")
+    s = Schedule("30 2 * * *", "site", {}, "30 2 * * * site")
+    # 02:30 does not exist on the day clocks go forward; croniter moves to the next valid time
+    assert s.next_after(ts("2026-03-28T23:00:00+00:00"), berlin) == ts("2026-03-29T03:00:00+02:00")
+    assert s.next_after(ts("2026-06-01T00:00:00+00:00"), berlin) == ts("2026-06-01T02:30:00+02:00")
+    with pytest.raises(ScheduleError):
+        timezone("Mars/Olympus")
+
+
+def test_a_fire_time_is_claimed_once_even_by_two_schedulers(store):
+    a, b = scheduler(store, "*/5 * * * * ok"), scheduler(store, "*/5 * * * * ok")
+    now = ts("2026-11-27T10:02:00+00:00")
+    a.catch_up(now)
+    b.catch_up(now)
+    due = ts("2026-11-27T10:05:00+00:00")
+    a.run_due(due + 0.2)
+    b.run_due(due + 0.3)
+    jobs = store.list_jobs()
+    assert [(j.target, j.source) for j in jobs] == [("ok", "schedule")]
+    a.run_due(due + 1)  # the same fire time again: nothing
+    assert len(store.list_jobs()) == 1
+
+
+def test_a_firing_while_the_last_job_is_queued_joins_it(store):
+    s = scheduler(store, "* * * * * ok")
+    s.catch_up(ts("2026-11-27T10:00:30+00:00"))
+    s.run_due(ts("2026-11-27T10:01:00+00:00"))
+    s.run_due(ts("2026-11-27T10:02:00+00:00"))
+    s.run_due(ts("2026-11-27T10:03:00+00:00"))
+    assert len(store.list_jobs()) == 1  # still queued: one more build, not three
+
+
+def test_missed_fire_times_run_once_after_downtime(store):
+    scheduler(store, "0 * * * * ok").catch_up(ts("2026-11-27T08:30:00+00:00"))
+    assert store.list_jobs() == []  # a new schedule does not fire for the past
+    scheduler(store, "0 * * * * ok").catch_up(ts("2026-11-27T12:30:00+00:00"))
+    assert len(store.list_jobs()) == 1  # 09:00 .. 12:00 missed: one job
+
+
+def test_missed_fire_times_can_be_skipped(store):
+    scheduler(store, "0 * * * * ok", "none").catch_up(ts("2026-11-27T08:30:00+00:00"))
+    scheduler(store, "0 * * * * ok", "none").catch_up(ts("2026-11-27T12:30:00+00:00"))
+    assert store.list_jobs() == []
+
+
+def test_reboot_fires_at_every_start(store):
+    scheduler(store, "@reboot ok").catch_up(ts("2026-11-27T08:30:00+00:00"))
+    scheduler(store, "@reboot ok").catch_up(ts("2026-11-27T08:31:00+00:00"))
+    assert len(store.list_jobs()) == 1  # the second joined the first, still queued
+
+
+def test_the_listing_shows_next_fire_and_last_job(store):
+    s = scheduler(store, "0 3 * * * ok LANG=en")
+    s.catch_up(ts("2026-11-27T02:00:00+00:00"))
+    s.run_due(ts("2026-11-27T03:00:01+00:00"))
+    (row,) = s.describe()
+    assert row["cron"] == "0 3 * * *" and row["vars"] == {"LANG": "en"}
+    assert row["last_fire"] == "2026-11-27T03:00:00.000Z"
+    assert row["next_fire"] == "2026-11-28T03:00:00.000Z"
+    assert row["last_job"]["source"] == "schedule"

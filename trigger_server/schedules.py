@@ -1,0 +1,193 @@
+"""Schedules: cron lines that queue jobs, exactly once per fire time.
+
+`TRIGGER_SCHEDULE` (and the file named by `TRIGGER_SCHEDULE_FILE`) hold one schedule a line:
+`<cron expression> <target> [NAME=VALUE ...]`, with standard 5-field expressions or `@hourly`,
+`@daily`, `@weekly`, `@monthly`, `@yearly`, `@reboot`, evaluated in the timezone `TZ` (UTC by
+default) with croniter. Each fire time is claimed in the database before its job is queued, so
+it fires once even across threads and restarts; missed fire times run once on start
+(`TRIGGER_SCHEDULE_CATCHUP=once`) or not at all (`none`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from worker import rules
+
+from .store import iso
+
+log = logging.getLogger(__name__)
+
+MACROS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
+REBOOT = "@reboot"
+
+
+class ScheduleError(ValueError):
+    """A schedule line that cannot be used; the message names the line."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    expr: str
+    target: str
+    vars: dict = field(default_factory=dict, hash=False)
+    line: str = ""
+
+    @property
+    def key(self) -> str:
+        """A stable name for the schedule's state in the database."""
+        return hashlib.sha256(self.line.encode()).hexdigest()[:16]
+
+    def next_after(self, ts: float, tz: tzinfo) -> float | None:
+        if self.expr == REBOOT:
+            return None
+        return croniter(self.expr, datetime.fromtimestamp(ts, tz)).get_next(float)
+
+    def latest_at_or_before(self, ts: float, tz: tzinfo) -> float | None:
+        if self.expr == REBOOT:
+            return None
+        return croniter(self.expr, datetime.fromtimestamp(ts + 0.001, tz)).get_prev(float)
+
+
+def parse_line(text: str, where: str) -> Schedule:
+    """One schedule line; raises ScheduleError naming `where`."""
+    parts = text.split()
+    if parts[0].startswith("@"):
+        expr, rest = parts[0], parts[1:]
+        if expr not in (*MACROS, REBOOT):
+            raise ScheduleError(f"{where}: unknown macro {expr!r} (use one of "
+                                f"{', '.join((*MACROS, REBOOT))})")
+    else:
+        expr, rest = " ".join(parts[:5]), parts[5:]
+        if len(parts) < 5 or not croniter.is_valid(expr):
+            raise ScheduleError(f"{where}: {expr!r} is not a 5-field cron expression")
+    if not rest:
+        raise ScheduleError(f"{where}: no target after the cron expression")
+    try:
+        target = rules.check_target_syntax(rest[0])
+        variables = dict(rules.parse_assignment(a) for a in rest[1:])
+    except rules.RuleError as exc:
+        raise ScheduleError(f"{where}: {exc}") from None
+    return Schedule(expr, target, variables, " ".join(parts))
+
+
+def parse(text: str, source: str) -> list[Schedule]:
+    """Every schedule in `text` (blank lines and `#` comments skipped)."""
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            found.append(parse_line(line, f"{source} line {number}"))
+    return found
+
+
+def load(schedule: str, schedule_file: str) -> list[Schedule]:
+    found = parse(schedule, "TRIGGER_SCHEDULE")
+    if schedule_file:
+        try:
+            with open(schedule_file, encoding="utf-8") as f:
+                found += parse(f.read(), schedule_file)
+        except OSError as exc:
+            raise ScheduleError(f"TRIGGER_SCHEDULE_FILE: cannot read {schedule_file}: {exc}") \
+                from None
+    return found
+
+
+def timezone(name: str) -> tzinfo:
+    if not name or name == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name.lstrip(":"))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ScheduleError(f"TZ={name!r} is not a known timezone: {exc}") from None
+
+
+class Scheduler:
+    """One thread that sleeps until the next fire time and queues that schedule's job."""
+
+    def __init__(self, schedules: list[Schedule], store, dispatcher, tz: tzinfo,
+                 catchup: str = "once"):
+        if catchup not in ("once", "none"):
+            raise ScheduleError(f"TRIGGER_SCHEDULE_CATCHUP must be once or none, not {catchup!r}")
+        self.schedules = schedules
+        self.store = store
+        self.dispatcher = dispatcher
+        self.tz = tz
+        self.catchup = catchup
+        self._stop = threading.Event()
+        self._next: dict[str, float | None] = {}
+
+    def start(self) -> None:
+        if not self.schedules:
+            return
+        self.catch_up()
+        threading.Thread(target=self._loop, name="scheduler", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def catch_up(self, now: float | None = None) -> None:
+        """On start: fire @reboot, run missed fire times once (or skip them), plan the rest."""
+        now = time.time() if now is None else now
+        for s in self.schedules:
+            last = self.store.schedule_state(s.key)[0]
+            if s.expr == REBOOT:
+                self._fire(s, now)
+                continue
+            latest = s.latest_at_or_before(now, self.tz)
+            if last is None:
+                self.store.claim_fire(s.key, latest)  # new: nothing was missed
+            elif latest > last:
+                if self.catchup == "once":
+                    log.info("schedule %r: missed %s; running it once now", s.line, iso(latest))
+                    self._fire(s, latest)
+                else:
+                    self.store.claim_fire(s.key, latest)
+            self._next[s.key] = s.next_after(max(now, latest), self.tz)
+
+    def _fire(self, s: Schedule, fire_time: float) -> None:
+        """Queue the schedule's job if this process is the one that claims `fire_time`."""
+        if not self.store.claim_fire(s.key, fire_time):
+            return  # another thread or process fired it
+        job, coalesced = self.dispatcher.submit(s.target, s.vars, None, "schedule")
+        self.store.set_schedule_job(s.key, job.id)
+        log.info("schedule %r fired: job %s%s", s.line, job.id,
+                 " (joined the queued one)" if coalesced else "")
+
+    def run_due(self, now: float) -> None:
+        for s in self.schedules:
+            due = self._next.get(s.key)
+            if due is not None and due <= now:
+                self._fire(s, due)
+                self._next[s.key] = s.next_after(max(now, due), self.tz)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_due(time.time())
+            except Exception:
+                log.exception("schedules: firing failed; retrying")
+            upcoming = [t for t in self._next.values() if t is not None]
+            wait = min(upcoming) - time.time() if upcoming else 3600
+            self._stop.wait(min(max(wait, 0.01), 60))  # wake at least each minute: clock jumps
+
+    def describe(self) -> list[dict]:
+        out = []
+        for s in self.schedules:
+            last_fire, last_job = self.store.schedule_state(s.key)
+            job = self.store.get_job(last_job) if last_job else None
+            out.append({
+                "schedule": s.line, "cron": s.expr, "target": s.target, "vars": s.vars,
+                "next_fire": iso(self._next.get(s.key) or s.next_after(time.time(), self.tz)),
+                "last_fire": iso(last_fire),
+                "last_job": job.to_dict() if job else None,
+            })
+        return out
