@@ -7,6 +7,8 @@ from flask import Flask
 from . import config as config_module
 from .api import WaitSlots, bp
 from .dispatch import Dispatcher
+from .hooks import bp as hooks_bp
+from .notify import Notifier
 from .schedules import Scheduler
 from .store import Store
 from .workers import WorkerClient, WorkerPool
@@ -28,10 +30,12 @@ def create_app(config: dict | None = None) -> Flask:
     pool = WorkerPool(cfg["WORKERS"], client, resolve_interval=cfg["RESOLVE_INTERVAL"],
                       health_interval=cfg["HEALTH_INTERVAL"])
     dispatcher = Dispatcher(store, pool, client, lost_after=cfg["LOST_AFTER"])
+    dispatcher.ended = Notifier(store, cfg["NOTIFY_URL"], cfg["NOTIFY_ON"]).job_ended
     app.extensions.update(
         store=store, pool=pool, dispatcher=dispatcher,
         scheduler=Scheduler(cfg["SCHEDULES"], store, dispatcher, cfg["TIMEZONE"],
                             cfg["SCHEDULE_CATCHUP"]),
         wait_slots=WaitSlots(cfg["MAX_WAITERS"]))
     app.register_blueprint(bp)
+    app.register_blueprint(hooks_bp)
     return app

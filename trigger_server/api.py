@@ -23,7 +23,7 @@ WAIT_STATUS = {
     JobState.CANCELLED: 409,
     JobState.LOST: 502,
 }
-JOB_FIELDS = {"target", "vars", "worker", "wait", "timeout", "source"}
+JOB_FIELDS = {"target", "vars", "worker", "wait", "timeout", "source", "notify"}
 SOURCES = ("api", "cli")
 LOG_CHUNK = 256 * 1024
 KEEPALIVE = 15.0
@@ -163,6 +163,15 @@ def _positive(key: str, value, allow_zero: bool = False) -> float:
     return float(value)
 
 
+def _notify_url(value) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or any(
+            c.isspace() for c in value) or len(value) > 2000:
+        abort(400, "notify must be an http(s) URL")
+    return value
+
+
 def _validate(body: dict) -> tuple[str, dict, str | None, float | None, str, float]:
     unknown = set(body) - JOB_FIELDS
     if unknown:
@@ -196,12 +205,15 @@ def _validate(body: dict) -> tuple[str, dict, str | None, float | None, str, flo
 
 @bp.post("/jobs")
 def create_job():
-    target, variables, selector, timeout, source, wait = _validate(_job_request())
+    body = _job_request()
+    target, variables, selector, timeout, source, wait = _validate(body)
+    notify = _notify_url(body.get("notify"))
     slots = current_app.extensions["wait_slots"]
     if wait:
         slots.take()
     try:
-        job, coalesced = _dispatcher().submit(target, variables, selector, source, timeout)
+        job, coalesced = _dispatcher().submit(target, variables, selector, source, timeout,
+                                              notify)
         status = 202
         if wait:
             job = wait_for_end(job.id, wait)

@@ -39,6 +39,9 @@ SETTINGS = {
     "SCHEDULE_FILE": ("TRIGGER_SCHEDULE_FILE", str, ""),
     "SCHEDULE_CATCHUP": ("TRIGGER_SCHEDULE_CATCHUP", str, "once"),
     "TZ": ("TZ", str, "UTC"),
+    # notifications (trigger_server/notify.py)
+    "NOTIFY_URL": ("TRIGGER_NOTIFY_URL", str, ""),
+    "NOTIFY_ON": ("TRIGGER_NOTIFY_ON", str, "failure"),
     # git-host webhooks (trigger_server/hooks.py); each endpoint is off without its secret
     "GITHUB_SECRET": ("TRIGGER_GITHUB_SECRET", str, ""),
     "GITHUB_BRANCH": ("TRIGGER_GITHUB_BRANCH", str, ""),
@@ -81,6 +84,10 @@ def load(overrides: dict | None = None, environ=None) -> dict:
         cfg["TIMEZONE"] = schedules.timezone(cfg["TZ"])
     except schedules.ScheduleError as exc:
         raise ConfigError(str(exc)) from None
+    if cfg["NOTIFY_ON"] not in ("failure", "always", "change"):
+        raise ConfigError("TRIGGER_NOTIFY_ON must be 'failure', 'always' or 'change'")
+    if cfg["NOTIFY_URL"] and not cfg["NOTIFY_URL"].startswith(("http://", "https://")):
+        raise ConfigError("TRIGGER_NOTIFY_URL must be an http(s) URL")
     if cfg["SCHEDULE_CATCHUP"] not in ("once", "none"):
         raise ConfigError("TRIGGER_SCHEDULE_CATCHUP must be 'once' or 'none'")
     if not cfg["MAX_WAITERS"]:

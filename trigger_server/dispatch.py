@@ -50,6 +50,7 @@ class Dispatcher:
         self._cancel: set[int] = set()
         self._thread: threading.Thread | None = None
         pool.on_change = self.wake
+        self.ended = lambda job_id: None  # told of every job that ended (notifications)
 
     # --- control ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -267,14 +268,16 @@ class Dispatcher:
              error: str | None = None) -> None:
         if self.store.finish(job_id, state, exit_code, error):
             log.info("job %s: %s%s", job_id, state.value, f" ({error})" if error else "")
+            self.ended(job_id)
         self.notify()
 
     # --- requests from the API and the other sources -------------------------------------------
     def submit(self, target: str, variables: dict, selector: str | None, source: str,
-               timeout: float | None = None) -> tuple[Job, bool]:
+               timeout: float | None = None, notify: str | None = None) -> tuple[Job, bool]:
         """Queue a job (or join the identical queued one) and wake the dispatcher.
         The caller has validated the target and variables (worker.rules)."""
-        job, coalesced = self.store.create_job(target, variables, selector, source, timeout)
+        job, coalesced = self.store.create_job(target, variables, selector, source, timeout,
+                                               notify)
         if not coalesced:
             self.wake()
         return job, coalesced
@@ -284,6 +287,7 @@ class Dispatcher:
         if job.state is JobState.QUEUED and self.store.finish(
                 job.id, JobState.CANCELLED, error="cancelled before it started",
                 only_queued=True):
+            self.ended(job.id)
             self.notify()
             return True
         with self._lock:

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     log_size INTEGER NOT NULL DEFAULT 0,
-    log_truncated INTEGER NOT NULL DEFAULT 0
+    log_truncated INTEGER NOT NULL DEFAULT 0,
+    notify TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, target, id);
 CREATE INDEX IF NOT EXISTS jobs_by_target ON jobs (target, id);
@@ -104,6 +105,7 @@ class Job:
     finished_at: float | None
     log_size: int
     log_truncated: bool
+    notify: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -121,6 +123,7 @@ class Job:
             "timeout": self.timeout, "created_at": iso(self.created_at),
             "started_at": iso(self.started_at), "finished_at": iso(self.finished_at),
             "log_size": self.log_size, "log_truncated": self.log_truncated,
+            "notify": self.notify,
         }
 
 
@@ -135,7 +138,16 @@ class Store:
             self._conn().executescript(SCHEMA)  # commits by itself
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
+        self._migrate()
         self.instance = self._instance_id()
+
+    def _migrate(self) -> None:
+        """Add the columns that newer versions have to a database made by an older one."""
+        have = {row["name"] for row in self._read("PRAGMA table_info(jobs)")}
+        for column, decl in (("notify", "TEXT"),):
+            if column not in have:
+                with self._tx() as db:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
 
     def _instance_id(self) -> str:
         """A random name for this database, made once: it keeps the run ids that workers see
@@ -192,7 +204,7 @@ class Store:
 
     # --- jobs ----------------------------------------------------------------------------
     def create_job(self, target: str, variables: dict, selector: str | None, source: str,
-                   timeout: float | None = None) -> tuple[Job, bool]:
+                   timeout: float | None = None, notify: str | None = None) -> tuple[Job, bool]:
         """A new queued job, or the identical one still queued (returned with True)."""
         vars_json = json.dumps(variables, sort_keys=True)
         with self._tx() as db:
@@ -203,9 +215,9 @@ class Store:
             if row is not None:
                 return Job.from_row(row), True
             cur = db.execute(
-                "INSERT INTO jobs (target, vars, selector, state, source, timeout, created_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                (target, vars_json, selector, source, timeout, time.time()))
+                "INSERT INTO jobs (target, vars, selector, state, source, timeout, created_at, "
+                "notify) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (target, vars_json, selector, source, timeout, time.time(), notify))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()
         return Job.from_row(row), False
 
@@ -241,6 +253,12 @@ class Store:
         rows = self._read("SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL "
                           "ORDER BY id LIMIT ?", (limit,))
         return [Job.from_row(r) for r in rows]
+
+    def previous_state(self, target: str, before: int) -> JobState | None:
+        """How the last ended job of `target` before job `before` ended."""
+        rows = self._read("SELECT state FROM jobs WHERE target = ? AND id < ? AND state NOT IN "
+                          "('queued', 'running') ORDER BY id DESC LIMIT 1", (target, before))
+        return JobState(rows[0][0]) if rows else None
 
     def claim(self, job_id: int, worker: str) -> bool:
         """Record that `worker` is being asked to start the job (it stays `queued` until the
