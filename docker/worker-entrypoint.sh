@@ -74,8 +74,12 @@ why="the owner of $workdir"
 
 mkdir -p "$state"
 if [ "$uid" = 0 ]; then
-    say "WARNING: $workdir belongs to root, so builds run as root;" \
-        "set WORKER_UID/WORKER_GID to run them as another user"
+    if [ -n "${WORKER_UID:-}" ]; then
+        say "WORKER_UID=0: builds run as root"
+    else
+        say "WARNING: $workdir belongs to root, so builds run as root;" \
+            "set WORKER_UID/WORKER_GID to run them as another user"
+    fi
     export HOME=${HOME:-/root}
     exec "$@"
 fi
@@ -84,12 +88,12 @@ ensure_user "$uid" "$gid"
 entry=$(getent passwd "$uid")
 home=$(echo "$entry" | cut -d: -f6)
 user=$(echo "$entry" | cut -d: -f1)
-if [ -z "$home" ] || [ "$home" = / ] || [ "$home" = /nonexistent ]; then
+# The user's own home if the image has one for it (rocker's rstudio); never anyone else's.
+if [ -z "$home" ] || [ ! -d "$home" ] || [ "$(stat -c %u "$home")" != "$uid" ]; then
     home=$state/home
+    mkdir -p "$home"
 fi
-mkdir -p "$home"
 chown -R "$uid:$gid" "$state"
-[ "$home" = "$state/home" ] || chown "$uid:$gid" "$home" 2>/dev/null || true
 export HOME="$home" USER="$user" LOGNAME="$user"
 say "builds run as $user (uid $uid, gid $gid): $why"
 exec setpriv --reuid="$uid" --regid="$gid" --init-groups "$@"
