@@ -16,6 +16,8 @@ import logging
 import threading
 import time
 
+from worker import rules
+
 from .store import Job, JobState, Store, StoreError
 from .workers import (
     RunStarted,
@@ -50,6 +52,7 @@ class Dispatcher:
         self._cancel: set[int] = set()
         self._thread: threading.Thread | None = None
         pool.on_change = self.wake
+        pool.on_watch = self._watched
         self.ended = lambda job_id: None  # told of every job that ended (notifications)
 
     # --- control ---------------------------------------------------------------------------
@@ -302,6 +305,14 @@ class Dispatcher:
         except WorkerError as exc:
             log.warning("job %s: cancel not delivered yet: %s", job.id, exc)
         return True
+
+    def _watched(self, worker: Worker, event: dict) -> None:
+        """A worker's file watcher asks for a build: queue it for that worker's service."""
+        target = rules.check_target_syntax(event.get("target"))
+        job, coalesced = self.submit(target, {}, worker.name, "watch")
+        log.info("files changed on %s (%s): job %s%s", worker.name,
+                 ", ".join(event.get("paths", [])[:5]), job.id,
+                 " (joined the queued one)" if coalesced else "")
 
     def running_jobs(self) -> dict[int, str]:
         with self._lock:

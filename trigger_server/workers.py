@@ -68,6 +68,8 @@ class Worker:
     checked_at: float | None = None
     gone: bool = False
     blocked_until: float = 0.0
+    watch_boot: str = ""
+    watch_ack: int = 0
     jobs: dict[int, str] = field(default_factory=dict)  # job id -> target
     _streams: set = field(default_factory=set, repr=False)
 
@@ -167,7 +169,9 @@ class WorkerClient:
         return body
 
     def health(self, worker: Worker) -> dict:
-        return self._json(self._call("GET", worker, "/healthz", timeout=HEALTH_TIMEOUT), worker)
+        """The worker's health, handing back (`ack`) the watch requests already taken."""
+        return self._json(self._call("GET", worker, "/healthz", params={"ack": worker.watch_ack},
+                                     timeout=HEALTH_TIMEOUT), worker)
 
     def targets(self, worker: Worker) -> list[dict]:
         return self._json(self._call("GET", worker, "/targets",
@@ -238,6 +242,7 @@ class WorkerPool:
         self._checks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
         self._targets_cache: dict[str | None, tuple[float, list[dict]]] = {}
         self.on_change = lambda: None  # set by the dispatcher: a worker became usable
+        self.on_watch = lambda worker, event: None  # set by the dispatcher: files changed
 
     # --- discovery -------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -315,10 +320,25 @@ class WorkerPool:
             worker.healthy, worker.last_error = True, None
             worker.lock = info.get("lock", "workspace")
             worker.job_timeout = info.get("job_timeout")
+            self._take_watch_events(worker, info.get("watch"))
             if not was_healthy:
                 log.info("worker %s healthy", worker.url)
                 self.on_change()
         worker.checked_at = time.time()
+
+    def _take_watch_events(self, worker: Worker, watch: dict | None) -> None:
+        """Pass on the build requests the worker's file watcher made since the last check."""
+        if not watch:
+            return
+        if watch.get("boot") != worker.watch_boot:  # a restarted worker numbers from 1 again
+            worker.watch_boot, worker.watch_ack = watch.get("boot", ""), 0
+        for event in watch.get("events", []):
+            if event["seq"] > worker.watch_ack:
+                worker.watch_ack = event["seq"]
+                try:
+                    self.on_watch(worker, event)
+                except Exception:
+                    log.exception("file change from %s not queued", worker.url)
 
     def check_all(self) -> None:
         workers = [w for w in self.all() if not w.gone]

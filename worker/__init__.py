@@ -9,6 +9,7 @@ from flask import Flask
 from . import config as config_module
 from .makefile import TargetCatalog
 from .runner import Runner
+from .watch import Watcher
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -23,6 +24,10 @@ def create_app(config: dict | None = None) -> Flask:
     runner.recover()
     app.extensions["runner"] = runner
     app.extensions["catalog"] = TargetCatalog(cfg["WORKDIR"])
+    # started by the gunicorn hook, after the fork
+    app.extensions["watcher"] = Watcher(cfg["WORKDIR"], cfg["WATCH_RULES"], runner,
+                                        debounce=cfg["WATCH_DEBOUNCE"],
+                                        polling=cfg["WATCH_POLLING"])
     if not cfg["TOKEN"]:
         logging.getLogger(__name__).warning("WORKER_INSECURE=1: serving without a token")
     from .api import bp

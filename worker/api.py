@@ -90,8 +90,14 @@ def unavailable(exc):
 def healthz():
     cfg = current_app.config
     runs = _runner().active()
-    return jsonify(ok=True, busy=bool(runs), runs=[r.id for r in runs], lock=cfg["LOCK"],
-                   job_timeout=cfg["JOB_TIMEOUT"], workdir=cfg["WORKDIR"])
+    body = {"ok": True, "busy": bool(runs), "runs": [r.id for r in runs], "lock": cfg["LOCK"],
+            "job_timeout": cfg["JOB_TIMEOUT"], "workdir": cfg["WORKDIR"]}
+    watcher = current_app.extensions["watcher"]
+    if watcher.rules:
+        ack = request.args.get("ack", "0")
+        body["watch"] = {"boot": watcher.boot,
+                         "events": watcher.pending(int(ack) if ack.isdigit() else 0)}
+    return jsonify(body)
 
 
 def allowed_targets() -> dict[str, str]:

@@ -6,6 +6,8 @@ import hashlib
 import os
 import tempfile
 
+from . import watch
+
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the worker must not start."""
@@ -31,6 +33,9 @@ SETTINGS = {
     "KEEP_RUNS": ("WORKER_KEEP_RUNS", int, 100),
     "TOKEN": ("TRIGGER_WORKER_TOKEN", str, ""),
     "INSECURE": ("WORKER_INSECURE", _bool, False),
+    "WATCH": ("TRIGGER_WATCH", str, ""),
+    "WATCH_DEBOUNCE": ("WORKER_WATCH_DEBOUNCE", float, 2.0),
+    "WATCH_POLLING": ("WORKER_WATCH_POLLING", _bool, False),
 }
 
 
@@ -68,6 +73,10 @@ def load(overrides: dict | None = None, environ=None) -> dict:
                           ", or WORKER_INSECURE=1 to run without one")
     if cfg["JOB_TIMEOUT"] <= 0 or cfg["KILL_GRACE"] < 0:
         raise ConfigError("WORKER_JOB_TIMEOUT must be > 0 and WORKER_KILL_GRACE >= 0")
+    try:
+        cfg["WATCH_RULES"] = watch.parse(cfg["WATCH"])
+    except watch.WatchError as exc:
+        raise ConfigError(str(exc)) from None
     if not cfg["STATE_DIR"]:
         digest = hashlib.sha256(cfg["WORKDIR"].encode()).hexdigest()[:12]
         cfg["STATE_DIR"] = os.path.join(tempfile.gettempdir(), f"maketrigger-worker-{digest}")

@@ -22,8 +22,10 @@ logging.basicConfig(level=loglevel.upper(),
 
 
 def post_worker_init(worker):
-    """On SIGTERM (a `docker stop`), cancel running builds before gunicorn stops serving, so
-    the controller still hears how they ended."""
+    """Start watching the workspace (TRIGGER_WATCH). On SIGTERM (a `docker stop`), cancel
+    running builds before gunicorn stops serving, so the controller still hears how they
+    ended."""
+    worker.wsgi.extensions["watcher"].start()
     runner = worker.wsgi.extensions["runner"]
     gunicorn_handler = signal.getsignal(signal.SIGTERM)
 

@@ -157,6 +157,7 @@ class Runner:
         self._lock = threading.Lock()
         self._active: dict[str, Run] = {}
         self._stopping = False
+        self.last_end = 0.0  # when a build of this worker last ended (time.time())
         os.makedirs(self.runs_dir, exist_ok=True)
 
     # --- files ---------------------------------------------------------------------------
@@ -302,6 +303,7 @@ class Runner:
         self._save(run)
         with self._lock:
             self._active.pop(run.id, None)
+            self.last_end = time.time()
         run.done.set()
         log.info("run %s: %s (%s)", run.id, state.value, error or "ok")
 
