@@ -21,7 +21,7 @@ def create_app(config: dict | None = None) -> Flask:
     test), never at import time: threads do not survive gunicorn's fork.
     """
     cfg = config_module.load(config)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config.update(cfg)
     app.config["MAX_CONTENT_LENGTH"] = cfg["MAX_BODY"]
     app.json.sort_keys = False

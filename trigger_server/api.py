@@ -6,6 +6,7 @@ import hmac
 import json
 import threading
 import time
+from importlib import resources
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import HTTPException
@@ -26,6 +27,7 @@ WAIT_STATUS = {
 JOB_FIELDS = {"target", "vars", "worker", "wait", "timeout", "source", "notify"}
 SOURCES = ("api", "cli")
 LOG_CHUNK = 256 * 1024
+OPENAPI = resources.files(__package__).joinpath("openapi.json").read_bytes()
 KEEPALIVE = 15.0
 
 
@@ -50,10 +52,15 @@ def error(status: int, message: str):
 
 
 # --- auth and errors --------------------------------------------------------------------
+# Open without the API token: liveness, the API's description, and the webhooks (which carry
+# their own signature or token, checked in hooks.py).
+PUBLIC_PATHS = ("/healthz", "/openapi.json")
+
+
 @bp.before_app_request
 def require_token():
     token = current_app.config["API_TOKEN"]
-    if not token or request.path == "/healthz":
+    if not token or request.path in PUBLIC_PATHS or request.path.startswith("/hooks/"):
         return None
     given = request.headers.get("Authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -365,6 +372,11 @@ def list_targets():
 @bp.get("/schedules")
 def list_schedules():
     return jsonify(schedules=current_app.extensions["scheduler"].describe())
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return current_app.response_class(OPENAPI, mimetype="application/json")
 
 
 @bp.get("/healthz")

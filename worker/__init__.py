@@ -15,7 +15,7 @@ from .watch import Watcher
 def create_app(config: dict | None = None) -> Flask:
     """The worker app for one workspace. Settings: defaults, then WORKER_*, then `config`."""
     cfg = config_module.load(config)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config.update(cfg)
     app.json.sort_keys = False
     runner = Runner(cfg["WORKDIR"], cfg["STATE_DIR"], lock_mode=cfg["LOCK"],
