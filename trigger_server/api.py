@@ -249,15 +249,18 @@ def list_jobs():
     if state is not None and state not in {s.value for s in JobState}:
         abort(400, f"state must be one of {', '.join(s.value for s in JobState)}")
     limit = _int_arg("limit", 50, 1, 500)
-    before = _int_arg("before", None, 1, 2**63 - 1)
+    before = _int_arg("before", None, 1, MAX_ID)
     jobs = _store().list_jobs(state=state, target=request.args.get("target"), limit=limit,
                               before=before)
     next_before = jobs[-1].id if len(jobs) == limit else None
     return jsonify(jobs=[j.to_dict() for j in jobs], next_before=next_before)
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+
+
 def _job_or_404(job_id: int) -> Job:
-    job = _store().get_job(job_id)
+    job = _store().get_job(job_id) if job_id <= MAX_ID else None
     if job is None:
         abort(404, f"no job {job_id}")
     return job
@@ -363,7 +366,10 @@ def list_workers():
 
 @bp.get("/targets")
 def list_targets():
-    found = _pool().targets(request.args.get("worker") or None)
+    selector = request.args.get("worker") or None
+    if not _pool().known(selector):
+        abort(400, f"unknown worker {selector!r}; see GET /workers")
+    found = _pool().targets(selector)
     if found is None:
         abort(503, "no healthy worker to ask for its targets; see GET /workers")
     return jsonify(targets=found)
