@@ -24,7 +24,8 @@ WAIT_STATUS = {
     JobState.CANCELLED: 409,
     JobState.LOST: 502,
 }
-JOB_FIELDS = {"target", "vars", "worker", "wait", "timeout", "source", "notify"}
+JOB_FIELDS = {"target", "vars", "worker", "wait", "timeout", "source", "notify", "retries"}
+MAX_RETRIES = 10
 SOURCES = ("api", "cli")
 LOG_CHUNK = 256 * 1024
 OPENAPI = resources.files(__package__).joinpath("openapi.json").read_bytes()
@@ -170,6 +171,14 @@ def _positive(key: str, value, allow_zero: bool = False) -> float:
     return float(value)
 
 
+def _retries(value) -> int:
+    if isinstance(value, str) and value.isdigit():  # from a form
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+        abort(400, f"retries must be an integer from 0 to {MAX_RETRIES}")
+    return value
+
+
 def _notify_url(value) -> str | None:
     if value in (None, ""):
         return None
@@ -215,12 +224,13 @@ def create_job():
     body = _job_request()
     target, variables, selector, timeout, source, wait = _validate(body)
     notify = _notify_url(body.get("notify"))
+    retries = _retries(body.get("retries", 0))
     slots = current_app.extensions["wait_slots"]
     if wait:
         slots.take()
     try:
         job, coalesced = _dispatcher().submit(target, variables, selector, source, timeout,
-                                              notify)
+                                              notify, retries)
         status = 202
         if wait:
             job = wait_for_end(job.id, wait)

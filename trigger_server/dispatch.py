@@ -33,7 +33,8 @@ from .workers import (
 log = logging.getLogger(__name__)
 
 BUSY_BACKOFF = 1.0  # a worker whose workspace was locked by someone else is retried after this
-HOUSEKEEPING = 1.0  # the loop also runs this often, for backoffs that expire
+HOUSEKEEPING = 1.0
+DISPATCH_PAGE = 200  # the loop also runs this often, for backoffs that expire
 
 
 class Dispatcher:
@@ -97,26 +98,35 @@ class Dispatcher:
                 log.exception("dispatch failed; retrying")
 
     def dispatch_once(self) -> int:
-        """Start every queued job that can start now, oldest first; returns how many."""
-        started = 0
+        """Start every queued job that can start now, oldest first; returns how many.
+        Reads the queue a page at a time and stops as soon as no worker has room, so a long
+        queue costs nothing while every worker is busy."""
+        started, after = 0, 0
         with self._lock:
             busy_targets = {target for _, target in self._running.values()}
-        for job in self.store.dispatchable():
-            if job.target in busy_targets:
-                continue  # the same target never runs twice at once; later jobs may go first
-            with self.pool.lock:
-                worker = self.pool.pick(job.selector, job.target)
-                if worker is None:
-                    continue
-                if not self.store.claim(job.id, worker.url):
-                    continue  # cancelled meanwhile
-                worker.jobs[job.id] = job.target
-            with self._lock:
-                self._running[job.id] = (worker, job.target)
-            busy_targets.add(job.target)
-            threading.Thread(target=self._run, args=(job, worker, True), name=f"job-{job.id}",
-                             daemon=True).start()
-            started += 1
+        while self.pool.has_room():
+            page = self.store.dispatchable(after=after, limit=DISPATCH_PAGE)
+            if not page:
+                break
+            after = page[-1].id
+            for job in page:
+                if job.target in busy_targets:
+                    continue  # the same target never runs twice at once; later jobs go first
+                with self.pool.lock:
+                    worker = self.pool.pick(job.selector, job.target)
+                    if worker is None:
+                        continue
+                    if not self.store.claim(job.id, worker.url):
+                        continue  # cancelled meanwhile
+                    worker.jobs[job.id] = job.target
+                with self._lock:
+                    self._running[job.id] = (worker, job.target)
+                busy_targets.add(job.target)
+                threading.Thread(target=self._run, args=(job, worker, True),
+                                 name=f"job-{job.id}", daemon=True).start()
+                started += 1
+                if not self.pool.has_room():
+                    break
         return started
 
     def recover(self) -> None:
@@ -164,7 +174,7 @@ class Dispatcher:
     def _start(self, job: Job, worker: Worker) -> bool:
         """Ask the worker to start the job; False if it did not (requeued or ended)."""
         try:
-            self.client.start_run(worker, self.store.run_id(job.id), job.target, job.vars,
+            self.client.start_run(worker, self.store.run_id(job), job.target, job.vars,
                                   job.timeout)
         except RunStarted:
             pass  # our own start, retried: the first attempt got through
@@ -195,7 +205,7 @@ class Dispatcher:
     def _reclaim(self, job: Job, worker: Worker) -> bool:
         """A previous controller was starting this job: did the worker get it?"""
         try:
-            self.client.get_run(worker, self.store.run_id(job.id))
+            self.client.get_run(worker, self.store.run_id(job))
         except RunUnknown:
             self.store.unclaim(job.id)  # it never started: dispatch it again
             return False
@@ -208,19 +218,20 @@ class Dispatcher:
     def _follow(self, job: Job, worker: Worker) -> None:
         """Copy the run's log as it grows and record its end. Ends `lost` if the worker is gone
         (refused, no longer resolves, forgot the run) or silent for longer than lost_after."""
-        offset = self.store.get_job(job.id).log_size
-        run_id = self.store.run_id(job.id)
+        stored = self.store.get_job(job.id)
+        base, offset = stored.log_base, stored.run_log_offset  # offset: in the worker's log
+        run_id = self.store.run_id(job)
         last_contact = time.monotonic()
         cancel_sent = False
         while True:
             try:
-                cancel_sent = cancel_sent or self._send_cancel(job.id, worker)
+                cancel_sent = cancel_sent or self._send_cancel(job, worker)
                 for chunk in self.client.stream_log(worker, run_id, offset):
-                    self.store.append_log(job.id, offset, chunk)
+                    self.store.append_log(job.id, base + offset, chunk)
                     offset += len(chunk)
                     last_contact = time.monotonic()
                     self.notify()
-                    cancel_sent = cancel_sent or self._send_cancel(job.id, worker)
+                    cancel_sent = cancel_sent or self._send_cancel(job, worker)
                 run = self.client.get_run(worker, run_id)
                 last_contact = time.monotonic()
                 if run["state"] == "running":
@@ -256,19 +267,23 @@ class Dispatcher:
         except WorkerError:
             return False
 
-    def _send_cancel(self, job_id: int, worker: Worker) -> bool:
+    def _send_cancel(self, job: Job, worker: Worker) -> bool:
         """Deliver a cancel the API asked for; True once the worker has it."""
-        if job_id not in self._cancel:
+        if job.id not in self._cancel:
             return False
         try:
-            self.client.cancel_run(worker, self.store.run_id(job_id))
+            self.client.cancel_run(worker, self.store.run_id(job))
             return True
         except WorkerError as exc:
-            log.warning("job %s: cancel not delivered yet: %s", job_id, exc)
+            log.warning("job %s: cancel not delivered yet: %s", job.id, exc)
             return False
 
     def _end(self, job_id: int, state: JobState, exit_code: int | None = None,
              error: str | None = None) -> None:
+        if state is JobState.LOST and self.store.retry(job_id, error or "lost"):
+            log.warning("job %s: lost (%s); queued again (retries)", job_id, error)
+            self.notify()
+            return  # the follower's end wakes the dispatcher
         if self.store.finish(job_id, state, exit_code, error):
             log.info("job %s: %s%s", job_id, state.value, f" ({error})" if error else "")
             self.ended(job_id)
@@ -276,11 +291,12 @@ class Dispatcher:
 
     # --- requests from the API and the other sources -------------------------------------------
     def submit(self, target: str, variables: dict, selector: str | None, source: str,
-               timeout: float | None = None, notify: str | None = None) -> tuple[Job, bool]:
+               timeout: float | None = None, notify: str | None = None,
+               retries: int = 0) -> tuple[Job, bool]:
         """Queue a job (or join the identical queued one) and wake the dispatcher.
         The caller has validated the target and variables (worker.rules)."""
         job, coalesced = self.store.create_job(target, variables, selector, source, timeout,
-                                               notify)
+                                               notify, retries)
         if not coalesced:
             self.wake()
         return job, coalesced
@@ -299,7 +315,7 @@ class Dispatcher:
                 return False
             self._cancel.add(job.id)
         try:
-            self.client.cancel_run(assigned[0], self.store.run_id(job.id))
+            self.client.cancel_run(assigned[0], self.store.run_id(job))
         except RunUnknown:
             pass  # not started yet: the follower sends the cancel once it is
         except WorkerError as exc:

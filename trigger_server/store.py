@@ -36,9 +36,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     log_size INTEGER NOT NULL DEFAULT 0,
     log_truncated INTEGER NOT NULL DEFAULT 0,
-    notify TEXT
+    notify TEXT,
+    retries INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    log_base INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, target, id);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (state, target, vars, selector)
+    WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_by_target ON jobs (target, id);
 CREATE TABLE IF NOT EXISTS deliveries (
     provider TEXT NOT NULL,
@@ -106,6 +111,14 @@ class Job:
     log_size: int
     log_truncated: bool
     notify: str | None = None
+    retries: int = 0
+    attempt: int = 0
+    log_base: int = 0  # where the current attempt's log starts in the stored log
+
+    @property
+    def run_log_offset(self) -> int:
+        """How much of the current attempt's log (the worker's offset) is stored."""
+        return self.log_size - self.log_base
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -123,7 +136,7 @@ class Job:
             "timeout": self.timeout, "created_at": iso(self.created_at),
             "started_at": iso(self.started_at), "finished_at": iso(self.finished_at),
             "log_size": self.log_size, "log_truncated": self.log_truncated,
-            "notify": self.notify,
+            "notify": self.notify, "retries": self.retries, "attempt": self.attempt,
         }
 
 
@@ -144,7 +157,9 @@ class Store:
     def _migrate(self) -> None:
         """Add the columns that newer versions have to a database made by an older one."""
         have = {row["name"] for row in self._read("PRAGMA table_info(jobs)")}
-        for column, decl in (("notify", "TEXT"),):
+        for column, decl in (("notify", "TEXT"), ("retries", "INTEGER NOT NULL DEFAULT 0"),
+                             ("attempt", "INTEGER NOT NULL DEFAULT 0"),
+                             ("log_base", "INTEGER NOT NULL DEFAULT 0")):
             if column not in have:
                 with self._tx() as db:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
@@ -157,9 +172,10 @@ class Store:
                        (secrets.token_hex(4),))
             return db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()[0]
 
-    def run_id(self, job_id: int) -> str:
-        """The id a worker knows job `job_id` by."""
-        return f"{self.instance}-{job_id}"
+    def run_id(self, job: Job) -> str:
+        """The id a worker knows (this attempt of) a job by."""
+        suffix = f".{job.attempt}" if job.attempt else ""
+        return f"{self.instance}-{job.id}{suffix}"
 
     # --- connections ---------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -204,7 +220,8 @@ class Store:
 
     # --- jobs ----------------------------------------------------------------------------
     def create_job(self, target: str, variables: dict, selector: str | None, source: str,
-                   timeout: float | None = None, notify: str | None = None) -> tuple[Job, bool]:
+                   timeout: float | None = None, notify: str | None = None,
+                   retries: int = 0) -> tuple[Job, bool]:
         """A new queued job, or the identical one still queued (returned with True)."""
         vars_json = json.dumps(variables, sort_keys=True)
         with self._tx() as db:
@@ -216,8 +233,8 @@ class Store:
                 return Job.from_row(row), True
             cur = db.execute(
                 "INSERT INTO jobs (target, vars, selector, state, source, timeout, created_at, "
-                "notify) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (target, vars_json, selector, source, timeout, time.time(), notify))
+                "notify, retries) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (target, vars_json, selector, source, timeout, time.time(), notify, retries))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()
         return Job.from_row(row), False
 
@@ -248,10 +265,10 @@ class Store:
                           (state.value, limit))
         return [Job.from_row(r) for r in rows]
 
-    def dispatchable(self, limit: int = 1000) -> list[Job]:
-        """Queued jobs not yet handed to a worker, oldest first."""
+    def dispatchable(self, after: int = 0, limit: int = 200) -> list[Job]:
+        """Queued jobs not yet handed to a worker, oldest first, with ids above `after`."""
         rows = self._read("SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL "
-                          "ORDER BY id LIMIT ?", (limit,))
+                          "AND id > ? ORDER BY id LIMIT ?", (after, limit))
         return [Job.from_row(r) for r in rows]
 
     def previous_state(self, target: str, before: int) -> JobState | None:
@@ -274,6 +291,23 @@ class Store:
             cur = db.execute("UPDATE jobs SET worker = NULL WHERE id = ? AND state = 'queued'",
                              (job_id,))
             return cur.rowcount == 1
+
+    def retry(self, job_id: int, why: str) -> bool:
+        """Queue a lost job again if it has retries left; its log notes the attempt."""
+        with self._tx() as db:
+            row = db.execute("SELECT attempt, retries, log_size FROM jobs WHERE id = ? AND "
+                             "state IN ('queued', 'running')", (job_id,)).fetchone()
+            if row is None or row["attempt"] >= row["retries"]:
+                return False
+            note = (f"\n*** maketrigger: attempt {row['attempt'] + 1} lost ({why}); "
+                    f"retrying ({row['attempt'] + 2} of {row['retries'] + 1})\n").encode()
+            db.execute("INSERT INTO log_chunks (job_id, offset, data) VALUES (?, ?, ?)",
+                       (job_id, row["log_size"], note))
+            size = row["log_size"] + len(note)
+            db.execute("UPDATE jobs SET state = 'queued', worker = NULL, started_at = NULL, "
+                       "attempt = attempt + 1, log_size = ?, log_base = ? WHERE id = ?",
+                       (size, size, job_id))
+            return True
 
     def mark_running(self, job_id: int) -> bool:
         """The worker accepted the job; False if it was cancelled meanwhile."""

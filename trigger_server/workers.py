@@ -378,6 +378,13 @@ class WorkerPool:
                    and w.blocked_until <= now and w.can_take(target)]
             return min(fit, key=lambda w: len(w.jobs), default=None)
 
+    def has_room(self) -> bool:
+        """Whether any worker could take a job now (for some target)."""
+        now = time.monotonic()
+        with self.lock:
+            return any(w.healthy and not w.gone and w.blocked_until <= now and
+                       (w.lock == "target" or not w.jobs) for w in self._workers.values())
+
     def known(self, selector: str | None) -> bool:
         """Whether any configured worker answers to `selector`."""
         if not selector:

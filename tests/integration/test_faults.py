@@ -94,3 +94,29 @@ def test_a_job_whose_run_the_worker_forgot_ends_lost_after_a_controller_restart(
     server.start()
     job = stack.wait_state(job_id, timeout=10)
     assert job["state"] == "lost" and "no longer knows" in job["error"]
+
+
+FLAKY = """\
+flaky:
+\t@if [ -f attempted ]; then echo second attempt; else touch attempted; echo first; sleep 30; fi
+fail:
+\t@echo failing; exit 1
+"""
+
+
+def test_a_lost_job_with_retries_runs_again_but_a_failed_one_never(stack):
+    ws = stack.workspace(makefile=FLAKY)
+    w = stack.worker(ws, name="w")
+    stack.server([w])
+    job_id = stack.trigger("flaky", retries=1)["id"]
+    wait_for(lambda: "first" in stack.log(job_id), what="the first attempt to start")
+    w.kill(signal.SIGKILL)
+    wait_for(lambda: stack.job(job_id)["attempt"] == 1, what="the job to be queued again")
+    assert stack.job(job_id)["state"] == "queued"
+    w.start()
+    job = stack.wait_state(job_id, timeout=20)
+    assert job["state"] == "succeeded" and job["attempt"] == 1
+    log = stack.log(job_id)
+    assert log.index("first") < log.index("attempt 1 lost") < log.index("second attempt")
+    failed = stack.post(json={"target": "fail", "retries": 3, "wait": True}).json()
+    assert failed["state"] == "failed" and failed["attempt"] == 0
