@@ -4,16 +4,16 @@ jobs it follows are in-process state. The dispatcher thread starts after the for
 import logging
 import os
 
-bind = os.environ.get("TRIGGER_BIND", "0.0.0.0:8080")
+bind = os.environ.get("TRIGGER_BIND") or "0.0.0.0:8080"
 workers = 1  # never more: one dispatcher per database
 worker_class = "gthread"
-threads = int(os.environ.get("TRIGGER_THREADS", "16"))
+threads = int(os.environ.get("TRIGGER_THREADS") or "16")
 timeout = 30
 graceful_timeout = 10
 keepalive = 5
 control_socket_disable = True
 accesslog = os.environ.get("TRIGGER_ACCESS_LOG") or None
-loglevel = os.environ.get("TRIGGER_LOG_LEVEL", "info")
+loglevel = os.environ.get("TRIGGER_LOG_LEVEL") or "info"
 logging.basicConfig(level=loglevel.upper(),
                     format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
 

@@ -11,7 +11,7 @@ from . import config
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trigger-server", description=__doc__)
-    parser.add_argument("--bind", default=os.environ.get("TRIGGER_BIND", "0.0.0.0:8080"),
+    parser.add_argument("--bind", default=os.environ.get("TRIGGER_BIND") or "0.0.0.0:8080",
                         help="HOST:PORT to listen on (default %(default)s)")
     args, extra = parser.parse_known_args(argv)
     try:

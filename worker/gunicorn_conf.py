@@ -6,17 +6,17 @@ import os
 import signal
 import threading
 
-bind = os.environ.get("WORKER_BIND", "0.0.0.0:8000")
+bind = os.environ.get("WORKER_BIND") or "0.0.0.0:8000"
 workers = 1  # never more: the runs and their waiter threads live in this one process
 worker_class = "gthread"
-threads = int(os.environ.get("WORKER_THREADS", "8"))
+threads = int(os.environ.get("WORKER_THREADS") or "8")
 timeout = 30
 keepalive = 75  # longer than the controller's health interval, so kept-alive links get reused
 # Long enough for running builds to get SIGTERM, end within their kill grace, and be reported.
-graceful_timeout = int(float(os.environ.get("WORKER_KILL_GRACE", "10"))) + 10
+graceful_timeout = int(float(os.environ.get("WORKER_KILL_GRACE") or "10")) + 10
 control_socket_disable = True
 accesslog = os.environ.get("WORKER_ACCESS_LOG") or None
-loglevel = os.environ.get("WORKER_LOG_LEVEL", "info")
+loglevel = os.environ.get("WORKER_LOG_LEVEL") or "info"
 logging.basicConfig(level=loglevel.upper(),
                     format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
 

@@ -11,7 +11,7 @@ from . import config
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trigger-worker", description=__doc__)
-    parser.add_argument("--bind", default=os.environ.get("WORKER_BIND", "0.0.0.0:8000"),
+    parser.add_argument("--bind", default=os.environ.get("WORKER_BIND") or "0.0.0.0:8000",
                         help="HOST:PORT to listen on (default %(default)s)")
     args, extra = parser.parse_known_args(argv)
     try:
