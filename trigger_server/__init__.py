@@ -25,7 +25,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(cfg)
     app.config["MAX_CONTENT_LENGTH"] = cfg["MAX_BODY"]
     app.json.sort_keys = False
-    store = Store(cfg["DB"], max_log_bytes=cfg["MAX_LOG_BYTES"])
+    store = Store(cfg["DB"], max_log_bytes=cfg["MAX_LOG_BYTES"],
+                  busy_timeout=cfg["DB_BUSY_TIMEOUT"])
     client = WorkerClient(cfg["WORKER_TOKEN"])
     pool = WorkerPool(cfg["WORKERS"], client, resolve_interval=cfg["RESOLVE_INTERVAL"],
                       health_interval=cfg["HEALTH_INTERVAL"])

@@ -23,6 +23,7 @@ def _bool(value: str) -> bool:
 SETTINGS = {
     "WORKERS": ("TRIGGER_WORKERS", _list, []),
     "DB": ("TRIGGER_DB", str, "maketrigger.db"),
+    "DB_BUSY_TIMEOUT": ("TRIGGER_DB_BUSY_TIMEOUT", float, 10.0),
     "WORKER_TOKEN": ("TRIGGER_WORKER_TOKEN", str, ""),
     "API_TOKEN": ("TRIGGER_API_TOKEN", str, ""),
     "INSECURE": ("WORKER_INSECURE", _bool, False),

@@ -141,9 +141,10 @@ class Job:
 
 
 class Store:
-    def __init__(self, path: str, max_log_bytes: int = 0):
+    def __init__(self, path: str, max_log_bytes: int = 0, busy_timeout: float = 10.0):
         self.path = path
         self.max_log_bytes = max_log_bytes
+        self.busy_timeout = busy_timeout
         self._local = threading.local()
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
@@ -181,11 +182,11 @@ class Store:
     def _conn(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=10000")
+            db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._local.db = db
         return db
 

@@ -1,0 +1,58 @@
+"""Resource limits: a huge log stays bounded in memory and on disk; a locked database is a
+clean 503, not a crash."""
+
+import sqlite3
+import time
+
+import requests
+
+BIG = """\
+big: ## print about 200 MB
+\t@head -c 198000000 /dev/zero | tr '\\\\0' 'x' | fold -w 99
+"""
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_200_mb_log_streams_with_bounded_memory_and_a_capped_store(stack):
+    w = stack.worker(stack.workspace(makefile=BIG))
+    server = stack.server([w], TRIGGER_MAX_LOG_BYTES=20_000_000)
+    (wpid,), (spid,) = w.children(), server.children()
+    before = {"worker": rss_kib(wpid), "controller": rss_kib(spid)}
+    peak = dict(before)
+    job_id = stack.trigger("big")["id"]
+    started = time.monotonic()
+    while stack.job(job_id)["state"] in ("queued", "running") and time.monotonic() - started < 300:
+        peak = {"worker": max(peak["worker"], rss_kib(wpid)),
+                "controller": max(peak["controller"], rss_kib(spid))}
+        time.sleep(0.1)
+    job = stack.wait_state(job_id, timeout=10)
+    took = time.monotonic() - started
+    assert job["state"] == "succeeded"
+    assert job["log_truncated"] and job["log_size"] < 20_001_000
+    tail = requests.get(f"{stack.url}/jobs/{job_id}/log", params={"offset": 19_999_000},
+                        timeout=30).text
+    assert "log truncated here" in tail
+    growth = {k: (peak[k] - before[k]) // 1024 for k in peak}
+    print(f"\n200 MB log: {took:.1f} s end to end ({200 / took:.0f} MB/s); RSS growth "
+          f"worker {growth['worker']} MiB, controller {growth['controller']} MiB")
+    assert growth["worker"] < 100 and growth["controller"] < 100  # bounded, far below 200 MB
+
+
+def test_a_locked_database_answers_503_and_recovers(stack):
+    stack.server([stack.worker()], TRIGGER_DB_BUSY_TIMEOUT=0.5)
+    db = sqlite3.connect(stack.tmp / "trigger.db", isolation_level=None, timeout=5)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        resp = stack.post(json={"target": "ok"})
+        assert resp.status_code == 503
+        assert "database" in resp.json()["error"]
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    ok = stack.post(json={"target": "ok", "wait": True})
+    assert ok.status_code == 200
+    assert len(stack.get("/jobs")["jobs"]) == 1  # the refused trigger left nothing behind
