@@ -33,8 +33,9 @@ from .workers import (
 log = logging.getLogger(__name__)
 
 BUSY_BACKOFF = 1.0  # a worker whose workspace was locked by someone else is retried after this
-HOUSEKEEPING = 1.0
-DISPATCH_PAGE = 200  # the loop also runs this often, for backoffs that expire
+HOUSEKEEPING = 1.0  # the loop also runs this often, for backoffs that expire
+DISPATCH_PAGE = 200  # queued jobs read at a time
+MAX_START_FAILURES = 5  # a job that workers keep refusing with 5xx (or cannot be sent) fails
 
 
 class Dispatcher:
@@ -51,6 +52,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._running: dict[int, tuple[Worker, str]] = {}  # job id -> (worker, target)
         self._cancel: set[int] = set()
+        self._start_failures: dict[int, int] = {}  # job id -> starts a worker refused with 5xx
         self._thread: threading.Thread | None = None
         pool.on_change = self.wake
         pool.on_watch = self._watched
@@ -154,7 +156,14 @@ class Dispatcher:
                     return
             elif job.state is JobState.QUEUED and not self._reclaim(job, worker):
                 return
-            self._follow(job, worker)
+            while True:
+                try:
+                    self._follow(job, worker)
+                    return
+                except StoreError as exc:  # the worker keeps the log: catch up once it works
+                    log.error("job %s: %s; following again shortly", job.id, exc)
+                    if self._stop.wait(2.0):
+                        return
         except StoreError as exc:
             log.error("job %s: %s; it will be reconciled on the next start", job.id, exc)
         except Exception as exc:
@@ -188,11 +197,18 @@ class Dispatcher:
             return False
         except WorkerError as exc:
             if not exc.uncertain:
+                failures = self._start_failures.get(job.id, 0) + 1
+                self._start_failures[job.id] = failures
+                if failures >= MAX_START_FAILURES:
+                    self._end(job.id, JobState.FAILED, error=f"could not be started after "
+                                                            f"{failures} tries: {exc}")
+                    return False
                 log.warning("job %s: cannot start on %s: %s; requeued", job.id, worker.url, exc)
                 worker.healthy, worker.last_error = False, str(exc)
                 self.store.unclaim(job.id)
                 return False
             # It may have started: find out rather than risk running it twice.
+        self._start_failures.pop(job.id, None)
         return self._started(job)
 
     def _started(self, job: Job) -> bool:
