@@ -9,7 +9,7 @@ import threading
 bind = os.environ.get("WORKER_BIND") or "0.0.0.0:8000"
 workers = 1  # never more: the runs and their waiter threads live in this one process
 worker_class = "gthread"
-threads = int(os.environ.get("WORKER_THREADS") or "8")
+threads = int(os.environ.get("WORKER_THREADS") or "16")  # each running build streams its log
 timeout = 30
 keepalive = 75  # longer than the controller's health interval, so kept-alive links get reused
 # Long enough for running builds to get SIGTERM, end within their kill grace, and be reported.
