@@ -3,6 +3,10 @@
 `TRIGGER_WORKERS` names base URLs. A host name that resolves to several addresses (a compose
 service scaled with `--scale worker=3`) is that many workers, one per distinct IPv4 address
 (IPv6 only for names without one), re-resolved periodically so scaling is picked up live.
+
+A `docker://` entry is a container without an agent, built in through the Docker API: its
+discovery and calls are delegated to `docker_workers`, imported (with the Docker SDK) only
+when such an entry is configured.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 5.0
 HEALTH_TIMEOUT = (1.0, 2.0)  # a frozen worker shows unhealthy within a few seconds
 STREAM_READ_TIMEOUT = 10.0
+DOCKER_SCHEME = "docker://"
 
 
 class WorkerError(Exception):
@@ -71,6 +76,9 @@ class Worker:
     watch_boot: str = ""
     watch_ack: int = 0
     jobs: dict[int, str] = field(default_factory=dict)  # job id -> target
+    # Takes jobs only to fail them with `last_error` (a docker:// container that is missing);
+    # chosen only when no other worker could ever take the job.
+    fails_jobs: bool = False
     _streams: set = field(default_factory=set, repr=False)
 
     def matches(self, selector: str | None) -> bool:
@@ -91,6 +99,10 @@ class Worker:
 
 def resolve(configured: str) -> list[Worker]:
     """The workers one configured base URL stands for; raises OSError if it cannot resolve."""
+    if configured.startswith(DOCKER_SCHEME):
+        from . import docker_workers  # the Docker SDK, only when a docker:// worker is configured
+
+        return docker_workers.resolve(configured)
     parts = urlsplit(configured.rstrip("/"))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"worker URL {configured!r} must be http(s)://HOST[:PORT]")
@@ -131,6 +143,18 @@ class WorkerClient:
         self.session.mount("https://", adapter)
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+        self._docker = None
+        self._docker_lock = threading.Lock()
+
+    @property
+    def docker(self):
+        """The transport of docker:// workers (trigger_server.docker_workers), made on first use."""
+        with self._docker_lock:
+            if self._docker is None:
+                from .docker_workers import DockerTransport
+
+                self._docker = DockerTransport()
+            return self._docker
 
     def _call(self, method: str, worker: Worker, path: str, **kw) -> requests.Response:
         kw.setdefault("timeout", (CONNECT_TIMEOUT, READ_TIMEOUT))
@@ -170,28 +194,41 @@ class WorkerClient:
 
     def health(self, worker: Worker) -> dict:
         """The worker's health, handing back (`ack`) the watch requests already taken."""
+        if worker.url.startswith(DOCKER_SCHEME):
+            return self.docker.health(worker)
         return self._json(self._call("GET", worker, "/healthz", params={"ack": worker.watch_ack},
                                      timeout=HEALTH_TIMEOUT), worker)
 
     def targets(self, worker: Worker) -> list[dict]:
+        if worker.url.startswith(DOCKER_SCHEME):
+            return self.docker.targets(worker)
         return self._json(self._call("GET", worker, "/targets",
                                      timeout=(CONNECT_TIMEOUT, 30)), worker)["targets"]
 
     def start_run(self, worker: Worker, run_id: str, target: str, variables: dict,
                   timeout: float | None) -> dict:
+        if worker.url.startswith(DOCKER_SCHEME):
+            return self.docker.start_run(worker, run_id, target, variables, timeout)
         body = {"id": run_id, "target": target, "vars": variables, "timeout": timeout}
         return self._json(self._call("POST", worker, "/runs", json=body,
                                      timeout=(CONNECT_TIMEOUT, 30)), worker)
 
     def get_run(self, worker: Worker, run_id: str) -> dict:
+        if worker.url.startswith(DOCKER_SCHEME):
+            return self.docker.get_run(worker, run_id)
         return self._json(self._call("GET", worker, f"/runs/{run_id}"), worker)
 
     def cancel_run(self, worker: Worker, run_id: str) -> dict:
+        if worker.url.startswith(DOCKER_SCHEME):
+            return self.docker.cancel_run(worker, run_id)
         return self._json(self._call("DELETE", worker, f"/runs/{run_id}"), worker)
 
     def stream_log(self, worker: Worker, run_id: str, offset: int,
                    follow: bool = True) -> Iterator[bytes]:
         """The run's log from `offset`, as it grows; ends when the run ends (or on error)."""
+        if worker.url.startswith(DOCKER_SCHEME):
+            yield from self.docker.stream_log(worker, run_id, offset, follow)
+            return
         resp = self._call("GET", worker, f"/runs/{run_id}/log",
                           params={"offset": offset, "follow": int(follow)}, stream=True,
                           timeout=(CONNECT_TIMEOUT, STREAM_READ_TIMEOUT))
@@ -376,6 +413,10 @@ class WorkerPool:
             fit = [w for w in self._workers.values()
                    if w.healthy and not w.gone and w.matches(selector)
                    and w.blocked_until <= now and w.can_take(target)]
+            if any(w.fails_jobs for w in fit) and any(
+                    not w.fails_jobs and not w.gone and w.matches(selector)
+                    for w in self._workers.values()):
+                fit = [w for w in fit if not w.fails_jobs]  # a worker that can build it will do
             return min(fit, key=lambda w: len(w.jobs), default=None)
 
     def has_room(self) -> bool:

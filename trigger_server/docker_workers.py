@@ -1,0 +1,926 @@
+"""Workers that are plain containers: builds run through the Docker Engine API (docker exec).
+
+The only module that uses the Docker SDK; workers.py imports it only when TRIGGER_WORKERS has a
+`docker://` entry, so a controller without one never loads the SDK.
+
+    docker://NAME[?workdir=/w&user=1000:1000&start=auto|never&project=P&timeout=S&kill_grace=S
+                  &targets=GLOB&targets=GLOB&vars=NAME&vars=NAME]
+
+NAME is a compose service (its containers in the controller's own compose project, or in
+`project`; `--scale` gives several) or else a container name: one worker per container, one
+build per container at a time. The container needs `make` and a POSIX shell, nothing of ours.
+
+A build is `make -C <workdir> [NAME=VALUE ...] -- <target>`, checked by worker.rules and passed
+as an argv behind a fixed `sh -c` script (no request text in it), which records make's process
+group id in /tmp/maketrigger-<run>.pid and on its first output line. Cancel and time limits
+signal that group inside the container (docker exec has no kill): SIGTERM, then SIGKILL after
+`kill_grace`. The output goes into a bounded buffer read by byte offset; the exit status comes
+from the exec's inspect.
+
+Runs live in this process only. After a controller restart, a run is unknown: a build that the
+previous controller left running is found by its pid file and stopped, and the job ends `lost`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import posixpath
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+import docker
+import docker.errors
+import requests
+
+from worker import makefile, rules
+
+from .workers import (
+    DOCKER_SCHEME,
+    RunStarted,
+    RunUnknown,
+    Worker,
+    WorkerBusy,
+    WorkerError,
+    WorkerRejected,
+    _root_cause,
+    _short,
+)
+
+log = logging.getLogger(__name__)
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+API_TIMEOUT = 30  # seconds for one Docker API call (the output stream has none)
+UNUSABLE_GRACE = 5.0  # a missing container or daemon for this long fails jobs, before: they wait
+START_WAIT = 10.0  # seconds for a started container to be running
+POLL = 0.5  # the watcher's tick: time limits, SIGKILL after the grace
+EXEC_CHECK = 2.0  # seconds between looks at whether make still runs (its output may stay open)
+LINGER = 2.0  # output still in flight after make ended
+QUIET = 2.0  # a log stream with nothing new returns; the dispatcher asks get_run, then again
+DAEMON_PATIENCE = 60.0  # an unreachable daemon for this long during a build: the run is lost
+CHUNK = 64 * 1024
+MAX_BUFFERED = 16 * 1024 * 1024  # unread output kept per run; beyond, dropped (and said so)
+KEEP_RUNS = 200  # finished runs kept for get_run
+CACHE_TTL = 5.0  # targets and the container probe
+RUN_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
+_PGID_LINE = re.compile(rb"maketrigger-pgid (\d+)")
+
+# The fixed scripts. Request data only ever arrives as their arguments ("$1", "$@").
+# Launch: record the process group (the exec'd shell leads its own, or setsid made it), then
+# become make.
+LAUNCH = 'echo $$ > "$1" || exit 125; shift; echo "maketrigger-pgid $$"; exec "$@"'
+# What a container offers: whether an exec'd process leads its own process group (runc: yes),
+# the owner of the workdir (builds run as them by default), make and setsid.
+PROBE = ('read -r _ _ _ _ g _ < /proc/$$/stat; [ "$g" = "$$" ] && echo leader=1; '
+         'echo "owner=$(stat -c %u:%g -- "$1" 2>/dev/null)"; '
+         'echo "make=$(command -v make)"; echo "setsid=$(command -v setsid)"')
+SIGNAL = 'kill -s "$1" -- "-$2"'
+CLEANUP = 'if [ -n "$2" ]; then kill -s KILL -- "-$2" 2>/dev/null; fi; rm -f -- "$1"'
+READ_PIDFILE = 'cat -- "$1" 2>/dev/null'
+
+
+# --- the entry -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Options:
+    """One `docker://` entry of TRIGGER_WORKERS."""
+
+    name: str
+    workdir: str | None = None  # None: the container's working directory, else /workspace
+    user: str | None = None  # None: the owner of the workdir
+    start: str = "auto"
+    project: str | None = None
+    timeout: float = 3600.0
+    kill_grace: float = 10.0
+    targets: tuple[str, ...] = ()
+    vars: tuple[str, ...] = ()
+
+
+@functools.lru_cache(maxsize=256)
+def parse_entry(entry: str) -> Options:
+    """The options of a `docker://` entry; ValueError naming what is wrong."""
+    parts = urlsplit(entry)
+    if (parts.scheme != "docker" or not _NAME_RE.fullmatch(parts.netloc)
+            or parts.path not in ("", "/") or parts.fragment):
+        raise ValueError(f"worker {entry!r} must be docker://NAME[?option=value&...], NAME a "
+                         "container or compose service name")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    known = [f.name for f in Options.__dataclass_fields__.values() if f.name != "name"]
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        raise ValueError(f"worker {entry!r}: unknown option {', '.join(unknown)} "
+                         f"(known: {', '.join(known)})")
+
+    def one(key: str) -> str | None:
+        values = query.get(key)
+        if values and len(values) > 1:
+            raise ValueError(f"worker {entry!r}: {key} given twice")
+        return values[0] if values else None
+
+    def seconds(key: str, default: float) -> float:
+        raw = one(key)
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            raise ValueError(f"worker {entry!r}: {key} must be a number of seconds") from None
+        if value <= 0:
+            raise ValueError(f"worker {entry!r}: {key} must be positive")
+        return value
+
+    workdir, user, start = one("workdir"), one("user"), one("start") or "auto"
+    if workdir is not None and (not workdir.startswith("/") or "\0" in workdir):
+        raise ValueError(f"worker {entry!r}: workdir must be an absolute path")
+    if user is not None and not _USER_RE.fullmatch(user):
+        raise ValueError(f"worker {entry!r}: user must be NAME or UID, optionally :GROUP")
+    if start not in ("auto", "never"):
+        raise ValueError(f"worker {entry!r}: start must be auto or never")
+    project = one("project")
+    if project is not None and not _NAME_RE.fullmatch(project):
+        raise ValueError(f"worker {entry!r}: project is not a compose project name")
+    try:
+        allowed_vars = tuple(rules.check_var_name(v) for v in query.get("vars", []))
+    except rules.RuleError as exc:
+        raise ValueError(f"worker {entry!r}: {exc}") from None
+    return Options(name=parts.netloc, workdir=workdir, user=user, start=start, project=project,
+                   timeout=seconds("timeout", 3600.0), kill_grace=seconds("kill_grace", 10.0),
+                   targets=tuple(query.get("targets", [])), vars=allowed_vars)
+
+
+def _container_name(worker: Worker) -> str:
+    return worker.url[len(DOCKER_SCHEME):]
+
+
+@dataclass
+class DockerWorker(Worker):
+    """A worker that is one container: `name` is the entry's name, `container` its own."""
+
+    container: str = ""
+    state: str = "unknown"  # Docker's State.Status, or "missing" / "unreachable"
+    container_health: str | None = None  # the container's own HEALTHCHECK status, if any
+    problem: str | None = None  # why it fails its jobs
+
+
+    def matches(self, selector: str | None) -> bool:
+        return super().matches(selector) or (selector is not None and selector == self.container)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if self.fails_jobs:  # dispatchable only to fail its jobs with the reason
+            d.update(healthy=False, last_error=self.problem)
+        d.update(container=self.container, state=self.state, health=self.container_health)
+        return d
+
+
+# --- errors: the one boundary ------------------------------------------------------------------
+class DockerProblem(Exception):
+    """A Docker API call failed; `missing`: the container (or exec) does not exist."""
+
+    def __init__(self, message: str, *, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+def docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _problem(exc: BaseException, container: str | None) -> DockerProblem:
+    """A readable DockerProblem for any error of the SDK or of the connection under it."""
+    if isinstance(exc, docker.errors.NotFound):
+        if container:
+            return DockerProblem(f"no container or compose service named {container!r}",
+                                 missing=True)
+        return DockerProblem(f"not found: {exc.explanation or exc}", missing=True)
+    if isinstance(exc, docker.errors.APIError):
+        where = f" (container {container})" if container else ""
+        return DockerProblem(f"the Docker daemon refused{where}: {exc.explanation or exc}")
+    root, host = _root_cause(exc), docker_host()
+    if isinstance(root, PermissionError):
+        return DockerProblem(
+            f"permission denied on the Docker socket ({host}): the controller's user needs the "
+            "socket's group (compose: group_add), or reach a socket proxy through DOCKER_HOST")
+    if isinstance(root, FileNotFoundError):
+        return DockerProblem(f"no Docker socket at {host}: mount /var/run/docker.sock into the "
+                             "controller, or set DOCKER_HOST")
+    if isinstance(root, ConnectionRefusedError):
+        return DockerProblem(f"the Docker daemon at {host} refused the connection")
+    return DockerProblem(f"cannot reach the Docker daemon at {host}: {_short(exc)}")
+
+
+@contextlib.contextmanager
+def _api(container: str | None = None) -> Iterator[None]:
+    """Turn every Docker SDK and connection error inside into a DockerProblem."""
+    try:
+        yield
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        raise _problem(exc, container) from None
+
+
+# --- the engine: one SDK client, discovery -------------------------------------------------------
+class _Engine:
+    """The SDK client (made on first use, again after a failure) and this process's project."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._client: docker.DockerClient | None = None
+        self._project: str | None = None
+        self._project_known = False
+        self.found: dict[str, bool] = {}  # entry -> whether its last lookup found containers
+
+    def api(self) -> docker.APIClient:
+        with self._lock:
+            if self._client is None:
+                with _api():
+                    self._client = docker.from_env(timeout=API_TIMEOUT, max_pool_size=32)
+            return self._client.api
+
+    def own_project(self) -> str | None:
+        """The compose project of the container this controller runs in (None outside one)."""
+        if self._project_known:
+            return self._project
+        api = self.api()
+        for ref in _own_container_refs():
+            try:
+                with _api():
+                    attrs = api.inspect_container(ref)
+            except DockerProblem as exc:
+                if exc.missing:
+                    continue
+                raise
+            if ref == socket.gethostname() and attrs["Config"].get("Hostname") != ref:
+                continue  # a container merely named like this host
+            self._project = (attrs["Config"].get("Labels") or {}).get(PROJECT_LABEL)
+            break
+        self._project_known = True
+        if self._project:
+            log.info("docker:// workers: services of compose project %s", self._project)
+        return self._project
+
+    def find(self, opts: Options) -> list[dict]:
+        """The containers of service `opts.name` (in the project), else the one of that name."""
+        api = self.api()
+        project = opts.project or self.own_project()
+        labels = [f"{SERVICE_LABEL}={opts.name}"]
+        if project:
+            labels.append(f"{PROJECT_LABEL}={project}")
+        with _api():
+            rows = api.containers(all=True, filters={"label": labels})
+            if not rows:
+                rows = [r for r in api.containers(all=True, filters={"name": opts.name})
+                        if f"/{opts.name}" in r.get("Names", [])]
+        return sorted(rows, key=lambda r: r["Names"][0])
+
+
+def _own_container_refs() -> list[str]:
+    """Ids this process's container may have: from the files Docker mounts, then the host name."""
+    refs = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            refs += re.findall(r"/containers/([0-9a-f]{64})/(?:hostname|hosts|resolv\.conf)",
+                               f.read())
+    except OSError:
+        pass
+    return [*dict.fromkeys(refs), socket.gethostname()]
+
+
+ENGINE = _Engine()
+
+
+def resolve(entry: str) -> list[Worker]:
+    """The workers a `docker://` entry stands for: one per container. With none (no such
+    container, or no daemon to ask), one worker named after the entry, whose health says why.
+    Raises ValueError for a malformed entry, OSError to keep the containers known before."""
+    opts = parse_entry(entry)
+    try:
+        rows = ENGINE.find(opts)
+    except DockerProblem as exc:
+        if ENGINE.found.get(entry):
+            raise OSError(str(exc)) from None
+        rows = []
+    ENGINE.found[entry] = bool(rows)
+    if not rows:
+        return [DockerWorker(url=DOCKER_SCHEME + opts.name, name=opts.name, configured=entry,
+                             container=opts.name, state="missing")]
+    return [DockerWorker(url=DOCKER_SCHEME + r["Names"][0].lstrip("/"), name=opts.name,
+                         configured=entry, container=r["Names"][0].lstrip("/"),
+                         state=r.get("State", "unknown")) for r in rows]
+
+
+# --- one run's output ------------------------------------------------------------------------
+class RunLog:
+    """A run's output by byte offset. Bytes before the offset the reader last asked for are
+    dropped; at most `limit` unread bytes are kept, output beyond is dropped and said so."""
+
+    def __init__(self, limit: int = MAX_BUFFERED):
+        self.cond = threading.Condition()
+        self.buf = bytearray()
+        self.base = 0
+        self.limit = limit
+        self.dropped = 0
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        return self.base + len(self.buf)
+
+    def append(self, data: bytes, force: bool = False) -> None:
+        with self.cond:
+            if not force and len(self.buf) + len(data) > self.limit:
+                self.dropped += len(data)
+                return
+            if self.dropped:
+                self.buf += (f"\n*** maketrigger: {self.dropped} bytes of output dropped "
+                             "(the controller fell behind)\n").encode()
+                self.dropped = 0
+            self.buf += data
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            if self.dropped:
+                self.append(b"", force=True)
+            self.closed = True
+            self.cond.notify_all()
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Up to `n` bytes from `offset`; what lies before `offset` is forgotten."""
+        with self.cond:
+            if offset < self.base or offset > self.size:
+                raise ValueError(f"offset {offset} is outside the kept log "
+                                 f"({self.base}-{self.size})")
+            del self.buf[:offset - self.base]
+            self.base = offset
+            return bytes(self.buf[:n])
+
+    def wait(self, offset: int, timeout: float) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.size > offset or self.closed, timeout)
+
+
+@dataclass
+class DockerRun:
+    id: str
+    target: str
+    vars: dict
+    container: str
+    container_id: str
+    pidfile: str
+    timeout: float
+    kill_grace: float
+    exec_id: str = ""
+    pgid: int | None = None
+    state: str = "running"
+    exit_code: int | None = None
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    end_state: str | None = None  # set by cancel / the time limit: how it ends once make ends
+    end_reason: str | None = None
+    kill_at: float | None = None  # monotonic time of the SIGKILL after a SIGTERM
+    log: RunLog = field(default_factory=RunLog, repr=False)
+    pumped: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def record(self) -> dict:
+        return {"id": self.id, "target": self.target, "vars": self.vars, "state": self.state,
+                "exit_code": self.exit_code, "error": self.error,
+                "started_at": self.started_at, "finished_at": self.finished_at,
+                "timeout": self.timeout, "host": self.container, "log_size": self.log.size}
+
+
+@dataclass(frozen=True)
+class Probe:
+    leader: bool
+    owner: str
+    make: bool
+    setsid: bool
+
+
+def _describe_exit(code: int) -> str:
+    if code > 128:
+        with contextlib.suppress(ValueError):
+            return f"exit status {code} (128 + {signal.Signals(code - 128).name})"
+    return f"exit status {code}"
+
+
+# --- the transport ---------------------------------------------------------------------------
+class DockerTransport:
+    """WorkerClient's calls for docker:// workers, with the same shapes and errors."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._runs: dict[str, DockerRun] = {}
+        self._busy: dict[str, str] = {}  # container id -> the run building there
+        self._unusable: dict[str, float] = {}  # worker url -> since when (monotonic)
+        self._cache: dict[tuple, tuple[float, object]] = {}
+
+    # --- health ----------------------------------------------------------------------------
+    def health(self, worker: Worker) -> dict:
+        opts, name = parse_entry(worker.configured), _container_name(worker)
+        try:
+            with _api(name):
+                attrs = ENGINE.api().inspect_container(name)
+        except DockerProblem as exc:
+            return self._unusable_health(worker, opts, exc)
+        self._unusable.pop(worker.url, None)
+        worker.fails_jobs = False
+        status = attrs["State"]["Status"]
+        _show(worker, status, (attrs["State"].get("Health") or {}).get("Status"))
+        if status in ("created", "exited") and opts.start == "never":
+            raise WorkerError(f"container {name} is {status} (start=never)")
+        if status not in ("running", "created", "exited"):
+            raise WorkerError(f"container {name} is {status}")
+        return self._health_body(attrs["Id"], opts, attrs)
+
+    def _unusable_health(self, worker: Worker, opts: Options, exc: DockerProblem) -> dict:
+        """Unhealthy for UNUSABLE_GRACE (jobs wait); then healthy only to fail its jobs."""
+        since = self._unusable.setdefault(worker.url, time.monotonic())
+        _show(worker, "missing" if exc.missing else "unreachable", None)
+        if time.monotonic() - since < UNUSABLE_GRACE:
+            raise WorkerError(str(exc))
+        if not worker.fails_jobs:
+            log.warning("%s: %s; jobs for it now fail", worker.url, exc)
+        worker.fails_jobs = True
+        if isinstance(worker, DockerWorker):
+            worker.problem = str(exc)
+        return self._health_body("", opts, None)
+
+    def _health_body(self, container_id: str, opts: Options, attrs: dict | None) -> dict:
+        with self._lock:
+            runs = [r for c, r in self._busy.items() if c == container_id]
+        return {"ok": True, "busy": bool(runs), "runs": runs, "lock": "workspace",
+                "job_timeout": opts.timeout,
+                "workdir": _workdir(opts, attrs) if attrs else opts.workdir}
+
+    # --- targets ---------------------------------------------------------------------------
+    def targets(self, worker: Worker) -> list[dict]:
+        opts, name = parse_entry(worker.configured), _container_name(worker)
+        try:
+            attrs = self._inspect(name)
+            if not attrs["State"]["Running"]:
+                raise WorkerError(f"container {name} is {attrs['State']['Status']}: its targets "
+                                  "are read once it runs (a build starts it)")
+            return self._targets(attrs, opts)
+        except DockerProblem as exc:
+            raise WorkerError(str(exc)) from None
+        except makefile.MakefileError as exc:
+            raise WorkerError(f"container {name}: {exc}") from None
+
+    def _targets(self, attrs: dict, opts: Options) -> list[dict]:
+        """The buildable targets, read with make in the container (cached for CACHE_TTL)."""
+        workdir, (user, _) = _workdir(opts, attrs), self._build_user(attrs, opts)
+        key = ("targets", attrs["Id"], workdir, user)
+        cached = self._cache.get(key)
+        if cached and time.monotonic() - cached[0] < CACHE_TTL:
+            return cached[1]  # type: ignore[return-value]
+        code, out, err = self._exec(attrs, ["make", "-C", workdir, "-pRrq", "--", ":"], user,
+                                    env={"LC_ALL": "C"})
+        database, errors = out.decode("utf-8", "replace"), [
+            line for line in err.decode("utf-8", "replace").splitlines()
+            if "***" in line and "No rule to make target ':'" not in line]
+        if code in (126, 127) and "\n# Files" not in database:
+            raise makefile.MakefileError(f"cannot run make: {(out + err).decode(errors='replace')}")
+        if errors or "\n# Files" not in database:  # as worker.makefile.read_database
+            raise makefile.MakefileError("make could not read the makefile: "
+                                         + ("; ".join(errors) or "no database printed"))
+        names, makefiles = makefile.parse_targets(database)
+        docs: dict[str, str] = {}
+        if makefiles:
+            paths = [posixpath.join(workdir, p) for p in makefiles]
+            _, text, _ = self._exec(attrs, ["cat", "--", *paths], user)
+            docs = makefile.parse_descriptions(text.decode("utf-8", "replace"))
+        found = [{"name": n, "description": docs.get(n, "")} for n in names
+                 if rules.target_allowed(n, opts.targets)]
+        self._cache[key] = (time.monotonic(), found)
+        return found
+
+    # --- start -----------------------------------------------------------------------------
+    def start_run(self, worker: Worker, run_id: str, target: str, variables: dict,
+                  timeout: float | None) -> dict:
+        opts, name = parse_entry(worker.configured), _container_name(worker)
+        with self._lock:
+            if run_id in self._runs:
+                raise RunStarted(f"run {run_id} was already started in {name}")
+        target, variables, limit = _check_request(opts, run_id, target, variables, timeout)
+        try:
+            attrs = self._inspect(name)
+        except DockerProblem as exc:
+            if worker.fails_jobs:  # for UNUSABLE_GRACE already: the job fails, naming why
+                raise WorkerRejected(f"{worker.url}: {exc}") from None
+            raise WorkerError(str(exc)) from None  # requeued; the health checks take over
+        with self._lock:
+            if attrs["Id"] in self._busy:
+                raise WorkerBusy(f"container {name} is building run {self._busy[attrs['Id']]}")
+            self._busy[attrs["Id"]] = run_id
+        try:
+            return self._start(attrs, opts, run_id, target, variables, limit)
+        except BaseException:
+            with self._lock:
+                if self._busy.get(attrs["Id"]) == run_id and run_id not in self._runs:
+                    del self._busy[attrs["Id"]]
+            raise
+
+    def _start(self, attrs: dict, opts: Options, run_id: str, target: str, variables: dict,
+               limit: float) -> dict:
+        name = attrs["Name"].lstrip("/")
+        try:
+            attrs = self._running(attrs, opts)
+            user, probe = self._build_user(attrs, opts)
+            if not probe.make:
+                raise WorkerRejected(f"make is not installed in container {name}")
+            if not probe.leader and not probe.setsid:
+                raise WorkerRejected(f"container {name} runs exec'd commands in a shared process "
+                                     "group and has no setsid (util-linux) to give make its own")
+            known = {t["name"] for t in self._targets(attrs, opts)}
+        except DockerProblem as exc:
+            raise (WorkerRejected if exc.missing else WorkerError)(str(exc)) from None
+        except makefile.MakefileError as exc:
+            raise WorkerRejected(f"container {name}: {exc}") from None
+        if target not in known:
+            raise WorkerRejected(f"target {target} is not defined in the makefile of {name}"
+                                 + (" (or not allowed by targets=)" if opts.targets else ""))
+        argv = rules.make_argv(_workdir(opts, attrs), target, variables)
+        pidfile = f"/tmp/maketrigger-{run_id}.pid"
+        cmd = [*([] if probe.leader else ["setsid", "-w"]),
+               "sh", "-c", LAUNCH, "maketrigger", pidfile, *argv]
+        run = DockerRun(id=run_id, target=target, vars=dict(variables), container=name,
+                        container_id=attrs["Id"], pidfile=pidfile, timeout=limit,
+                        kill_grace=opts.kill_grace)
+        run.log.append(("+ " + " ".join(argv) + "\n").encode())
+        try:
+            with _api(name):
+                run.exec_id = ENGINE.api().exec_create(attrs["Id"], cmd, stdout=True,
+                                                       stderr=True, user=user)["Id"]
+        except DockerProblem as exc:
+            raise WorkerError(str(exc)) from None
+        with self._lock:
+            self._runs[run_id] = run
+        try:
+            with _api(name):
+                stream = ENGINE.api().exec_start(run.exec_id, stream=True)
+        except DockerProblem as exc:
+            self._finish(run, None, "lost", f"the exec may have started: {exc}")
+            raise WorkerError(str(exc), uncertain=True) from None
+        threading.Thread(target=self._pump, args=(run, stream), name=f"exec-out-{run_id}",
+                         daemon=True).start()
+        threading.Thread(target=self._watch, args=(run, stream), name=f"exec-{run_id}",
+                         daemon=True).start()
+        log.info("run %s: make %s in container %s as %s", run_id, target, name, user or "default")
+        self._prune()
+        return run.record()
+
+    def _inspect(self, name: str) -> dict:
+        with _api(name):
+            return ENGINE.api().inspect_container(name)
+
+    def _running(self, attrs: dict, opts: Options) -> dict:
+        """The container, running: started first if it is stopped and start=auto."""
+        name, status = attrs["Name"].lstrip("/"), attrs["State"]["Status"]
+        if status == "running":
+            return attrs
+        if status not in ("created", "exited") or opts.start == "never":
+            raise WorkerError(f"container {name} is {status}"
+                              + (" (start=never)" if opts.start == "never" else ""))
+        log.info("starting container %s for a build", name)
+        with _api(name):
+            ENGINE.api().start(attrs["Id"])
+        deadline = time.monotonic() + START_WAIT
+        while time.monotonic() < deadline:
+            attrs = self._inspect(attrs["Id"])
+            if attrs["State"]["Running"]:
+                return attrs
+            if attrs["State"]["Status"] in ("exited", "dead"):
+                break
+            time.sleep(0.1)
+        raise WorkerRejected(f"container {name} did not keep running once started (it is "
+                             f"{attrs['State']['Status']}; its command must stay up, e.g. "
+                             "`sleep infinity`)")
+
+    def _build_user(self, attrs: dict, opts: Options) -> tuple[str, Probe]:
+        """Who builds (`user=`, else the workdir's owner) and what the container offers."""
+        workdir = _workdir(opts, attrs)
+        key = ("probe", attrs["Id"], workdir, opts.user)
+        cached = self._cache.get(key)
+        if cached and time.monotonic() - cached[0] < CACHE_TTL:
+            probe = cached[1]
+        else:
+            _, out, _ = self._exec(attrs, ["sh", "-c", PROBE, "sh", workdir], opts.user or "")
+            found = dict(line.partition("=")[::2] for line in out.decode().splitlines())
+            probe = Probe(leader=found.get("leader") == "1", owner=found.get("owner", ""),
+                          make=bool(found.get("make")), setsid=bool(found.get("setsid")))
+            if not probe.owner:
+                raise makefile.MakefileError(f"workdir {workdir} does not exist (workdir=)")
+            self._cache[key] = (time.monotonic(), probe)
+        return (opts.user or probe.owner), probe  # type: ignore[union-attr]
+
+    def _exec(self, attrs: dict, cmd: list[str], user: str,
+              env: dict | None = None) -> tuple[int, bytes, bytes]:
+        """Run a short command in the container: (exit code, stdout, stderr)."""
+        api = ENGINE.api()
+        with _api(attrs["Name"].lstrip("/")):
+            exec_id = api.exec_create(attrs["Id"], cmd, stdout=True, stderr=True, user=user,
+                                      environment=env)["Id"]
+            out, err = api.exec_start(exec_id, demux=True)
+            code = api.exec_inspect(exec_id)["ExitCode"]
+        return code, out or b"", err or b""
+
+    # --- following a run -------------------------------------------------------------------
+    def _pump(self, run: DockerRun, stream) -> None:
+        """Copy the exec's output into the run's log; the first line gives make's group."""
+        head = b""
+        try:
+            for chunk in stream:
+                if run.pgid is None and head is not None:
+                    head += chunk
+                    if b"\n" not in head and len(head) < 256:
+                        continue
+                    line, _, rest = head.partition(b"\n")
+                    m = _PGID_LINE.fullmatch(line)
+                    chunk, head = (rest if m else head), None
+                    if m:
+                        self._got_pgid(run, int(m[1]))
+                if chunk:
+                    run.log.append(chunk)
+            if head:
+                run.log.append(head)
+        except Exception as exc:
+            log.warning("run %s: output stream broke: %s", run.id, _short(exc))
+        finally:
+            run.pumped.set()
+
+    def _got_pgid(self, run: DockerRun, pgid: int) -> None:
+        run.pgid = pgid
+        if run.end_state is not None:  # cancelled before make had started
+            self._signal(run, "TERM")
+
+    def _watch(self, run: DockerRun, stream) -> None:
+        """Enforce the time limit and the kill grace, notice make's end, and record it."""
+        deadline = time.monotonic() + run.timeout
+        next_check = time.monotonic() + EXEC_CHECK
+        unreachable_since: float | None = None
+        broken = False
+        try:
+            while True:
+                if broken:
+                    time.sleep(POLL)  # the stream is over but make runs on: poll its exec
+                ended = run.pumped.wait(POLL)
+                now = time.monotonic()
+                if now >= deadline and run.end_state is None:
+                    self._stop(run, "failed", f"timed out after {run.timeout:g} s")
+                if run.kill_at is not None and now >= run.kill_at:
+                    run.kill_at = None
+                    log.warning("run %s: still running %gs after SIGTERM; SIGKILL", run.id,
+                                run.kill_grace)
+                    self._signal(run, "KILL")
+                if not ended and now < next_check:
+                    continue
+                next_check = now + EXEC_CHECK
+                try:
+                    with _api(run.container):
+                        info = ENGINE.api().exec_inspect(run.exec_id)
+                    unreachable_since = None
+                except DockerProblem as exc:
+                    if exc.missing:
+                        return self._finish(run, None, "lost", f"container {run.container} was "
+                                                               "removed during the build")
+                    unreachable_since = unreachable_since or now
+                    if now - unreachable_since > DAEMON_PATIENCE:
+                        return self._finish(run, None, "lost", str(exc))
+                    continue
+                if not info["Running"]:
+                    break
+                if ended and not broken:
+                    broken = True
+                    run.log.append(b"\n*** maketrigger: the output stream broke; the rest of "
+                                   b"make's output is lost\n", force=True)
+            if not run.pumped.is_set():  # make ended; what it started may hold the output open
+                run.pumped.wait(LINGER)
+        except Exception as exc:
+            log.exception("run %s: lost track of the exec", run.id)
+            return self._finish(run, None, "lost", f"the controller lost track of the build: "
+                                                   f"{exc}")
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+        run.pumped.wait(5)
+        self._cleanup(run)
+        self._finish(run, info.get("ExitCode"))
+
+    def _stop(self, run: DockerRun, state: str, reason: str) -> None:
+        """SIGTERM make's process group in the container; the watcher sends SIGKILL later."""
+        if run.state != "running" or run.end_state is not None:
+            return
+        run.end_state, run.end_reason = state, reason
+        run.kill_at = time.monotonic() + run.kill_grace
+        if run.pgid is not None:
+            self._signal(run, "TERM")
+
+    def _signal(self, run: DockerRun, sig: str) -> None:
+        if run.pgid is None:
+            return
+        try:
+            self._exec_as_root(run, ["sh", "-c", SIGNAL, "sh", sig, str(run.pgid)])
+        except DockerProblem as exc:
+            log.warning("run %s: cannot send SIG%s to make: %s", run.id, sig, exc)
+
+    def _cleanup(self, run: DockerRun) -> None:
+        """End what make left in its group, and remove the pid file."""
+        try:
+            self._exec_as_root(run, ["sh", "-c", CLEANUP, "sh", run.pidfile,
+                                     str(run.pgid or "")])
+        except DockerProblem as exc:
+            log.info("run %s: no cleanup in %s: %s", run.id, run.container, exc)
+
+    def _exec_as_root(self, run: DockerRun, cmd: list[str]) -> bytes:
+        api = ENGINE.api()
+        with _api(run.container):
+            exec_id = api.exec_create(run.container_id, cmd, stdout=True, stderr=True,
+                                      user="0")["Id"]
+            return api.exec_start(exec_id)
+
+    def _finish(self, run: DockerRun, code: int | None, state: str | None = None,
+                error: str | None = None) -> None:
+        """Record how the run ended: `state` if given (lost), else from make's exit status and
+        what stopped it (cancel, time limit)."""
+        if run.state != "running":
+            return
+        if state is None:
+            if run.end_state is not None:
+                state, error = run.end_state, run.end_reason
+                if code is not None and code < 128:  # make's own status, not a signal's
+                    run.exit_code = code
+            elif run.pgid is None:
+                state, error = "failed", f"make did not start in container {run.container}"
+            else:
+                run.exit_code = code
+                if code != 0:
+                    state, error = "failed", f"make ended with {_describe_exit(code)}"
+                else:
+                    state = "succeeded"
+        if state != "succeeded":
+            run.log.append(f"*** maketrigger: {state}: {error}\n".encode(), force=True)
+        run.error, run.finished_at = error, time.time()
+        run.state = state
+        run.log.close()
+        with self._lock:
+            if self._busy.get(run.container_id) == run.id:
+                del self._busy[run.container_id]
+        log.info("run %s: %s (%s)", run.id, state, error or "ok")
+
+    # --- what the dispatcher asks ------------------------------------------------------------
+    def get_run(self, worker: Worker, run_id: str) -> dict:
+        return self._run(worker, run_id).record()
+
+    def cancel_run(self, worker: Worker, run_id: str) -> dict:
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is None:
+            raise RunUnknown(f"no run {run_id} in {_container_name(worker)}")
+        self._stop(run, "cancelled", "cancelled on request")
+        return run.record()
+
+    def stream_log(self, worker: Worker, run_id: str, offset: int,
+                   follow: bool = True) -> Iterator[bytes]:
+        """The run's output from `offset`; returns at its end, or after QUIET seconds without
+        output (the dispatcher then asks get_run and listens again)."""
+        run = self._run(worker, run_id)
+        quiet_until = time.monotonic() + QUIET
+        while True:
+            try:
+                data = run.log.read(offset, CHUNK)
+            except ValueError as exc:
+                raise WorkerError(f"run {run_id}: {exc}") from None
+            if data:
+                yield data
+                offset += len(data)
+                quiet_until = time.monotonic() + QUIET
+                continue
+            if run.log.closed or not follow or time.monotonic() >= quiet_until:
+                return
+            if worker.gone:
+                raise WorkerError(f"{worker.url} is gone", gone=True)
+            run.log.wait(offset, 0.5)
+
+    def _run(self, worker: Worker, run_id: str) -> DockerRun:
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is None:
+            self._orphan(worker, run_id)  # raises
+        return run  # type: ignore[return-value]
+
+    def _orphan(self, worker: Worker, run_id: str) -> None:
+        """A run this process does not know (the controller restarted): stop what is left of it
+        in the container, and say whether it had started (WorkerError `gone`: the job is lost)
+        or not (RunUnknown: it may be dispatched again)."""
+        name = _container_name(worker)
+        if not RUN_ID_RE.fullmatch(run_id):
+            raise RunUnknown(f"no run {run_id} in {name}")
+        pidfile = f"/tmp/maketrigger-{run_id}.pid"
+        try:
+            attrs = self._inspect(name)
+            if not attrs["State"]["Running"]:
+                raise WorkerError(f"container {name} is {attrs['State']['Status']}: the build "
+                                  f"of run {run_id}, if it started, ended with it", gone=True)
+            running = self._orphan_execs(attrs, pidfile)
+            deadline = time.monotonic() + (2.0 if running else 0.0)
+            while True:
+                pgid = self._read_pidfile(attrs, pidfile)
+                if pgid or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.1)
+        except DockerProblem as exc:
+            raise WorkerError(f"cannot look for run {run_id} in {name}: {exc}",
+                              gone=exc.missing) from None
+        if not pgid and not running:
+            raise RunUnknown(f"no run {run_id} in {name}")
+        stopped = ""
+        if running and pgid:
+            opts = parse_entry(worker.configured)
+            run = DockerRun(id=run_id, target="", vars={}, container=name,
+                            container_id=attrs["Id"], pidfile=pidfile, timeout=0,
+                            kill_grace=opts.kill_grace, pgid=pgid)
+            log.warning("run %s: stopping the build a previous controller left in %s", run_id,
+                        name)
+            self._signal(run, "TERM")
+            deadline = time.monotonic() + opts.kill_grace
+            while self._orphan_execs(attrs, pidfile) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            self._cleanup(run)
+            stopped = "; the build it left running was stopped"
+        elif pgid:
+            with contextlib.suppress(DockerProblem):
+                self._exec_as_root(DockerRun(id=run_id, target="", vars={}, container=name,
+                                             container_id=attrs["Id"], pidfile=pidfile,
+                                             timeout=0, kill_grace=0),
+                                   ["rm", "-f", "--", pidfile])
+            stopped = "; the build had ended, its result and the rest of its log are lost"
+        raise WorkerError(f"the controller restarted during the build in {name}{stopped}",
+                          gone=True)
+
+    def _orphan_execs(self, attrs: dict, pidfile: str) -> bool:
+        """Whether an exec of this run (its pid file among its arguments) still runs."""
+        api = ENGINE.api()
+        with _api(attrs["Name"].lstrip("/")):
+            exec_ids = api.inspect_container(attrs["Id"]).get("ExecIDs") or []
+            for exec_id in exec_ids:
+                try:
+                    info = api.exec_inspect(exec_id)
+                except docker.errors.NotFound:
+                    continue
+                if info.get("Running") and pidfile in info["ProcessConfig"].get("arguments", []):
+                    return True
+        return False
+
+    def _read_pidfile(self, attrs: dict, pidfile: str) -> int | None:
+        _, out, _ = self._exec(attrs, ["sh", "-c", READ_PIDFILE, "sh", pidfile], "0")
+        text = out.decode(errors="replace").strip()
+        return int(text) if text.isdigit() and int(text) > 1 else None
+
+    def _prune(self) -> None:
+        """Keep the records of at most KEEP_RUNS finished runs."""
+        with self._lock:
+            ended = sorted((r for r in self._runs.values() if r.state != "running"),
+                           key=lambda r: r.finished_at or 0)
+            for run in ended[:max(0, len(ended) - KEEP_RUNS)]:
+                del self._runs[run.id]
+
+
+def _check_request(opts: Options, run_id: str, target: str, variables: dict,
+                   timeout: float | None) -> tuple[str, dict, float]:
+    """Everything worker/api.py enforces, with the entry's options as its settings."""
+    try:
+        if not RUN_ID_RE.fullmatch(run_id or ""):
+            raise rules.RuleError("run id must be 1-64 letters, digits, '_', '.' or '-'")
+        target = rules.check_target_syntax(target)
+        variables = rules.check_vars_syntax(variables)
+        try:
+            rules.check_vars_allowed(variables, opts.vars)
+        except rules.RuleError as exc:  # the rule is the worker's; the setting here is vars=
+            raise rules.RuleError(str(exc).replace("WORKER_VARS", "the entry's vars=")) from None
+        if not rules.target_allowed(target, opts.targets):
+            raise rules.RuleError(f"target {target} is not allowed by the worker's targets=")
+        if timeout is not None and timeout > opts.timeout:
+            raise rules.RuleError(f"timeout must be at most {opts.timeout:g} s (the worker's "
+                                  "timeout=)")
+    except rules.RuleError as exc:
+        raise WorkerRejected(str(exc)) from None
+    return target, variables, opts.timeout if timeout is None else timeout
+
+
+def _workdir(opts: Options, attrs: dict) -> str:
+    return opts.workdir or attrs["Config"].get("WorkingDir") or "/workspace"
+
+
+def _show(worker: Worker, state: str, health: str | None) -> None:
+    """What GET /workers shows of the container."""
+    if isinstance(worker, DockerWorker):
+        worker.state, worker.container_health = state, health
