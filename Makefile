@@ -25,10 +25,11 @@ TRIGGER_WORKER_IMAGE ?= maketrigger-worker:local
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
 
-# The project and every dependency as wheels, plus setuptools to build the project from source
-# inside the image. They must suit the image's Python: the stand-in base has Debian's 3.11.
+# The project and every dependency (with the controller's `docker` extra) as wheels, plus
+# setuptools to build the project from source inside the image. They must suit the image's
+# Python: the stand-in base has Debian's 3.11.
 wheels:
-	$(PYTHON) -m pip wheel --quiet . 'setuptools>=61' -w wheels/
+	$(PYTHON) -m pip wheel --quiet '.[docker]' 'setuptools>=61' -w wheels/
 
 base-image:
 	scripts/base-image.sh build $(STANDIN_IMAGE)

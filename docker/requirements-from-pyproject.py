@@ -1,4 +1,5 @@
-"""Print the runtime dependencies of a pyproject.toml, one per line, for `pip install -r`.
+"""Print the runtime dependencies of a pyproject.toml, and those of the extras named after it,
+one per line, for `pip install -r`:  requirements-from-pyproject.py pyproject.toml [EXTRA ...]
 
 The images install these before copying the source, so a code change does not re-install them.
 """
@@ -7,4 +8,6 @@ import sys
 import tomllib
 
 with open(sys.argv[1], "rb") as f:
-    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
+    project = tomllib.load(f)["project"]
+extras = project.get("optional-dependencies", {})
+print("\n".join([*project["dependencies"], *(d for name in sys.argv[2:] for d in extras[name])]))
