@@ -20,6 +20,7 @@ from flask import Blueprint, current_app, jsonify, request
 from worker import rules
 
 from . import config as config_module
+from .store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,12 @@ def on_push(host: Host, target: str, push: Push):
     if push.delivery is not None and not store.record_delivery(host.name, push.delivery):
         log.info("%s delivery %s seen before: not queued again", host.title, push.delivery)
         return _ignored(f"duplicate delivery {push.delivery}")
-    job, coalesced = current_app.extensions["dispatcher"].submit(target, {}, None, SOURCE)
+    try:
+        job, coalesced = current_app.extensions["dispatcher"].submit(target, {}, None, SOURCE)
+    except StoreError:
+        if push.delivery is not None:  # let the host's redelivery try again
+            store.forget_delivery(host.name, push.delivery)
+        raise
     if push.delivery is not None:
         store.delivery_job(host.name, push.delivery, job.id)
     log.info("%s push to %s (delivery %s): job %s%s", host.title, branch, push.delivery,

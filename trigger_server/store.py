@@ -357,6 +357,12 @@ class Store:
                              "VALUES (?, ?, ?)", (provider, delivery, time.time()))
             return cur.rowcount == 1
 
+    def forget_delivery(self, provider: str, delivery: str) -> None:
+        """Forget a delivery whose job could not be queued, so a redelivery may queue it."""
+        with self._tx() as db:
+            db.execute("DELETE FROM deliveries WHERE provider = ? AND delivery = ? "
+                       "AND job_id IS NULL", (provider, delivery))
+
     def delivery_job(self, provider: str, delivery: str, job_id: int) -> None:
         """Note which job a delivery queued."""
         with self._tx() as db:

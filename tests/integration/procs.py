@@ -83,8 +83,9 @@ class Proc:
         return [int(p) for p in out.stdout.split()]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the master and its workers, but not the make groups (they have their own)."""
-        for pid in [*self.children(), self.proc.pid]:
+        """Signal the master and its workers, but not the make groups (they have their own).
+        The master goes first: a master that outlived its worker would fork a new one."""
+        for pid in [self.proc.pid, *self.children()]:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
