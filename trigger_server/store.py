@@ -192,7 +192,8 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE), committed or rolled back."""
+        """One write transaction, taken at once (BEGIN IMMEDIATE), committed or rolled back.
+        Every SQLite error leaves as StoreError (a full disk, a lock held too long)."""
         try:
             db = self._conn()
             db.execute("BEGIN IMMEDIATE")
@@ -200,18 +201,22 @@ class Store:
             raise StoreError(f"database unavailable: {exc}") from exc
         try:
             yield db
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
-            db.execute("ROLLBACK")
+            self._rollback(db)
             raise StoreError(f"database write failed: {exc}") from exc
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback(db)
             raise
-        else:
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        """Roll back what is left: SQLite may have rolled back by itself (a full disk)."""
+        if db.in_transaction:
             try:
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
                 db.execute("ROLLBACK")
-                raise StoreError(f"database write failed: {exc}") from exc
+            except sqlite3.Error:
+                pass  # nothing left to undo
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         try:

@@ -1,9 +1,12 @@
 """Resource limits: a huge log stays bounded in memory and on disk; a locked database is a
 clean 503, not a crash."""
 
+import os
 import sqlite3
+import subprocess
 import time
 
+import pytest
 import requests
 
 BIG = """\
@@ -56,3 +59,46 @@ def test_a_locked_database_answers_503_and_recovers(stack):
     ok = stack.post(json={"target": "ok", "wait": True})
     assert ok.status_code == 200
     assert len(stack.get("/jobs")["jobs"]) == 1  # the refused trigger left nothing behind
+
+
+MEGABYTE = """\
+mb: ## print 1 MB
+\t@head -c 1000000 /dev/zero | tr '\\\\0' 'y' | fold -w 99
+ok:
+\t@echo ok
+"""
+
+
+def test_a_full_disk_answers_503_and_nothing_is_corrupt(stack, tmp_path):
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("needs root to mount a small tmpfs")
+        pytest.skip("needs root to mount a small tmpfs for the database")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    try:
+        stack.server([stack.worker(stack.workspace(makefile=MEGABYTE))],
+                     db=str(disk / "trigger.db"))
+        filler = disk / "filler"
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        filler.write_bytes(b"\0" * max(0, free - 300_000))
+        job_id = stack.trigger("mb")["id"]
+        refused = None
+        for i in range(100):  # the disk fills while the log is stored
+            resp = stack.post(json={"target": "ok", "vars": {"N": str(i)}})  # distinct jobs
+            if resp.status_code == 503:
+                refused = resp.json()["error"]
+                break
+            time.sleep(0.1)
+        assert refused and "full" in refused, refused
+        filler.unlink()  # space again: the follower catches up, the job ends
+        job = stack.wait_state(job_id, timeout=30)
+        assert job["state"] == "succeeded" and job["log_size"] > 1_000_000
+        assert stack.post(json={"target": "ok", "wait": True}).status_code == 200
+        db = sqlite3.connect(disk / "trigger.db")
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        db.close()
+    finally:
+        stack.close()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
