@@ -52,3 +52,12 @@ test:
 	$(PYTHON) -m pytest -ra; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
+
+# The benchmark of issue 7 (bench/): maketrigger against adnanh/webhook, docker exec and docker
+# run, in one run; results in bench/results/<timestamp>/. `make bench BENCH_ARGS=--quick` is a
+# smoke run. bench/deps.sh installs hey, webhook and matplotlib and starts Docker if needed.
+BENCH_ARGS ?=
+.PHONY: bench
+bench:
+	bench/deps.sh
+	$(PYTHON) bench/run.py $(BENCH_ARGS)

@@ -1,0 +1,207 @@
+"""Rows 3 and 4: `docker exec` (the CLI, and the Docker SDK's exec_run) into one long-lived
+container of the stand-in image, and `docker run --rm` of a fresh container per build.
+
+Every container made here carries the label `maketrigger-bench=<run id>` and is removed at the
+end, whatever happened."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from bench.common import (
+    ServerProc,
+    Sizes,
+    cgroup_cpu_seconds,
+    children_cpu_seconds,
+    cpu_seconds,
+    parse_stamp,
+    pids_named,
+    pooled,
+    run_checked,
+    run_quiet,
+)
+
+log = logging.getLogger(__name__)
+IMAGE = os.environ.get("STANDIN_IMAGE", "maketrigger-base:bookworm")
+LABEL = "maketrigger-bench"
+MOUNT = "/w"
+
+
+def docker_cli() -> str:
+    return os.environ.get("DOCKER", "docker")
+
+
+def ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def daemons() -> list[ServerProc]:
+    """dockerd and containerd, which every docker row goes through."""
+    return [ServerProc(name, "daemon", pid) for name in ("dockerd", "containerd")
+            for pid in pids_named(name)]
+
+
+def daemon_cpu_parts() -> dict:
+    return {p.service: (lambda pid=p.pid: cpu_seconds(pid)) for p in daemons()}
+
+
+def make_args(target: str, mode: str = "identical", i: int = 0) -> list[str]:
+    return ["make", "-C", MOUNT, *([f"N={i}"] if mode == "distinct" else []), target]
+
+
+class LongLived:
+    """One container of the stand-in image that sleeps, with the workspace at /w."""
+
+    def __init__(self, workspace: Path, run_id: str):
+        self.ws, self.run_id = str(workspace), run_id
+        self.client = docker.from_env(timeout=120)
+        self.container = None
+
+    def __enter__(self) -> LongLived:
+        self.container = self.client.containers.run(
+            IMAGE, ["sleep", "infinity"], detach=True, name=f"mtbench-{self.run_id}-exec",
+            labels={LABEL: self.run_id}, volumes={self.ws: {"bind": MOUNT, "mode": "rw"}})
+        self.container.reload()
+        self.init_pid = self.container.attrs["State"]["Pid"]
+        self.shim_pid = ppid(self.init_pid)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        remove_labelled(self.client, self.run_id)
+        self.client.close()
+
+    def processes(self) -> list[ServerProc]:
+        return [*daemons(), ServerProc("containerd-shim", "daemon", self.shim_pid)]
+
+    def cpu_parts(self) -> dict:
+        return {**daemon_cpu_parts(),
+                "containerd-shim (with runc)": lambda: cpu_seconds(self.shim_pid),
+                "the container's cgroup": lambda: cgroup_cpu_seconds(self.init_pid)}
+
+
+def remove_labelled(client: docker.DockerClient, run_id: str) -> None:
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL}={run_id}"}):
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+class DockerExecCli:
+    name, label, kind = "docker-exec-cli", "docker exec (CLI)", "sync"
+
+    def __init__(self, box: LongLived, sizes: Sizes):
+        self.box = box
+        self.rt_count, self.stamp_count = sizes.docker_rt, sizes.docker_stamp
+        self.load_count = sizes.cmd_load
+
+    def argv(self, target: str, mode: str = "identical", i: int = 0) -> list[str]:
+        return [docker_cli(), "exec", self.box.container.name, *make_args(target, mode, i)]
+
+    def roundtrip(self, i: int) -> None:
+        run_quiet(self.argv("noop"))
+
+    def stamp(self, i: int) -> float:
+        sent = time.time_ns()
+        return (parse_stamp(run_checked(self.argv("stamp"))) - sent) / 1e9
+
+    def load(self, mode: str, count: int, concurrency: int, seconds: float, raw: Path) -> dict:
+        return pooled(lambda i: run_quiet(self.argv("noop", mode, i)), count, concurrency,
+                      seconds)
+
+    def processes(self) -> list[ServerProc]:
+        return self.box.processes()
+
+    def cpu_parts(self) -> dict:
+        return {**self.box.cpu_parts(), "docker CLI (the client's children)": children_cpu_seconds}
+
+
+class DockerExecSdk:
+    name, label, kind = "docker-exec-sdk", "Docker SDK exec_run", "sync"
+
+    def __init__(self, box: LongLived, sizes: Sizes):
+        self.box = box
+        self.rt_count, self.stamp_count = sizes.docker_rt, sizes.docker_stamp
+        self.load_count = sizes.cmd_load
+        self._local = threading.local()
+
+    def _container(self):
+        """A client per thread (the SDK's HTTP session is not meant to be shared)."""
+        if getattr(self._local, "container", None) is None:
+            client = docker.from_env(timeout=120)
+            self._local.container = client.containers.get(self.box.container.id)
+        return self._local.container
+
+    def _exec(self, args: list[str]) -> bytes:
+        result = self._container().exec_run(args)
+        if result.exit_code != 0:
+            raise RuntimeError(f"exit {result.exit_code}: {result.output[-200:]!r}")
+        return result.output
+
+    def roundtrip(self, i: int) -> None:
+        self._exec(make_args("noop"))
+
+    def stamp(self, i: int) -> float:
+        sent = time.time_ns()
+        return (parse_stamp(self._exec(make_args("stamp"))) - sent) / 1e9
+
+    def load(self, mode: str, count: int, concurrency: int, seconds: float, raw: Path) -> dict:
+        return pooled(lambda i: self._exec(make_args("noop", mode, i)), count, concurrency,
+                      seconds)
+
+    def processes(self) -> list[ServerProc]:
+        return self.box.processes()
+
+    def cpu_parts(self) -> dict:
+        return self.box.cpu_parts()
+
+
+class DockerRun:
+    """`docker run --rm` with the workspace mounted, as a user would type it."""
+    name, label, kind = "docker-run", "docker run --rm", "sync"
+
+    def __init__(self, workspace: Path, sizes: Sizes, run_id: str):
+        self.ws, self.run_id = str(workspace), run_id
+        self.rt_count, self.stamp_count = sizes.run_rt, sizes.run_stamp
+        self.load_count = sizes.run_load
+
+    def __enter__(self) -> DockerRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        client = docker.from_env(timeout=120)
+        try:
+            remove_labelled(client, self.run_id)
+        finally:
+            client.close()
+
+    def argv(self, target: str, mode: str = "identical", i: int = 0) -> list[str]:
+        return [docker_cli(), "run", "--rm", "--label", f"{LABEL}={self.run_id}",
+                "-v", f"{self.ws}:{MOUNT}", IMAGE, *make_args(target, mode, i)]
+
+    def roundtrip(self, i: int) -> None:
+        run_quiet(self.argv("noop"))
+
+    def stamp(self, i: int) -> float:
+        sent = time.time_ns()
+        return (parse_stamp(run_checked(self.argv("stamp"))) - sent) / 1e9
+
+    def load(self, mode: str, count: int, concurrency: int, seconds: float, raw: Path) -> dict:
+        return pooled(lambda i: run_quiet(self.argv("noop", mode, i), timeout=120), count,
+                      concurrency, seconds)
+
+    def processes(self) -> list[ServerProc]:
+        return daemons()
+
+    def cpu_parts(self) -> dict:
+        # The containers' shims and cgroups are gone when they end: only the machine-wide
+        # figure counts them.
+        return {**daemon_cpu_parts(), "docker CLI (the client's children)": children_cpu_seconds}

@@ -1,0 +1,176 @@
+"""Rows 1 and 2: the floor (fork/exec of make by the client itself) and adnanh/webhook running
+the same make synchronously on 127.0.0.1, both on the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from bench import httpload
+from bench.common import (
+    ServerProc,
+    Sizes,
+    children_cpu_seconds,
+    cpu_seconds,
+    parse_stamp,
+    pooled,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
+def spawn(argv: list[str], capture: bool = False) -> bytes:
+    """posix_spawn (glibc: clone with CLONE_VFORK, as Go's os/exec) and wait: the cheapest
+    fork/exec there is from Python. Stdout captured through a pipe, or sent to /dev/null."""
+    read_fd, write_fd = os.pipe() if capture else (None, os.open(os.devnull, os.O_WRONLY))
+    try:
+        pid = os.posix_spawnp(argv[0], argv, os.environ,
+                              file_actions=[(os.POSIX_SPAWN_DUP2, write_fd, 1)])
+    finally:
+        os.close(write_fd)
+    out = bytearray()
+    if capture:
+        with os.fdopen(read_fd, "rb") as pipe:
+            while chunk := pipe.read(65536):
+                out += chunk
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"exit {os.waitstatus_to_exitcode(status)}")
+    return bytes(out)
+
+
+class Floor:
+    """`make -C w noop` spawned by the client itself: what any runner adds to."""
+    name, label, kind = "floor", "fork/exec make", "sync"
+
+    def __init__(self, workspace: Path, sizes: Sizes):
+        self.ws = str(workspace)
+        self.rt_count, self.stamp_count, self.load_count = sizes.rt, sizes.stamp, sizes.http_load
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def argv(self, target: str, variables: dict | None = None) -> list[str]:
+        return ["make", "-C", self.ws, *(f"{k}={v}" for k, v in (variables or {}).items()),
+                target]
+
+    def roundtrip(self, i: int) -> None:
+        spawn(self.argv("noop"))
+
+    def stamp(self, i: int) -> float:
+        sent = time.time_ns()
+        return (parse_stamp(spawn(self.argv("stamp"), capture=True)) - sent) / 1e9
+
+    def load(self, mode: str, count: int, concurrency: int, seconds: float, raw: Path) -> dict:
+        def one(i: int) -> None:
+            spawn(self.argv("noop", {"N": i} if mode == "distinct" else None))
+        return pooled(one, count, concurrency, seconds)
+
+    def processes(self) -> list[ServerProc]:
+        return []
+
+    def cpu_parts(self) -> dict:
+        return {"make (the client's children)": children_cpu_seconds}
+
+
+class Webhook:
+    """adnanh/webhook: one hook per target, `include-command-output-in-response` so the answer
+    waits for make; distinct jobs pass N as a query parameter into make's environment."""
+    name, label, kind = "webhook", "adnanh/webhook", "sync"
+
+    def __init__(self, workspace: Path, sizes: Sizes, raw: Path):
+        self.ws, self.raw = str(workspace), raw
+        self.rt_count, self.stamp_count, self.load_count = sizes.rt, sizes.stamp, sizes.http_load
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def hooks(self) -> list[dict]:
+        def hook(hook_id: str, target: str, env: bool = False) -> dict:
+            h = {"id": hook_id, "execute-command": "/usr/bin/make",
+                 "command-working-directory": self.ws,
+                 "include-command-output-in-response": True,
+                 "pass-arguments-to-command": [{"source": "string", "name": "-C"},
+                                               {"source": "string", "name": self.ws},
+                                               {"source": "string", "name": target}]}
+            if env:
+                h["pass-environment-to-command"] = [{"source": "url", "name": "n",
+                                                     "envname": "N"}]
+            return h
+        return [hook("noop", "noop"), hook("noopn", "noop", env=True), hook("stamp", "stamp")]
+
+    def __enter__(self):
+        hooks = self.raw / "webhook-hooks.json"
+        hooks.write_text(json.dumps(self.hooks(), indent=1))
+        self.log = open(self.raw / "webhook.log", "wb")  # noqa: SIM115 (closed in __exit__)
+        self.proc = subprocess.Popen(
+            ["webhook", "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_port(self.port, self.proc)
+        except Exception:
+            self.__exit__()
+            raise
+        self.client = httpload.Client(self.port)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+    def _post(self, path: str) -> bytes:
+        status, body = self.client.request("POST", path)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {body[:100]!r}")
+        return body
+
+    def roundtrip(self, i: int) -> None:
+        self._post("/hooks/noop")
+
+    def stamp(self, i: int) -> float:
+        sent = time.time_ns()
+        return (parse_stamp(self._post("/hooks/stamp")) - sent) / 1e9
+
+    def load(self, mode: str, count: int, concurrency: int, seconds: float, raw: Path) -> dict:
+        if mode == "identical":
+            return httpload.hey(self.port, "/hooks/noop", None, count, concurrency, seconds,
+                                raw, ok=(200,))
+        return httpload.distinct(self.port, lambda i: (f"/hooks/noopn?n={i}", None), count,
+                                 concurrency, seconds, ok=(200,))
+
+    def processes(self) -> list[ServerProc]:
+        return [ServerProc("webhook", "serving", self.proc.pid)]
+
+    def cpu_parts(self) -> dict:
+        pid = self.proc.pid
+        return {"webhook (with the make it ran)": lambda: cpu_seconds(pid)}

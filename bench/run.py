@@ -1,0 +1,285 @@
+"""maketrigger against what users would pick instead, in one run, on one trivial Makefile.
+
+    python3 bench/run.py                 # the full run (about 15 minutes on 2 CPUs)
+    python3 bench/run.py --quick         # a smoke run of the same code (about 3 minutes)
+    python3 bench/run.py --rows floor,webhook,mt-host
+
+Rows: floor (fork/exec make), webhook (adnanh/webhook), mt-host (maketrigger as processes),
+log-stream and history (maketrigger-only figures on mt-host), docker-exec-cli, docker-exec-sdk,
+docker-run, mt-compose (the compose stack). Writes bench/results/<timestamp>/results.md,
+results.json and chart.png; raw samples, hey's CSVs and the servers' logs go to raw/.
+Talks only to 127.0.0.1 and to containers it made; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import common, report  # noqa: E402
+from bench.measure import measure  # noqa: E402
+
+log = logging.getLogger("bench")
+ROWS = ("floor", "webhook", "mt-host", "log-stream", "history", "docker-exec-cli",
+        "docker-exec-sdk", "docker-run", "mt-compose")
+TOOLS = {"floor": ["make"], "webhook": ["webhook", "hey"], "mt-host": ["hey"],
+         "mt-compose": ["hey"], "docker-exec-cli": ["docker"], "docker-run": ["docker"]}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small counts")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"comma-separated, from {', '.join(ROWS)} (default: all)")
+    parser.add_argument("--out", type=Path, help="results folder (default "
+                        "bench/results/<timestamp>, with -quick for --quick)")
+    parser.add_argument("--rebuild-images", action="store_true",
+                        help="run `make images` even if the images exist (mt-compose)")
+    args = parser.parse_args(argv)
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = set(args.rows) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
+    return args
+
+
+def check_tools(rows: list[str]) -> None:
+    missing = {tool for row in rows for tool in TOOLS.get(row, []) if not shutil.which(tool)}
+    if missing:
+        sys.exit(f"bench: missing {', '.join(sorted(missing))}: run bench/deps.sh "
+                 "(apt-get install -y hey webhook; scripts/ci-docker.sh for Docker)")
+
+
+def ensure_images(raw: Path, rebuild: bool) -> dict:
+    """The compose stack's images: built with `make images` if missing (or asked to)."""
+    import docker
+    import docker.errors
+
+    names = {"server": os.environ.get("TRIGGER_SERVER_IMAGE", "maketrigger-server:local"),
+             "worker": os.environ.get("TRIGGER_WORKER_IMAGE", "maketrigger-worker:local")}
+    client = docker.from_env(timeout=120)
+    try:
+        def present() -> bool:
+            try:
+                for name in names.values():
+                    client.images.get(name)
+                return True
+            except docker.errors.ImageNotFound:
+                return False
+
+        built = False
+        if rebuild or not present():
+            log.info("building the images: make images (log: %s)", raw / "make-images.log")
+            with open(raw / "make-images.log", "wb") as out:
+                done = subprocess.run(["make", "images"], cwd=ROOT, stdout=out,
+                                      stderr=subprocess.STDOUT, timeout=1800)
+            if done.returncode != 0:
+                raise RuntimeError(f"make images failed ({done.returncode}); see "
+                                   f"{raw / 'make-images.log'}")
+            built = True
+        info = {}
+        for role, name in names.items():
+            image = client.images.get(name)
+            info[role] = {"tag": name, "id": image.short_id, "created": image.attrs["Created"]}
+        return {**info, "built_by_this_run": built}
+    finally:
+        client.close()
+
+
+class Run:
+    """One benchmark run: the rows asked for, in an order that keeps Docker's work last."""
+
+    def __init__(self, args: argparse.Namespace, out: Path):
+        self.args, self.out = args, out
+        self.sizes = common.QUICK if args.quick else common.FULL
+        self.raw = out / "raw"
+        self.run_id = out.name.replace("_", "-").lower()
+        self.results: dict = {"rows": {}, "mt_only": {}}
+        self.samples: dict[str, dict] = {}
+
+    def want(self, *rows: str) -> bool:
+        return any(r in self.args.rows for r in rows)
+
+    def row(self, name: str, make_row) -> None:
+        """Measure one row inside its own setup and teardown; a failure is recorded, and the
+        other rows still run."""
+        if not self.want(name):
+            return
+        log.info("=== %s", name)
+        load = os.getloadavg()
+        started = time.perf_counter()
+        try:
+            with make_row() as row:
+                figures = measure(row, self.sizes, self.raw)
+        except Exception as exc:
+            log.exception("%s failed", name)
+            self.results["rows"][name] = {"error": f"{type(exc).__name__}: {exc}",
+                                          "label": name}
+            return
+        self.samples[name] = figures.pop("_samples")
+        figures.update(loadavg_before=load, took_s=time.perf_counter() - started)
+        self.results["rows"][name] = figures
+
+    def mt_host(self, workspace: Path) -> None:
+        from bench import mt_extra
+        from bench.rows_maketrigger import MaketriggerHost
+
+        if not self.want("mt-host", "log-stream", "history"):
+            return
+        if self.want("mt-host"):
+            # one set of processes for the common figures, then the maketrigger-only ones
+            self._mt_host_all(workspace, mt_extra, MaketriggerHost)
+            return
+        with MaketriggerHost(workspace, self.sizes, self.raw) as row:
+            self._extras(row, mt_extra)
+
+    def _mt_host_all(self, workspace: Path, mt_extra, cls) -> None:
+        log.info("=== mt-host")
+        load = os.getloadavg()
+        started = time.perf_counter()
+        try:
+            with cls(workspace, self.sizes, self.raw) as row:
+                try:
+                    figures = measure(row, self.sizes, self.raw)
+                    self.samples["mt-host"] = figures.pop("_samples")
+                    figures.update(loadavg_before=load, took_s=time.perf_counter() - started)
+                    self.results["rows"]["mt-host"] = figures
+                except Exception as exc:
+                    log.exception("mt-host failed")
+                    self.results["rows"]["mt-host"] = {"error": f"{type(exc).__name__}: {exc}",
+                                                       "label": "mt-host"}
+                self._extras(row, mt_extra)
+        except Exception as exc:
+            log.exception("mt-host could not start")
+            self.results["rows"]["mt-host"] = {"error": f"{type(exc).__name__}: {exc}",
+                                               "label": "mt-host"}
+
+    def _extras(self, row, mt_extra) -> None:
+        for name, key, figure in (("log-stream", "log_stream", mt_extra.log_stream),
+                                  ("history", "history", mt_extra.history)):
+            if not self.want(name):
+                continue
+            log.info("=== %s", name)
+            try:
+                self.results["mt_only"][key] = figure(row, self.sizes)
+            except Exception as exc:
+                log.exception("%s failed", name)
+                self.results["mt_only"][key] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    def docker_rows(self, workspace: Path) -> None:
+        from bench.rows_docker import DockerExecCli, DockerExecSdk, DockerRun, LongLived
+
+        if self.want("docker-exec-cli", "docker-exec-sdk"):
+            try:
+                with LongLived(workspace, self.run_id) as box:
+                    self.row("docker-exec-cli", lambda: contextlib.nullcontext(
+                        DockerExecCli(box, self.sizes)))
+                    self.row("docker-exec-sdk", lambda: contextlib.nullcontext(
+                        DockerExecSdk(box, self.sizes)))
+            except Exception as exc:
+                log.exception("the long-lived container failed")
+                for name in ("docker-exec-cli", "docker-exec-sdk"):
+                    self.results["rows"].setdefault(
+                        name, {"error": f"{type(exc).__name__}: {exc}", "label": name})
+        self.row("docker-run", lambda: DockerRun(workspace, self.sizes, self.run_id))
+
+    def mt_compose(self, workspace: Path) -> None:
+        from bench.rows_maketrigger import MaketriggerCompose
+
+        if not self.want("mt-compose"):
+            return
+        try:
+            self.results["images"] = ensure_images(self.raw, self.args.rebuild_images)
+        except Exception as exc:
+            log.exception("no images")
+            self.results["rows"]["mt-compose"] = {"error": str(exc), "label": "mt-compose"}
+            return
+        self.row("mt-compose",
+                 lambda: MaketriggerCompose(workspace, self.sizes, self.raw, self.run_id))
+
+    def go(self) -> dict:
+        from bench.rows_local import Floor, Webhook
+
+        started = time.perf_counter()
+        self.results.update(
+            started_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            machine=common.machine(), tools=common.tools(os.environ.get("DOCKER", "docker")),
+            product=common.product_state(), sizes=vars(self.sizes), rows_asked=self.args.rows)
+        tmp = Path(tempfile.mkdtemp(prefix="mtbench-ws-"))
+        try:
+            workspace = common.make_workspace(tmp / "w", self.sizes.big_bytes)
+            self.row("floor", lambda: Floor(workspace, self.sizes))
+            self.row("webhook", lambda: Webhook(workspace, self.sizes, self.raw))
+            self.mt_host(workspace)
+            self.docker_rows(workspace)
+            self.mt_compose(workspace)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.results["machine"]["loadavg_at_end"] = os.getloadavg()
+        self.results["took_s"] = time.perf_counter() - started
+        self.results["chart"] = "chart.png"
+        self.results["goals"] = report.goals(self.results)
+        return self.results
+
+    def write(self) -> None:
+        common.write_json(self.out / "results.json", self.results)
+        try:
+            from bench import chart
+            chart.draw(self.results, self.samples, self.out / "chart.png")
+        except ImportError:
+            log.warning("no matplotlib (pip install -r bench/requirements.txt): no chart")
+            self.results["chart"] = "(not drawn: no matplotlib)"
+        except Exception as exc:
+            log.exception("the chart failed")
+            self.results["chart"] = f"(not drawn: {exc})"
+        (self.out / "results.md").write_text(report.markdown(self.results))
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C: every teardown still runs."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_tools(args.rows)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
+    out = args.out or ROOT / "bench" / "results" / stamp
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        handlers=[logging.StreamHandler(),
+                                  logging.FileHandler(out / "raw" / "run.log")])
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        os.environ.pop(var, None)
+    os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+    stop_on_sigterm()
+    run = Run(args, out)
+    run.go()
+    run.write()
+    print(f"\nresults: {out / 'results.md'}")
+    met = [g for g in run.results["goals"] if g["met"] is not None]
+    print(f"goals met: {sum(g['met'] for g in met)} of {len(met)}")
+    for g in run.results["goals"]:
+        state = {True: "met", False: "MISSED", None: "n/a"}[g["met"]]
+        print(f"  {state:6} {g['variant']:10} {g['goal']}: {g['measured']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
