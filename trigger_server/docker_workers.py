@@ -204,7 +204,7 @@ def _problem(exc: BaseException, container: str | None) -> DockerProblem:
     if isinstance(exc, docker.errors.APIError):
         where = f" (container {container})" if container else ""
         return DockerProblem(f"the Docker daemon refused{where}: {exc.explanation or exc}")
-    root, host = _root_cause(exc), docker_host()
+    root, host = _os_cause(exc), docker_host()
     if isinstance(root, PermissionError):
         return DockerProblem(
             f"permission denied on the Docker socket ({host}): the controller's user needs the "
@@ -215,6 +215,22 @@ def _problem(exc: BaseException, container: str | None) -> DockerProblem:
     if isinstance(root, ConnectionRefusedError):
         return DockerProblem(f"the Docker daemon at {host} refused the connection")
     return DockerProblem(f"cannot reach the Docker daemon at {host}: {_short(exc)}")
+
+
+def _os_cause(exc: BaseException) -> BaseException | None:
+    """The OSError under an SDK or requests error, wherever the wrapping put it (cause,
+    context, or an argument as urllib3 does)."""
+    seen, todo = set(), [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and not isinstance(current, requests.RequestException):
+            return current
+        todo += [e for e in (current.__cause__, current.__context__, *current.args)
+                 if isinstance(e, BaseException)]
+    return _root_cause(exc)
 
 
 @contextlib.contextmanager

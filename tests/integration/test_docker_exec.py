@@ -1,0 +1,342 @@
+"""docker:// workers against a real Docker engine: a real controller process on this machine
+builds through docker exec in containers that have make and nothing of maketrigger (no Python,
+no agent).
+
+Without a Docker engine these tests are skipped with the reason, except under CI=true, where
+that is a failure (as in tests/e2e).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+import requests
+
+from .procs import Proc, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+STANDIN_IMAGE = "maketrigger-base:bookworm"
+TEST_LABEL = "maketrigger.test"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+OWNER = (4321, 4322)  # the workspace's owner: builds run as them
+# Python out of the image: whatever runs make in there, it is not an agent of ours.
+WITHOUT_PYTHON = """\
+FROM {image}
+RUN pkgs=$(dpkg-query -W -f '${{Package}}\\n' | grep -E '^(lib)?python3' || true); \\
+    if [ -n "$pkgs" ]; then apt-get purge -y --auto-remove $pkgs >/dev/null; fi; \\
+    ! command -v python3
+"""
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def engine():
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        reason = f"no Docker engine reachable ({exc.__class__.__name__}: {exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run scripts/ci-docker.sh first", pytrace=False)
+        pytest.skip(reason)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def make_only_image(engine):
+    """Dockerfile.make-only on the stand-in Debian base (or E2E_BASE_IMAGE), without Python.
+    Removed afterwards, with the stand-in if this fixture had to build it."""
+    tag = f"maketrigger-make-only:it-{uuid.uuid4().hex[:8]}"
+    base = os.environ.get("E2E_BASE_IMAGE") or STANDIN_IMAGE
+    made_base = False
+    try:
+        try:
+            engine.images.get(base)
+        except docker.errors.ImageNotFound:
+            if base != STANDIN_IMAGE:
+                raise
+            made_base = True
+            subprocess.run(["scripts/base-image.sh", "build", base], cwd=ROOT, check=True,
+                           capture_output=True, timeout=1800)
+        engine.images.build(path=str(ROOT), dockerfile="Dockerfile.make-only", rm=True,
+                            buildargs={"BASE_IMAGE": base}, tag=f"{tag}-with-base")
+        engine.images.build(fileobj=io.BytesIO(WITHOUT_PYTHON.format(image=f"{tag}-with-base")
+                                               .encode()), rm=True, tag=tag)
+        yield tag
+    finally:
+        for image in [tag, f"{tag}-with-base", *([base] if made_base else [])]:
+            try:
+                engine.images.remove(image, force=True)
+            except docker.errors.ImageNotFound:
+                pass
+
+
+@pytest.fixture
+def containers(engine, make_only_image):
+    """Start toolchain containers (`sleep infinity`) on a workspace; all removed afterwards."""
+    made = []
+
+    def start(workspace: str, name: str | None = None, labels: dict | None = None, **kw):
+        container = engine.containers.run(
+            make_only_image, ["sleep", "infinity"], detach=True,
+            name=name or f"mt-it-{uuid.uuid4().hex[:8]}",
+            volumes={workspace: {"bind": "/workspace", "mode": "rw"}},
+            labels={TEST_LABEL: "1", **(labels or {})}, **kw)
+        made.append(container)
+        return container
+
+    yield start
+    for container in made:
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+@pytest.fixture
+def workspace(stack) -> str:
+    """The integration tests' makefile in a folder owned by OWNER, not by root."""
+    path = stack.workspace()
+    for p in [Path(path), *Path(path).rglob("*")]:
+        os.chown(p, *OWNER)
+    return path
+
+
+def controller(stack, *entries: str, **env) -> Proc:
+    """A controller whose workers are these docker:// entries (no token: no HTTP workers)."""
+    settings = {"TRIGGER_WORKERS": ",".join(entries), "TRIGGER_DB": str(stack.tmp / "trigger.db"),
+                "WORKER_INSECURE": "1", "TRIGGER_HEALTH_INTERVAL": "0.5",
+                "TRIGGER_RESOLVE_INTERVAL": "1", "TRIGGER_LOST_AFTER": "5"}
+    settings.update({k: str(v) for k, v in env.items()})
+    proc = Proc("trigger_server", settings, str(stack.tmp / f"server{len(stack.procs)}.log"))
+    stack.procs.append(proc.start())
+    stack.url = proc.url
+    return proc
+
+
+def workers(stack) -> list[dict]:
+    return stack.get("/workers")["workers"]
+
+
+def healthy(stack, count: int = 1) -> list[dict]:
+    return wait_for(lambda: len(found := [w for w in workers(stack) if w["healthy"]]) == count
+                    and found, timeout=20, what=f"{count} healthy docker worker(s)")
+
+
+def processes(container) -> list[str]:
+    """The command lines running in the container, as `docker top` shows them."""
+    top = container.top()
+    column = top["Titles"].index("CMD")
+    return [p[column] for p in top["Processes"] or []]
+
+
+def build_gone(container) -> bool:
+    return processes(container) == ["sleep infinity"]
+
+
+def test_a_container_with_only_make_builds_as_the_workspace_owner(stack, workspace, containers):
+    box = containers(workspace, healthcheck={"test": ["CMD", "true"], "interval": 500_000_000})
+    assert box.exec_run(["sh", "-c", "command -v python3"]).exit_code != 0
+    controller(stack, f"docker://{box.name}?vars=MSG")
+    wait_for(lambda: workers(stack)[0]["health"] == "healthy", timeout=20,
+             what="the container's own health check")
+
+    shown = healthy(stack)[0]
+    assert shown | {"jobs": []} == {
+        "url": f"docker://{box.name}", "name": box.name, "healthy": True, "busy": False,
+        "jobs": [], "lock": "workspace", "last_error": None, "container": box.name,
+        "state": "running", "health": "healthy"}
+    described = {t["name"]: t["description"] for t in stack.get("/targets")["targets"]}
+    assert described["marker"] == "write marker.txt"
+
+    resp = stack.post(json={"target": "marker", "vars": {"MSG": "hello"}, "wait": 30})
+
+    assert resp.status_code == 200, resp.text
+    job = resp.json()
+    assert job["state"] == "succeeded" and job["exit_code"] == 0
+    assert job["worker"] == f"docker://{box.name}"
+    marker = Path(workspace) / "marker.txt"
+    assert marker.read_text() == "hello\n"
+    assert (marker.stat().st_uid, marker.stat().st_gid) == OWNER
+    assert stack.log(job["id"]).startswith("+ make -C /workspace MSG=hello -- marker\n")
+
+
+def test_a_failing_target_reports_makes_exit_status(stack, workspace, containers):
+    box = containers(workspace)
+    controller(stack, f"docker://{box.name}")
+    healthy(stack)
+
+    resp = stack.post(json={"target": "fail", "wait": 30})
+
+    assert resp.status_code == 422, resp.text
+    job = resp.json()
+    assert (job["state"], job["exit_code"]) == ("failed", 2)
+    assert job["error"] == "make ended with exit status 2"
+    text = stack.log(job["id"])
+    assert "about to fail" in text
+    assert text.endswith("*** maketrigger: failed: make ended with exit status 2\n")
+
+
+def test_the_input_rules_of_workers_hold(stack, workspace, containers):
+    box = containers(workspace)
+    controller(stack, f"docker://{box.name}?targets=ok&targets=fail")
+    healthy(stack)
+
+    refused = stack.post(json={"target": "ok", "vars": {"MSG": "x"}, "wait": 30})
+    listed = stack.post(json={"target": "marker", "wait": 30})
+
+    assert refused.status_code == 422
+    assert "variable MSG refused" in refused.json()["error"]
+    assert "vars=" in refused.json()["error"]
+    assert listed.status_code == 400
+    assert "not a target of the worker's makefile" in listed.json()["error"]
+    assert not (Path(workspace) / "marker.txt").exists()
+
+
+def test_cancel_ends_the_whole_build_inside_the_container(stack, workspace, containers):
+    box = containers(workspace)
+    controller(stack, f"docker://{box.name}")
+    healthy(stack)
+    job_id = stack.trigger("tree")["id"]
+    wait_for(lambda: "tree started" in stack.log(job_id), timeout=20, what="the tree to start")
+    assert sum(cmd.startswith("sleep 30") for cmd in processes(box)) == 2
+
+    assert requests.delete(f"{stack.url}/jobs/{job_id}", timeout=10).status_code == 202
+
+    job = stack.wait_state(job_id)
+    assert (job["state"], job["error"]) == ("cancelled", "cancelled on request")
+    wait_for(lambda: build_gone(box), what="no process of the build left (docker top)")
+    assert box.exec_run(["sh", "-c", "ls /tmp/maketrigger-*"]).exit_code != 0  # pid file gone
+
+
+def test_a_build_over_its_time_limit_is_stopped(stack, workspace, containers):
+    box = containers(workspace)
+    controller(stack, f"docker://{box.name}?timeout=60")
+    healthy(stack)
+
+    too_long = stack.post(json={"target": "slow", "timeout": 61})
+    job = stack.wait_state(stack.trigger("slow", timeout=1)["id"])
+
+    assert too_long.status_code == 400 and "at most 60 s" in too_long.json()["error"]
+    assert (job["state"], job["error"]) == ("failed", "timed out after 1 s")
+    wait_for(lambda: build_gone(box), what="no process of the build left (docker top)")
+
+
+def test_a_stopped_container_is_started_and_built(stack, workspace, containers):
+    box = containers(workspace)
+    box.stop(timeout=1)
+    controller(stack, f"docker://{box.name}")
+    assert healthy(stack)[0]["state"] == "exited"
+
+    resp = stack.post(json={"target": "ok", "wait": 30})
+
+    assert resp.status_code == 200, resp.text
+    box.reload()
+    assert box.status == "running"
+    assert "building ok" in stack.log(resp.json()["id"])
+
+
+def test_with_start_never_a_stopped_container_is_left_alone(stack, workspace, containers):
+    box = containers(workspace)
+    box.stop(timeout=1)
+    controller(stack, f"docker://{box.name}?start=never")
+    wait_for(lambda: "start=never" in (workers(stack)[0]["last_error"] or ""), timeout=20,
+             what="the worker to say why it is not used")
+
+    resp = stack.post(json={"target": "ok", "wait": 2})
+
+    assert resp.status_code == 202 and resp.json()["state"] == "queued"
+    box.reload()
+    assert box.status == "exited"
+    box.start()
+    assert stack.wait_state(resp.json()["id"], timeout=20)["state"] == "succeeded"
+
+
+def test_a_missing_container_fails_the_job_naming_it(stack, engine):
+    name = f"mt-it-missing-{uuid.uuid4().hex[:8]}"
+    controller(stack, f"docker://{name}")
+
+    resp = stack.post(json={"target": "ok", "wait": 30})
+
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"] == (f"rejected by the worker: docker://{name}: no container or "
+                                    f"compose service named '{name}'")
+    [shown] = workers(stack)
+    assert (shown["healthy"], shown["state"]) == (False, "missing")
+    assert name in shown["last_error"]
+
+
+def test_an_unreachable_docker_daemon_fails_the_job_saying_so(stack, tmp_path):
+    # No engine needed: the controller is pointed at a socket that does not exist.
+    socket = f"unix://{tmp_path}/no-docker.sock"
+    controller(stack, "docker://rbuilder", DOCKER_HOST=socket)
+
+    resp = stack.post(json={"target": "ok", "wait": 30})
+
+    assert resp.status_code == 422, resp.text
+    assert f"no Docker socket at {socket}" in resp.json()["error"]
+    assert workers(stack)[0]["state"] == "unreachable"
+
+
+def test_a_build_left_by_a_killed_controller_is_stopped_and_the_job_lost(stack, workspace,
+                                                                        containers):
+    box = containers(workspace)
+    entry = f"docker://{box.name}?vars=SECS&kill_grace=2"
+    first = controller(stack, entry)
+    healthy(stack)
+    job_id = stack.trigger("slow", vars={"SECS": "300"})["id"]
+    wait_for(lambda: "start" in stack.log(job_id), timeout=20, what="make to start")
+
+    first.kill()  # SIGKILL: no chance to stop the build
+    assert any(cmd.startswith("make ") for cmd in processes(box))
+    controller(stack, entry)
+
+    job = stack.wait_state(job_id, timeout=30)
+    assert job["state"] == "lost"
+    assert "the controller restarted during the build" in job["error"]
+    assert "was stopped" in job["error"]
+    wait_for(lambda: build_gone(box), what="no process of the build left (docker top)")
+
+
+def test_every_replica_of_a_scaled_compose_service_builds(stack, workspace, containers,
+                                                          make_only_image):
+    from tests.e2e.stack import compose_command
+
+    project = f"mtit{uuid.uuid4().hex[:8]}"
+    env_file = stack.tmp / "empty.env"
+    env_file.write_text("")
+    env = {**os.environ, "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid
+                                           if os.path.exists("/var/run/docker.sock") else 0),
+           "DOCKER_EXEC_IMAGE": make_only_image, "WORKSPACE": workspace}
+    compose = [*compose_command(), "--env-file", str(env_file), "-p", project,
+               "-f", str(ROOT / "docker-compose.yml"),
+               "-f", str(ROOT / "docker-compose.docker-exec.yml")]
+    # A replica of a service of the same name in another project must not be used.
+    containers(workspace, labels={PROJECT_LABEL: f"{project}other", SERVICE_LABEL: "rbuilder"})
+    try:
+        subprocess.run([*compose, "up", "-d", "--no-deps", "--scale", "rbuilder=3", "rbuilder"],
+                       cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+        controller(stack, f"docker://rbuilder?project={project}&vars=SECS")
+        shown = healthy(stack, 3)
+        assert {w["name"] for w in shown} == {"rbuilder"}
+        assert all(w["container"].startswith(project) for w in shown)
+
+        ids = [stack.trigger(t, vars={"SECS": "3"})["id"] for t in ("slow", "other", "chatty")]
+        jobs = [stack.wait_state(job_id, timeout=30) for job_id in ids]
+    finally:
+        subprocess.run([*compose, "down", "--volumes", "--timeout", "1"], cwd=ROOT, env=env,
+                       capture_output=True, timeout=120)
+
+    assert [j["state"] for j in jobs] == ["succeeded"] * 3
+    assert {j["worker"] for j in jobs} == {w["url"] for w in shown}
+    assert max(j["started_at"] for j in jobs) < min(j["finished_at"] for j in jobs)
