@@ -61,3 +61,24 @@ def test_stopping_a_worker_cancels_its_build_and_reports_it_in_time(fresh):
     assert ended["error"] == "worker shutdown"
     assert stopping < 20  # well inside stop_grace_period: no SIGKILL needed
     assert all(c.attrs["State"]["ExitCode"] == 0 for c in fresh.containers("worker", all=True))
+
+
+def test_a_network_cut_loses_the_running_job_holds_the_queue_and_heals(fresh):
+    job = fresh.post_job("check-titles").json()
+    fresh.wait_for_job(job["id"], ("running",))
+    worker = fresh.container("worker")
+    network = fresh.client.networks.get(f"{fresh.project}_default")
+
+    network.disconnect(worker)
+    try:
+        lost = fresh.wait_for_job(job["id"], timeout=30)
+        assert lost["state"] == "lost", lost
+        assert not any(w["healthy"] for w in fresh.get("/workers").json()["workers"])
+        waiting = fresh.post_job("stats").json()
+        time.sleep(2)
+        assert fresh.job(waiting["id"])["state"] == "queued"  # waits for a worker
+    finally:
+        network.connect(worker, aliases=["worker"])  # compose's service-name alias
+    done = fresh.wait_for_job(waiting["id"], timeout=60)
+    assert done["state"] == "succeeded", fresh.describe()
+    assert fresh.get("/healthz").status_code == 200
