@@ -4,6 +4,8 @@ errors become readable, the bounded log, and how the pool chooses around a missi
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -119,3 +121,18 @@ def test_a_docker_worker_answers_to_its_service_and_its_container_name():
 
     assert worker.matches("rb") and worker.matches("p-rb-2") and not worker.matches("p-rb-1")
     assert worker.to_dict()["container"] == "p-rb-2"
+
+
+def test_a_controller_without_docker_workers_never_loads_the_sdk(tmp_path):
+    code = (
+        "import sys\n"
+        "from trigger_server import create_app\n"
+        f"app = create_app({{'DB': {str(tmp_path / 't.db')!r}, 'INSECURE': True,\n"
+        "                   'WORKERS': ['http://127.0.0.1:9']})\n"
+        "pool = app.extensions['pool']\n"
+        "pool.refresh(); pool.check_all()\n"
+        "print(sorted(m for m in sys.modules if m == 'docker' or m.endswith('docker_workers')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+
+    assert out.stdout.strip() == "[]"
