@@ -629,8 +629,15 @@ class DockerTransport:
         if cached and time.monotonic() - cached[0] < CACHE_TTL:
             probe = cached[1]
         else:
-            _, out, _ = self._exec(attrs, ["sh", "-c", PROBE, "sh", workdir], opts.user or "")
-            found = dict(line.partition("=")[::2] for line in out.decode().splitlines())
+            code, out, err = self._exec(attrs, ["sh", "-c", PROBE, "sh", workdir],
+                                        opts.user or "")
+            found = dict(line.partition("=")[::2]
+                         for line in out.decode("utf-8", "replace").splitlines())
+            if "make" not in found:  # the shell did not even run (the daemon's reason may
+                said = (out + err).decode("utf-8", "replace").strip()  # come unframed)
+                hint = f"; is there a user {opts.user} in it?" if opts.user else ""
+                raise makefile.MakefileError(f"cannot run sh in it (exit status {code}{hint})"
+                                             + (f": {said}" if said else ""))
             probe = Probe(leader=found.get("leader") == "1", owner=found.get("owner", ""),
                           make=bool(found.get("make")), setsid=bool(found.get("setsid")))
             if not probe.owner:
