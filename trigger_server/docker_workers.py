@@ -64,11 +64,12 @@ UNUSABLE_GRACE = 5.0  # a missing container or daemon for this long fails jobs, 
 START_WAIT = 10.0  # seconds for a started container to be running
 POLL = 0.5  # the watcher's tick: time limits, SIGKILL after the grace
 EXEC_CHECK = 2.0  # seconds between looks at whether make still runs (its output may stay open)
-LINGER = 2.0  # output still in flight after make ended
+LINGER = 2.0  # after make ended, its output is read until none came for this long
 QUIET = 2.0  # a log stream with nothing new returns; the dispatcher asks get_run, then again
 DAEMON_PATIENCE = 60.0  # an unreachable daemon for this long during a build: the run is lost
 CHUNK = 64 * 1024
-MAX_BUFFERED = 16 * 1024 * 1024  # unread output kept per run; beyond, dropped (and said so)
+MAX_BUFFERED = 16 * 1024 * 1024  # unread output kept per run; beyond, the pump waits
+UNREAD_PATIENCE = 60.0  # ... unless nobody has read for this long: then output is dropped
 KEEP_RUNS = 200  # finished runs kept for get_run
 CACHE_TTL = 5.0  # targets and the container probe
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -335,14 +336,19 @@ def resolve(entry: str) -> list[Worker]:
 # --- one run's output ------------------------------------------------------------------------
 class RunLog:
     """A run's output by byte offset. Bytes before the offset the reader last asked for are
-    dropped; at most `limit` unread bytes are kept, output beyond is dropped and said so."""
+    dropped. At most `limit` unread bytes are kept: beyond, a writer waits for the reader (make
+    then waits on its full pipe), unless nobody has read for `patience` seconds: then output is
+    dropped, and the log says how much."""
 
-    def __init__(self, limit: int = MAX_BUFFERED):
+    def __init__(self, limit: int = MAX_BUFFERED, patience: float = UNREAD_PATIENCE):
         self.cond = threading.Condition()
         self.buf = bytearray()
         self.base = 0
         self.limit = limit
-        self.dropped = 0
+        self.patience = patience
+        self.last_read = time.monotonic()
+        self.received = 0  # every byte appended or dropped
+        self.dropped = 0  # dropped since the last marker
         self.closed = False
 
     @property
@@ -351,15 +357,23 @@ class RunLog:
 
     def append(self, data: bytes, force: bool = False) -> None:
         with self.cond:
-            if not force and len(self.buf) + len(data) > self.limit:
+            self.received += len(data)
+            while (not force and self.buf and len(self.buf) + len(data) > self.limit
+                   and time.monotonic() - self.last_read < self.patience):
+                self.cond.wait(1.0)
+            if not force and self.buf and len(self.buf) + len(data) > self.limit:
                 self.dropped += len(data)
                 return
             if self.dropped:
                 self.buf += (f"\n*** maketrigger: {self.dropped} bytes of output dropped "
-                             "(the controller fell behind)\n").encode()
+                             "(nobody read the log)\n").encode()
                 self.dropped = 0
             self.buf += data
             self.cond.notify_all()
+
+    def progress(self) -> tuple[int, int]:
+        """Changes while output comes in or is read."""
+        return self.received, self.base
 
     def close(self) -> None:
         with self.cond:
@@ -376,6 +390,8 @@ class RunLog:
                                  f"({self.base}-{self.size})")
             del self.buf[:offset - self.base]
             self.base = offset
+            self.last_read = time.monotonic()
+            self.cond.notify_all()  # room for a waiting writer
             return bytes(self.buf[:n])
 
     def wait(self, offset: int, timeout: float) -> None:
@@ -725,8 +741,10 @@ class DockerTransport:
                     broken = True
                     run.log.append(b"\n*** maketrigger: the output stream broke; the rest of "
                                    b"make's output is lost\n", force=True)
-            if not run.pumped.is_set():  # make ended; what it started may hold the output open
-                run.pumped.wait(LINGER)
+            progress = None  # make ended; its output may still be coming, or being read
+            while not run.pumped.wait(LINGER) and run.log.progress() != progress:
+                progress = run.log.progress()
+            # (no progress for LINGER: what make started may hold the stream open; close it)
         except Exception as exc:
             log.exception("run %s: lost track of the exec", run.id)
             return self._finish(run, None, "lost", f"the controller lost track of the build: "
@@ -734,7 +752,7 @@ class DockerTransport:
         finally:
             with contextlib.suppress(Exception):
                 stream.close()
-        run.pumped.wait(5)
+        run.pumped.wait(UNREAD_PATIENCE + 5)  # the pump may wait for the reader that long
         self._cleanup(run)
         self._finish(run, info.get("ExitCode"))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 
 import pytest
 import requests
@@ -90,16 +91,31 @@ def test_the_log_serves_offsets_and_forgets_what_was_read():
         log.read(0, 1)  # already taken
 
 
-def test_output_beyond_the_bound_is_dropped_and_said_so():
+def test_a_writer_waits_for_the_reader_when_the_bound_is_reached():
     log = dw.RunLog(limit=10)
     log.append(b"12345678")
-    log.append(b"too much")  # dropped: nobody read the first part yet
-    assert log.read(8, 100) == b""
+    writer = threading.Thread(target=log.append, args=(b"abcdefgh",))
+    writer.start()
+    writer.join(0.3)
+    assert writer.is_alive()  # waiting: nothing is lost
 
+    assert log.read(0, 100) == b"12345678"
+    assert log.read(8, 100) == b""  # the reader has it all: room again
+    writer.join(5)
+
+    assert log.read(8, 100) == b"abcdefgh"
+
+
+def test_output_nobody_reads_is_dropped_after_a_while_and_said_so():
+    log = dw.RunLog(limit=10, patience=0.2)
+    log.append(b"12345678")
+    log.append(b"too much")  # nobody reads for 0.2 s: dropped
+
+    log.read(8, 100)
     log.append(b"ok\n")
 
     assert log.read(8, 100) == (b"\n*** maketrigger: 8 bytes of output dropped "
-                                b"(the controller fell behind)\nok\n")
+                                b"(nobody read the log)\nok\n")
 
 
 def test_a_missing_container_takes_a_job_only_when_no_other_worker_could():
