@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -340,3 +341,45 @@ def test_every_replica_of_a_scaled_compose_service_builds(stack, workspace, cont
     assert [j["state"] for j in jobs] == ["succeeded"] * 3
     assert {j["worker"] for j in jobs} == {w["url"] for w in shown}
     assert max(j["started_at"] for j in jobs) < min(j["finished_at"] for j in jobs)
+
+
+def test_a_large_fast_log_arrives_whole(stack, containers):
+    # 30 MB through the whole controller, into the store.
+    lines = 300_000
+    workspace = stack.workspace("big", makefile=(
+        f"big:\n\t@head -c {lines * 99} /dev/zero | tr '\\0' x | fold -w 99\n"))
+    box = containers(workspace)
+    controller(stack, f"docker://{box.name}")
+    healthy(stack)
+
+    job = stack.post(json={"target": "big", "wait": 120}).json()
+
+    assert job["state"] == "succeeded" and not job["log_truncated"]
+    text = stack.log(job["id"])
+    assert text.count("x") == lines * 99  # no other line of the log has an x
+    assert "maketrigger" not in text.split("\n", 1)[1]  # no drop marker after the `+ make` line
+
+
+def test_output_waits_for_a_reader_that_pauses_and_arrives_whole(stack, containers):
+    from trigger_server import docker_workers
+
+    lines = 400_000  # 40 MB: more than the 16 MB the transport keeps unread
+    workspace = stack.workspace("flood", makefile=(
+        f"flood:\n\t@head -c {lines * 99} /dev/zero | tr '\\0' x | fold -w 99\n"))
+    box = containers(workspace)
+    transport = docker_workers.DockerTransport()
+    [worker] = docker_workers.resolve(f"docker://{box.name}")
+    transport.start_run(worker, "flood-1", "flood", {}, None)
+    time.sleep(3)  # make floods while nobody reads
+
+    offset, text = 0, bytearray()
+    while True:
+        for chunk in transport.stream_log(worker, "flood-1", offset):
+            text += chunk
+            offset += len(chunk)
+        run = transport.get_run(worker, "flood-1")
+        if run["state"] != "running" and run["log_size"] <= offset:
+            break
+
+    assert run["state"] == "succeeded"
+    assert text.count(b"x") == lines * 99
