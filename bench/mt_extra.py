@@ -58,6 +58,7 @@ def fill(db: Path, count: int, worker_url: str) -> float:
     returns the seconds it took."""
     started = time.perf_counter()
     conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA cache_size=-262144")  # 256 MiB: the indexes stay in memory
     columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
     now = time.time() - count
     targets = ("noop", "stamp", "site", "lint", "check-links")
@@ -78,7 +79,7 @@ def fill(db: Path, count: int, worker_url: str) -> float:
     used = [c for c in columns if c in job(1)]
     sql = f"INSERT INTO jobs ({', '.join(used)}) VALUES ({', '.join('?' * len(used))})"
     conn.execute("BEGIN")
-    conn.executemany(sql, (tuple(job(i)[c] for c in used) for i in range(1, count + 1)))
+    conn.executemany(sql, (tuple(map(job(i).__getitem__, used)) for i in range(1, count + 1)))
     conn.execute("COMMIT")
     conn.close()
     return time.perf_counter() - started

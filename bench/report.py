@@ -74,7 +74,7 @@ def goals(results: dict) -> list[dict]:
                         "per second)", v, tput, sdk_tput, 8, unit="jobs/s",
                         higher_is_better=True)
         if acc and sdk_tput:
-            g["note"] = f"accepted (not yet run) jobs/s: {acc / sdk_tput:.1f}x"
+            g["note"] = f"counting accepted (not yet run) jobs: {acc / sdk_tput:.1f}x"
         out.append(g)
         out.append(_ratio_goal(">= 50x per-job speed of docker run (p50 round trip)", v, p50,
                                run_p50, 50))
@@ -217,7 +217,7 @@ def cpu_parts_table(results: dict) -> list[str]:
 def goals_table(results: dict) -> list[str]:
     mark = {True: "met", False: "**missed**", None: "not measured"}
     return _table(["goal", "row", "measured", "target", "met?"],
-                  [[g["goal"] + (f" ({g['note']})" if g["note"] else ""), g["variant"],
+                  [[g["goal"] + (f"; {g['note']}" if g["note"] else ""), g["variant"],
                     g["measured"], g["target"], mark[g["met"]]] for g in results["goals"]])
 
 
@@ -271,6 +271,21 @@ def extra_section(results: dict) -> list[str]:
     return out
 
 
+def _images_line(images: dict | None) -> str | None:
+    if not images:
+        return None
+    built = "built by this run" if images.get("built_by_this_run") else "built before the run"
+    return "- compose images (" + built + "): " + ", ".join(
+        f"{v['tag']} {v['id'].removeprefix('sha256:')} of {v['created'][:19]}Z"
+        for k, v in images.items() if isinstance(v, dict))
+
+
+def _loads_line(results: dict) -> str:
+    loads = [f"{name} {row['loadavg_before'][0]:.1f}" for name, row in _rows(results)
+             if "loadavg_before" in row]
+    return "Load average (1 min) before each row: " + ", ".join(loads) + "."
+
+
 def markdown(results: dict) -> str:
     m, t, s = results["machine"], results["tools"], results["sizes"]
     product = results["product"]
@@ -286,7 +301,7 @@ def markdown(results: dict) -> str:
         "- tools: " + ", ".join(f"{k} {v}" for k, v in t.items() if v),
         f"- maketrigger: {product['commit'][:12]} ({product['subject']})"
         + (f", with uncommitted changes in {', '.join(changed)}" if changed else ""),
-        f"- images: {results.get('images', {})}" if results.get("images") else "",
+        _images_line(results.get("images")),
         f"- sizes: {s['rt']:,} round trips ({s['docker_rt']:,} for docker exec, {s['run_rt']} "
         f"for docker run), {s['stamp']} make-started samples, bursts of {s['http_load']:,} HTTP "
         f"requests / {s['cmd_load']} commands / {s['run_load']} containers at concurrency "
@@ -301,7 +316,7 @@ def markdown(results: dict) -> str:
         "(with the make they ran and waited for) or containers' cgroups; machine CPU: the "
         "whole machine, client included.", "",
         "## Goals", "", *goals_table(results), "",
-        "## All rows", "", *main_table(results), "",
+        "## All rows", "", *main_table(results), "", _loads_line(results), "",
         "## Bursts and make-started", "", *detail_table(results), "",
         "## CPU per distinct job", "", *cpu_parts_table(results), "",
         "## Memory", "", *memory_table(results),
