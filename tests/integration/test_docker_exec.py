@@ -309,9 +309,12 @@ def test_a_build_left_by_a_killed_controller_is_stopped_and_the_job_lost(stack, 
     wait_for(lambda: build_gone(box), what="no process of the build left (docker top)")
 
 
-def test_every_replica_of_a_scaled_compose_service_builds(stack, workspace, containers,
-                                                          make_only_image):
+def test_every_replica_of_a_scaled_compose_service_builds(stack, containers, make_only_image):
     from tests.e2e.stack import compose_command
+
+    targets = ("one", "two", "three")  # each takes SECS seconds
+    workspace = stack.workspace("scaled", makefile="".join(
+        f"{t}:\n\t@echo {t}; sleep $(SECS)\n" for t in targets))
 
     project = f"mtit{uuid.uuid4().hex[:8]}"
     env_file = stack.tmp / "empty.env"
@@ -332,7 +335,7 @@ def test_every_replica_of_a_scaled_compose_service_builds(stack, workspace, cont
         assert {w["name"] for w in shown} == {"rbuilder"}
         assert all(w["container"].startswith(project) for w in shown)
 
-        ids = [stack.trigger(t, vars={"SECS": "3"})["id"] for t in ("slow", "other", "chatty")]
+        ids = [stack.trigger(t, vars={"SECS": "5"})["id"] for t in targets]
         jobs = [stack.wait_state(job_id, timeout=30) for job_id in ids]
     finally:
         subprocess.run([*compose, "down", "--volumes", "--timeout", "1"], cwd=ROOT, env=env,
