@@ -242,7 +242,6 @@ class Runner:
             self._active[run_id] = run
         threading.Thread(target=self._wait, args=(run,), name=f"run-{run_id}",
                          daemon=True).start()
-        self._prune()
         return run
 
     def _spawn(self, run_id, target, variables, limit, argv, fds) -> Run:
@@ -282,6 +281,7 @@ class Runner:
                 code = proc.wait()
             kill_group(proc.pid, signal.SIGKILL)  # what make left behind in its group
             self._finish(run, code)
+            self._prune()
         except Exception:
             log.exception("run %s: lost track of make", run.id)
             self._finish(run, None, RunState.LOST, "the worker lost track of make")
@@ -379,12 +379,13 @@ class Runner:
             time.sleep(0.05)
 
     def _prune(self) -> None:
-        """Keep the records and logs of at most `keep_runs` finished runs."""
+        """Keep the records and logs of about `keep_runs` finished runs: once there are a tenth
+        more, the oldest go (in batches, so a busy worker does not sort its runs every time)."""
         try:
             names = [n for n in os.listdir(self.runs_dir) if n.endswith(".json")]
         except OSError:
             return
-        if len(names) <= self.keep_runs:
+        if len(names) <= self.keep_runs + max(1, self.keep_runs // 10):
             return
         active = {r.id for r in self.active()}
         paths = sorted((os.path.join(self.runs_dir, n) for n in names
