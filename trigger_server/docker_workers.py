@@ -516,14 +516,9 @@ class DockerTransport:
             return cached[1]  # type: ignore[return-value]
         code, out, err = self._exec(attrs, ["make", "-C", workdir, "-pRrq", "--", ":"], user,
                                     env={"LC_ALL": "C"})
-        database, errors = out.decode("utf-8", "replace"), [
-            line for line in err.decode("utf-8", "replace").splitlines()
-            if "***" in line and "No rule to make target ':'" not in line]
-        if code in (126, 127) and "\n# Files" not in database:
+        if code in (126, 127) and b"\n# Files" not in out:
             raise makefile.MakefileError(f"cannot run make: {(out + err).decode(errors='replace')}")
-        if errors or "\n# Files" not in database:  # as worker.makefile.read_database
-            raise makefile.MakefileError("make could not read the makefile: "
-                                         + ("; ".join(errors) or "no database printed"))
+        database = makefile.check_database(out, err)
         names, makefiles = makefile.parse_targets(database)
         docs: dict[str, str] = {}
         if makefiles:
@@ -943,10 +938,7 @@ def _check_request(opts: Options, run_id: str, target: str, variables: dict,
             raise rules.RuleError("run id must be 1-64 letters, digits, '_', '.' or '-'")
         target = rules.check_target_syntax(target)
         variables = rules.check_vars_syntax(variables)
-        try:
-            rules.check_vars_allowed(variables, opts.vars)
-        except rules.RuleError as exc:  # the rule is the worker's; the setting here is vars=
-            raise rules.RuleError(str(exc).replace("WORKER_VARS", "the entry's vars=")) from None
+        rules.check_vars_allowed(variables, opts.vars, setting="the entry's vars=")
         if not rules.target_allowed(target, opts.targets):
             raise rules.RuleError(f"target {target} is not allowed by the worker's targets=")
         if timeout is not None and timeout > opts.timeout:

@@ -40,9 +40,14 @@ def read_database(workdir: str, timeout: float = 30) -> str:
             env={**os.environ, "LC_ALL": "C"})  # make's messages, untranslated
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise MakefileError(f"could not run make: {exc}") from exc
-    out = proc.stdout.decode("utf-8", "replace")
+    return check_database(proc.stdout, proc.stderr)
+
+
+def check_database(stdout: bytes, stderr: bytes) -> str:
+    """The printed database of `make -pRrq -- :`, or MakefileError with make's own complaint."""
+    out = stdout.decode("utf-8", "replace")
     # make always complains that ':' (the goal asked for) has no rule; anything else is real.
-    errors = [line for line in proc.stderr.decode("utf-8", "replace").splitlines()
+    errors = [line for line in stderr.decode("utf-8", "replace").splitlines()
               if "***" in line and "No rule to make target ':'" not in line]
     if errors or "\n# Files" not in out:
         detail = "; ".join(errors) or "no database printed"

@@ -122,15 +122,16 @@ def check_vars_syntax(variables: object) -> dict[str, str]:
     return {check_var_name(k): check_var_value(k, v) for k, v in variables.items()}
 
 
-def check_vars_allowed(variables: Mapping[str, str], allowed: Iterable[str]) -> None:
-    """Refuse any variable whose name the worker's WORKER_VARS does not list."""
+def check_vars_allowed(variables: Mapping[str, str], allowed: Iterable[str],
+                       setting: str = "WORKER_VARS") -> None:
+    """Refuse any variable whose name the worker's allow-list (`setting`) does not list."""
     allowed = set(allowed)
     for name in variables:
         if name not in allowed:
             if not allowed:
                 raise RuleError(f"variable {name} refused: this worker accepts no variables "
-                                "(WORKER_VARS is empty)")
-            raise RuleError(f"variable {name} refused: not listed in WORKER_VARS")
+                                f"({setting} is empty)")
+            raise RuleError(f"variable {name} refused: not listed in {setting}")
 
 
 def make_argv(workdir: str, target: str, variables: Mapping[str, str]) -> list[str]:
