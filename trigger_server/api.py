@@ -342,8 +342,9 @@ def _follow_log(job_id: int, offset: int, sse: bool):
                 yield f"event: end\ndata: {json.dumps(job.to_dict())}\n\n".encode()
             return
         if job.state.ended:
-            offset = job.log_size  # an incomplete character at the very end
-            continue
+            if sse and job.log_size - offset < 4:
+                offset = job.log_size  # only part of a character is left at the very end
+            continue  # the rest was stored between the read and this look: read it
         if dispatcher.wait_changed(version, KEEPALIVE) == version and sse:
             yield b": keepalive\n\n"
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 BUSY_BACKOFF = 1.0  # a worker whose workspace was locked by someone else is retried after this
 HOUSEKEEPING = 1.0  # the loop also runs this often, for backoffs that expire
-DISPATCH_PAGE = 200  # queued jobs read at a time
+DISPATCH_PAGE = 25  # queued jobs read at a time (more pages only while workers have room)
 MAX_START_FAILURES = 5  # a job that workers keep refusing with 5xx (or cannot be sent) fails
 
 

@@ -230,11 +230,13 @@ class Store:
                    retries: int = 0) -> tuple[Job, bool]:
         """A new queued job, or the identical one still queued (returned with True)."""
         vars_json = json.dumps(variables, sort_keys=True)
+        same = ("SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL AND target = ? "
+                "AND vars = ? AND selector IS ? ORDER BY id LIMIT 1")
+        rows = self._read(same, (target, vars_json, selector))  # no write lock for a repeat
+        if rows:
+            return Job.from_row(rows[0]), True
         with self._tx() as db:
-            row = db.execute(
-                "SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL AND target = ? "
-                "AND vars = ? AND selector IS ? ORDER BY id LIMIT 1",
-                (target, vars_json, selector)).fetchone()
+            row = db.execute(same, (target, vars_json, selector)).fetchone()  # again, locked
             if row is not None:
                 return Job.from_row(row), True
             cur = db.execute(

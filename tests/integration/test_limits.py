@@ -4,6 +4,7 @@ clean 503, not a crash."""
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 
 import pytest
@@ -27,6 +28,15 @@ def test_a_200_mb_log_streams_with_bounded_memory_and_a_capped_store(stack):
     before = {"worker": rss_kib(wpid), "controller": rss_kib(spid)}
     peak = dict(before)
     job_id = stack.trigger("big")["id"]
+    followed = []  # a reader following the log live must get all of it, to the last byte
+
+    def follow():
+        with requests.get(f"{stack.url}/jobs/{job_id}/log", params={"follow": 1}, stream=True,
+                          timeout=120) as resp:
+            followed.append(sum(len(c) for c in resp.iter_content(1 << 16)))
+
+    reader = threading.Thread(target=follow)
+    reader.start()
     started = time.monotonic()
     while stack.job(job_id)["state"] in ("queued", "running") and time.monotonic() - started < 300:
         peak = {"worker": max(peak["worker"], rss_kib(wpid)),
@@ -34,6 +44,8 @@ def test_a_200_mb_log_streams_with_bounded_memory_and_a_capped_store(stack):
         time.sleep(0.1)
     job = stack.wait_state(job_id, timeout=10)
     took = time.monotonic() - started
+    reader.join(120)
+    assert followed == [job["log_size"]]
     assert job["state"] == "succeeded"
     assert job["log_truncated"] and job["log_size"] < 20_001_000
     tail = requests.get(f"{stack.url}/jobs/{job_id}/log", params={"offset": 19_999_000},
