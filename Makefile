@@ -5,6 +5,7 @@
 #   make images        both images, tagged as docker-compose.yml names them
 #   make e2e           the end-to-end tests against real containers (tests/e2e)
 #   make test          the whole test suite: unit, integration and e2e
+#   make bench         the benchmark beside webhook, docker exec and docker run (bench/)
 #
 # Every variable can be set on the command line or in the environment, e.g.
 #   make images WORKER_BASE_IMAGE=rocker/verse:4.4 TRIGGER_WORKER_IMAGE=my-worker:4.4
