@@ -40,20 +40,6 @@ def settings_documented() -> list[str]:
     return re.findall(r"^#?([A-Z][A-Z0-9_]*)=", text, flags=re.M)
 
 
-@pytest.fixture(scope="session")
-def docker_client():
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        reason = f"no Docker engine reachable ({exc.__class__.__name__}: {exc})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must run scripts/ci-docker.sh first", pytrace=False)
-        pytest.skip(reason)
-    yield client
-    client.close()
-
-
 def _run_logged(argv: list[str], logfile: Path, env: dict | None = None) -> None:
     """Run a build step, its output to `logfile`; fail with its tail if it fails."""
     started = time.monotonic()

@@ -40,17 +40,8 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def engine():
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        reason = f"no Docker engine reachable ({exc.__class__.__name__}: {exc})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must run scripts/ci-docker.sh first", pytrace=False)
-        pytest.skip(reason)
-    yield client
-    client.close()
+def engine(docker_client):
+    return docker_client
 
 
 @pytest.fixture(scope="module")
