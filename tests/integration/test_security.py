@@ -176,3 +176,16 @@ def test_unknown_routes_and_methods_answer_json(guarded):
     for bad in ("/jobs?limit=0", "/jobs?limit=x", "/jobs?state=bogus", "/jobs/1/log?offset=-1"):
         resp = requests.get(stack.url + bad, timeout=5)
         assert resp.status_code in (400, 404) and "error" in resp.json(), bad
+
+
+def test_no_token_reaches_a_log_or_a_job_record(stack):
+    w = stack.worker()
+    server = stack.server([w], TRIGGER_API_TOKEN="api-s3cret-token")
+    ok = stack.post(json={"target": "ok", "wait": True})
+    refused = requests.get(stack.url + "/jobs", headers={"Authorization": "Bearer wrong-one"},
+                           timeout=5)
+    assert ok.status_code == 200 and refused.status_code == 401
+    records = "".join(p.read_text() for p in (stack.tmp / "worker0-state" / "runs").iterdir())
+    for text in (w.output(), server.output(), records, ok.text, stack.log(ok.json()["id"])):
+        for secret in (TOKEN, "api-s3cret-token", "wrong-one"):
+            assert secret not in text
