@@ -42,12 +42,16 @@ NAMES = st.one_of(st.sampled_from(["V", "SHELL", "MAKEFLAGS", ".SHELLFLAGS", "MA
                   st.text(max_size=12))
 
 
+def hostile_request(data, canary: str) -> tuple[str, dict]:
+    """A target and variables, each either harmless or an injection aimed at the canary."""
+    target = data.draw(st.one_of(st.just("show"), injections(canary)))
+    return target, data.draw(st.dictionaries(NAMES, injections(canary), max_size=2))
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_nothing_sent_to_the_controller_executes(target_stack, data):
-    canary = str(target_stack.canary)
-    target = data.draw(st.one_of(st.just("show"), injections(canary)))
-    variables = data.draw(st.dictionaries(NAMES, injections(canary), max_size=2))
+    target, variables = hostile_request(data, str(target_stack.canary))
     resp = target_stack.post(json={"target": target, "vars": variables})
     assert resp.status_code in (202, 400), resp.text
     assert "error" in resp.json() or resp.json()["target"] == "show"
@@ -57,9 +61,7 @@ def test_nothing_sent_to_the_controller_executes(target_stack, data):
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_nothing_sent_to_the_worker_directly_executes(target_stack, data):
-    canary = str(target_stack.canary)
-    target = data.draw(st.one_of(st.just("show"), injections(canary)))
-    variables = data.draw(st.dictionaries(NAMES, injections(canary), max_size=2))
+    target, variables = hostile_request(data, str(target_stack.canary))
     run_id = f"h{data.draw(st.integers(0, 10**12))}"
     resp = requests.post(f"{target_stack.hostile_worker.url}/runs", timeout=30,
                          json={"id": run_id, "target": target, "vars": variables},
