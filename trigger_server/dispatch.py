@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 from worker import rules
 
@@ -150,17 +151,20 @@ class Dispatcher:
     # --- one job ---------------------------------------------------------------------------
     def _run(self, job: Job, worker: Worker, start: bool) -> None:
         try:
+            events = None
             if start:
                 job.worker = worker.url
-                if not self._start(job, worker):
+                started, events = self._start(job, worker)
+                if not started:
                     return
             elif job.state is JobState.QUEUED and not self._reclaim(job, worker):
                 return
             while True:
                 try:
-                    self._follow(job, worker)
+                    self._follow(job, worker, events)
                     return
                 except StoreError as exc:  # the worker keeps the log: catch up once it works
+                    events = None
                     log.error("job %s: %s; following again shortly", job.id, exc)
                     if self._stop.wait(2.0):
                         return
@@ -180,21 +184,23 @@ class Dispatcher:
             self.notify()
             self.wake()
 
-    def _start(self, job: Job, worker: Worker) -> bool:
-        """Ask the worker to start the job; False if it did not (requeued or ended)."""
+    def _start(self, job: Job, worker: Worker) -> tuple[bool, Iterator | None]:
+        """Ask the worker to start the job: (False, None) if it did not (requeued or ended);
+        else True and the run as it goes on (`WorkerClient.follow`), if the start brought it."""
+        events = None
         try:
-            self.client.start_run(worker, self.store.run_id(job), job.target, job.vars,
-                                  job.timeout)
+            events = self.client.start_run(worker, self.store.run_id(job), job.target, job.vars,
+                                           job.timeout)
         except RunStarted:
             pass  # our own start, retried: the first attempt got through
         except WorkerBusy as exc:
             log.info("job %s: %s is busy (%s); requeued", job.id, worker.url, exc)
             worker.blocked_until = time.monotonic() + BUSY_BACKOFF
             self.store.unclaim(job.id)
-            return False
+            return False, None
         except WorkerRejected as exc:
             self._end(job.id, JobState.FAILED, error=f"rejected by the worker: {exc}")
-            return False
+            return False, None
         except WorkerError as exc:
             if not exc.uncertain:
                 failures = self._start_failures.get(job.id, 0) + 1
@@ -202,14 +208,19 @@ class Dispatcher:
                 if failures >= MAX_START_FAILURES:
                     self._end(job.id, JobState.FAILED, error=f"could not be started after "
                                                             f"{failures} tries: {exc}")
-                    return False
+                    return False, None
                 log.warning("job %s: cannot start on %s: %s; requeued", job.id, worker.url, exc)
                 worker.healthy, worker.last_error = False, str(exc)
                 self.store.unclaim(job.id)
-                return False
+                return False, None
             # It may have started: find out rather than risk running it twice.
         self._start_failures.pop(job.id, None)
-        return self._started(job)
+        try:
+            return self._started(job), events
+        except BaseException:
+            if events is not None:
+                events.close()
+            raise
 
     def _started(self, job: Job) -> bool:
         if not self.store.mark_running(job.id):
@@ -231,10 +242,16 @@ class Dispatcher:
             return False
         return self._started(job)
 
-    def _follow(self, job: Job, worker: Worker) -> None:
+    def _follow(self, job: Job, worker: Worker, events: Iterator | None = None) -> None:
         """Copy the run's log as it grows and record its end. Ends `lost` if the worker is gone
-        (refused, no longer resolves, forgot the run) or silent for longer than lost_after."""
-        stored = self.store.get_job(job.id)
+        (refused, no longer resolves, forgot the run) or silent for longer than lost_after.
+        `events`: the run as its start brought it (read from where the store is)."""
+        try:
+            stored = self.store.get_job(job.id)
+        except BaseException:
+            if events is not None:
+                events.close()
+            raise
         base, offset = stored.log_base, stored.run_log_offset  # offset: in the worker's log
         run_id = self.store.run_id(job)
         last_contact = time.monotonic()
@@ -242,13 +259,24 @@ class Dispatcher:
         while True:
             try:
                 cancel_sent = cancel_sent or self._send_cancel(job, worker)
-                for chunk in self.client.stream_log(worker, run_id, offset):
-                    self.store.append_log(job.id, base + offset, chunk)
-                    offset += len(chunk)
-                    last_contact = time.monotonic()
-                    self.notify()
-                    cancel_sent = cancel_sent or self._send_cancel(job, worker)
-                run = self.client.get_run(worker, run_id)
+                if events is None:
+                    events = self.client.follow(worker, run_id, offset)
+                run = None
+                try:
+                    for item in events:
+                        if isinstance(item, dict):
+                            run = item  # the end, after the last byte of the log
+                            break
+                        self.store.append_log(job.id, base + offset, item)
+                        offset += len(item)
+                        last_contact = time.monotonic()
+                        self.notify()
+                        cancel_sent = cancel_sent or self._send_cancel(job, worker)
+                finally:
+                    events.close()
+                    events = None
+                if run is None:  # a stream that ended early, or a docker:// worker
+                    run = self.client.get_run(worker, run_id)
                 last_contact = time.monotonic()
                 if run["state"] == "running":
                     continue

@@ -3,6 +3,7 @@ jobs it follows are in-process state. The dispatcher thread starts after the for
 
 import logging
 import os
+import sys
 
 bind = os.environ.get("TRIGGER_BIND") or "0.0.0.0:8080"
 workers = 1  # never more: one dispatcher per database
@@ -16,11 +17,15 @@ accesslog = os.environ.get("TRIGGER_ACCESS_LOG") or None
 loglevel = os.environ.get("TRIGGER_LOG_LEVEL") or "info"
 logging.basicConfig(level=loglevel.upper(),
                     format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+# A thread woken by another (a finished build, a waiting request) gets the interpreter within
+# 0.5 ms instead of Python's default 5 ms: measured 3 ms less per round trip (bench/).
+SWITCH_INTERVAL = 0.0005
 
 
 def post_worker_init(worker):
     """Start the dispatcher and the scheduler in the serving process (threads do not survive a
     fork)."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     worker.wsgi.extensions["dispatcher"].start()
     worker.wsgi.extensions["scheduler"].start()
 

@@ -21,8 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import requests
-from urllib3.util.retry import Retry
+from . import worker_http
 
 log = logging.getLogger(__name__)
 
@@ -129,23 +128,10 @@ def resolve(configured: str) -> list[Worker]:
 
 
 class WorkerClient:
-    """HTTP calls to workers, with timeouts and the shared token."""
+    """HTTP calls to workers (trigger_server.worker_http), with timeouts and the shared token."""
 
     def __init__(self, token: str):
-        self.session = requests.Session()
-        # Workers are reached directly: no proxy settings from the environment, whose lookup on
-        # every request cost more than the request itself.
-        self.session.trust_env = False
-        # One retry covers a kept-alive connection the worker closed just as it was reused.
-        # Retrying a start is safe: the worker refuses a run id it already has (409 "exists").
-        retry = Retry(total=2, connect=1, read=1, status=0, other=0, allowed_methods=None,
-                      raise_on_status=False)
-        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=64,
-                                                max_retries=retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.http = worker_http.Connections(token)
         self._docker = None
         self._docker_lock = threading.Lock()
 
@@ -159,23 +145,30 @@ class WorkerClient:
                 self._docker = DockerTransport()
             return self._docker
 
-    def _call(self, method: str, worker: Worker, path: str, **kw) -> requests.Response:
-        kw.setdefault("timeout", (CONNECT_TIMEOUT, READ_TIMEOUT))
+    def _call(self, method: str, worker: Worker, path: str, *, stream: bool = False,
+              timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT), **kw):
         try:
-            resp = self.session.request(method, worker.url + path, **kw)
-        except requests.ConnectionError as exc:
-            refused = isinstance(_root_cause(exc), ConnectionRefusedError)
-            raise WorkerError(f"cannot reach worker {worker.url}: {_short(exc)}",
-                              gone=refused) from None
-        except requests.RequestException as exc:
-            raise WorkerError(f"worker {worker.url} did not answer: {_short(exc)}",
-                              uncertain=True) from None
+            resp = self.http.request(worker.url, method, path, timeout=timeout, stream=stream,
+                                     **kw)
+        except worker_http.ConnectFailed as exc:
+            raise WorkerError(f"cannot reach worker {worker.url}: {exc}",
+                              gone=exc.refused) from None
+        except worker_http.Broken as exc:
+            raise WorkerError(f"worker {worker.url} did not answer: {exc}",
+                              uncertain=exc.timeout) from None
         if resp.status_code == 401:
+            if stream:
+                resp.close()
             raise WorkerError(f"worker {worker.url} refused the worker token (401)")
         return resp
 
     @staticmethod
-    def _json(resp: requests.Response, worker: Worker) -> dict:
+    def _json(resp, worker: Worker) -> dict:
+        if isinstance(resp, worker_http.Stream):  # an error answer to a streamed request
+            try:
+                resp = worker_http.Reply(resp.status_code, resp.reason, resp.body())
+            except worker_http.Broken as exc:
+                raise WorkerError(f"worker {worker.url} did not answer: {exc}") from None
         try:
             body = resp.json()
         except ValueError:
@@ -209,12 +202,22 @@ class WorkerClient:
                                      timeout=(CONNECT_TIMEOUT, 30)), worker)["targets"]
 
     def start_run(self, worker: Worker, run_id: str, target: str, variables: dict,
-                  timeout: float | None) -> dict:
+                  timeout: float | None) -> Iterator[bytes | dict] | None:
+        """Start the run. Over HTTP the answer is the run itself, followed: the iterator
+        `follow` gives (close it if not read to its end). None for docker:// workers."""
         if worker.url.startswith(DOCKER_SCHEME):
-            return self.docker.start_run(worker, run_id, target, variables, timeout)
-        body = {"id": run_id, "target": target, "vars": variables, "timeout": timeout}
-        return self._json(self._call("POST", worker, "/runs", json=body,
-                                     timeout=(CONNECT_TIMEOUT, 30)), worker)
+            self.docker.start_run(worker, run_id, target, variables, timeout)
+            return None
+        body = {"id": run_id, "target": target, "vars": variables, "timeout": timeout,
+                "follow": True}
+        resp = self._call("POST", worker, "/runs", body=body, stream=True,
+                          timeout=(CONNECT_TIMEOUT, 30))
+        if resp.status_code != 201 or not resp.content_type.startswith(worker_http.FRAMES_TYPE):
+            self._json(resp, worker)  # raises for the refusals; a plain 201 is an old worker
+            resp.release()
+            return None
+        resp._conn.sock.settimeout(STREAM_READ_TIMEOUT)
+        return self._frames(worker, resp)
 
     def get_run(self, worker: Worker, run_id: str) -> dict:
         if worker.url.startswith(DOCKER_SCHEME):
@@ -226,27 +229,33 @@ class WorkerClient:
             return self.docker.cancel_run(worker, run_id)
         return self._json(self._call("DELETE", worker, f"/runs/{run_id}"), worker)
 
-    def stream_log(self, worker: Worker, run_id: str, offset: int,
-                   follow: bool = True) -> Iterator[bytes]:
-        """The run's log from `offset`, as it grows; ends when the run ends (or on error)."""
+    def follow(self, worker: Worker, run_id: str, offset: int) -> Iterator[bytes | dict]:
+        """The run's log from `offset` as it grows, then (once it ended) its final state as a
+        dict. Ends without the dict if the stream ended early."""
         if worker.url.startswith(DOCKER_SCHEME):
-            yield from self.docker.stream_log(worker, run_id, offset, follow)
+            yield from self.docker.stream_log(worker, run_id, offset, True)
             return
         resp = self._call("GET", worker, f"/runs/{run_id}/log",
-                          params={"offset": offset, "follow": int(follow)}, stream=True,
+                          params={"offset": offset, "follow": 1, "frames": 1}, stream=True,
                           timeout=(CONNECT_TIMEOUT, STREAM_READ_TIMEOUT))
         if resp.status_code != 200:
             self._json(resp, worker)
+        yield from self._frames(worker, resp)
+
+    def _frames(self, worker: Worker, resp: worker_http.Stream) -> Iterator[bytes | dict]:
         worker._streams.add(resp)
         try:
-            yield from resp.raw.stream(64 * 1024, decode_content=False)
-        except Exception as exc:
+            for item in worker_http.frames(resp):
+                if isinstance(item, dict):
+                    resp.body()  # the rest of the body, so that the connection is reused
+                yield item
+        except (worker_http.Broken, ValueError) as exc:
             if worker.gone:
                 raise WorkerError(f"worker {worker.url} is gone", gone=True) from None
-            raise WorkerError(f"log stream from {worker.url} broke: {_short(exc)}") from None
+            raise WorkerError(f"log stream from {worker.url} broke: {exc}") from None
         finally:
             worker._streams.discard(resp)
-            resp.close()
+            resp.release()
 
 
 def _root_cause(exc: BaseException) -> BaseException:

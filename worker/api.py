@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import json
 import os
+import time
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import HTTPException
@@ -15,7 +17,9 @@ from .runner import Busy, Run, RunExists, RunState, ShuttingDown, UnknownRun
 bp = Blueprint("worker", __name__)
 
 FOLLOW_POLL = 0.05  # seconds between looks at a growing log; the end of a run wakes at once
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
+TICK = 5.0  # a followed run that printed nothing for this long gets a `tick` frame
+FRAMES_TYPE = "application/x-maketrigger-run"  # see trigger_server/worker_http.py
 
 
 def _runner():
@@ -134,6 +138,8 @@ def check_request(body: dict) -> tuple[str, dict, float | None]:
 
 @bp.post("/runs")
 def start_run():
+    """Start a run. With `"follow": true` the answer is the run followed to its end, as run
+    frames (trigger_server/worker_http.py), so one request carries a whole job."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         abort(400, "body must be a JSON object")
@@ -141,7 +147,10 @@ def start_run():
     if not isinstance(run_id, str):
         raise rules.RuleError("id must be a string")
     target, variables, timeout = check_request(body)
-    run = _runner().start(run_id, target, variables, timeout)
+    runner = _runner()
+    run = runner.start(run_id, target, variables, timeout)
+    if body.get("follow") is True:
+        return _frames(runner, run, open(runner.log_path(run.id), "rb"), started=True), 201
     return jsonify(_run_json(run)), 201
 
 
@@ -160,6 +169,8 @@ def cancel_run(run_id: str):
 
 @bp.get("/runs/<run_id>/log")
 def run_log(run_id: str):
+    """The log from `offset`: plain bytes, or with `frames=1` run frames that end with the
+    run's final state (`follow=1` in both cases follows it as it grows)."""
     runner = _runner()
     run = runner.get(run_id)
     offset = request.args.get("offset", "0")
@@ -171,6 +182,8 @@ def run_log(run_id: str):
     except FileNotFoundError:
         abort(404, f"the log of run {run_id} is gone")
     f.seek(int(offset))
+    if request.args.get("frames") in ("1", "true"):
+        return _frames(runner, run, f, started=False)
 
     def chunks():
         with f:
@@ -188,3 +201,38 @@ def run_log(run_id: str):
 
     return Response(stream_with_context(chunks()), mimetype="text/plain",
                     headers={"X-Run-State": run.state.value, "Cache-Control": "no-store"})
+
+
+def _frames(runner, run: Run, f, *, started: bool) -> Response:
+    """Run frames from the log file `f` (at its offset) until the run has ended and its last
+    byte was sent; a `tick` when nothing was sent for TICK seconds."""
+    first = b"run " + json.dumps(_run_json(run)).encode() + b"\n" if started else b""
+
+    def frames():
+        sent = time.monotonic()
+        with f:
+            if first:
+                yield first
+            while True:
+                data = f.read(CHUNK)
+                if data:
+                    yield b"log %d\n" % len(data) + data
+                    sent = time.monotonic()
+                    continue
+                if run.done.is_set():
+                    data = f.read()  # anything written just before the end
+                    if data:
+                        yield b"log %d\n" % len(data) + data
+                    end = run.record()
+                    end["log_size"] = f.tell()
+                    for private in ("pid", "pid_start", "owner_pid"):
+                        end.pop(private)
+                    run.reported = True
+                    yield b"end " + json.dumps(end).encode() + b"\n"
+                    return
+                if time.monotonic() - sent >= TICK:
+                    yield b"tick\n"
+                    sent = time.monotonic()
+                run.done.wait(FOLLOW_POLL)
+
+    return Response(frames(), mimetype=FRAMES_TYPE, headers={"Cache-Control": "no-store"})
