@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 from worker import rules
 
@@ -184,7 +184,7 @@ class Dispatcher:
             self.notify()
             self.wake()
 
-    def _start(self, job: Job, worker: Worker) -> tuple[bool, Iterator | None]:
+    def _start(self, job: Job, worker: Worker) -> tuple[bool, Iterable | None]:
         """Ask the worker to start the job: (False, None) if it did not (requeued or ended);
         else True and the run as it goes on (`WorkerClient.follow`), if the start brought it."""
         events = None
@@ -242,16 +242,12 @@ class Dispatcher:
             return False
         return self._started(job)
 
-    def _follow(self, job: Job, worker: Worker, events: Iterator | None = None) -> None:
+    def _follow(self, job: Job, worker: Worker, events: Iterable | None = None) -> None:
         """Copy the run's log as it grows and record its end. Ends `lost` if the worker is gone
         (refused, no longer resolves, forgot the run) or silent for longer than lost_after.
         `events`: the run as its start brought it (read from where the store is)."""
-        try:
-            stored = self.store.get_job(job.id)
-        except BaseException:
-            if events is not None:
-                events.close()
-            raise
+        # A job that has just started has stored nothing of this attempt yet: no need to look.
+        stored = job if events is not None else self.store.get_job(job.id)
         base, offset = stored.log_base, stored.run_log_offset  # offset: in the worker's log
         run_id = self.store.run_id(job)
         last_contact = time.monotonic()

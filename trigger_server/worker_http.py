@@ -58,23 +58,25 @@ class Reply:
 
 
 class Stream:
-    """An answer whose body is read as it arrives; close() from any thread ends a blocked read."""
+    """An answer whose body is read as it arrives. close() (from any thread) aborts it: a read
+    blocked on it wakes with Broken. release() when done with it, in the thread that reads."""
 
     def __init__(self, resp: http.client.HTTPResponse, conn: http.client.HTTPConnection,
                  pool: Connections, key: tuple):
         self.status_code, self.reason = resp.status, resp.reason
         self.content_type = resp.getheader("Content-Type", "")
         self._resp, self._conn, self._pool, self._key = resp, conn, pool, key
-        self._closed = False
+        self._aborted = self._released = False
 
     def read1(self) -> bytes:
         """Whatever part of the body has arrived (b"" at its end)."""
         try:
-            return self._resp.read1(READ_SIZE)
+            data = self._resp.read1(READ_SIZE)
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            if self._closed:
-                raise Broken("the stream was closed", timeout=False) from None
             raise _broken(exc) from None
+        if self._aborted:
+            raise Broken("the stream was closed", timeout=False)
+        return data
 
     def body(self) -> bytes:
         try:
@@ -82,25 +84,30 @@ class Stream:
         except (OSError, http.client.HTTPException) as exc:
             raise _broken(exc) from None
 
+    def set_timeout(self, seconds: float) -> None:
+        """How long a read may wait for the worker from now on."""
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(seconds)
+
     def release(self) -> None:
         """Done with it: a fully read answer gives its connection back for reuse."""
-        if not self._closed:
-            self._closed = True
-            if self._resp.isclosed() and not self._resp.will_close:
-                self._pool.put(self._key, self._conn)
-            else:
-                self._conn.close()
+        if self._released:
+            return
+        self._released = True
+        if not self._aborted and self._resp.isclosed() and not self._resp.will_close:
+            self._pool.put(self._key, self._conn)
+        else:
+            self._conn.close()
 
     def close(self) -> None:
-        """Abandon it (from any thread): a reader blocked on it wakes with Broken."""
-        self._closed = True
+        """Abort it, from any thread: the socket is shut down, which wakes a blocked read."""
+        self._aborted = True
         sock = self._conn.sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self._conn.close()
 
 
 def _broken(exc: BaseException) -> Broken:

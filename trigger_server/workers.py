@@ -158,7 +158,7 @@ class WorkerClient:
                               uncertain=exc.timeout) from None
         if resp.status_code == 401:
             if stream:
-                resp.close()
+                resp.release()
             raise WorkerError(f"worker {worker.url} refused the worker token (401)")
         return resp
 
@@ -166,9 +166,12 @@ class WorkerClient:
     def _json(resp, worker: Worker) -> dict:
         if isinstance(resp, worker_http.Stream):  # an error answer to a streamed request
             try:
-                resp = worker_http.Reply(resp.status_code, resp.reason, resp.body())
+                data = resp.body()
             except worker_http.Broken as exc:
                 raise WorkerError(f"worker {worker.url} did not answer: {exc}") from None
+            finally:
+                resp.release()
+            resp = worker_http.Reply(resp.status_code, resp.reason, data)
         try:
             body = resp.json()
         except ValueError:
@@ -202,9 +205,9 @@ class WorkerClient:
                                      timeout=(CONNECT_TIMEOUT, 30)), worker)["targets"]
 
     def start_run(self, worker: Worker, run_id: str, target: str, variables: dict,
-                  timeout: float | None) -> Iterator[bytes | dict] | None:
-        """Start the run. Over HTTP the answer is the run itself, followed: the iterator
-        `follow` gives (close it if not read to its end). None for docker:// workers."""
+                  timeout: float | None) -> Followed | None:
+        """Start the run. Over HTTP the answer is the run itself, followed, as `follow` gives
+        it (close it when done). None for docker:// workers."""
         if worker.url.startswith(DOCKER_SCHEME):
             self.docker.start_run(worker, run_id, target, variables, timeout)
             return None
@@ -214,10 +217,9 @@ class WorkerClient:
                           timeout=(CONNECT_TIMEOUT, 30))
         if resp.status_code != 201 or not resp.content_type.startswith(worker_http.FRAMES_TYPE):
             self._json(resp, worker)  # raises for the refusals; a plain 201 is an old worker
-            resp.release()
             return None
-        resp._conn.sock.settimeout(STREAM_READ_TIMEOUT)
-        return self._frames(worker, resp)
+        resp.set_timeout(STREAM_READ_TIMEOUT)
+        return Followed(worker, resp)
 
     def get_run(self, worker: Worker, run_id: str) -> dict:
         if worker.url.startswith(DOCKER_SCHEME):
@@ -231,31 +233,39 @@ class WorkerClient:
 
     def follow(self, worker: Worker, run_id: str, offset: int) -> Iterator[bytes | dict]:
         """The run's log from `offset` as it grows, then (once it ended) its final state as a
-        dict. Ends without the dict if the stream ended early."""
+        dict; ends without the dict if the stream ended early. Close it when done."""
         if worker.url.startswith(DOCKER_SCHEME):
-            yield from self.docker.stream_log(worker, run_id, offset, True)
-            return
+            return self.docker.stream_log(worker, run_id, offset, True)
         resp = self._call("GET", worker, f"/runs/{run_id}/log",
                           params={"offset": offset, "follow": 1, "frames": 1}, stream=True,
                           timeout=(CONNECT_TIMEOUT, STREAM_READ_TIMEOUT))
         if resp.status_code != 200:
             self._json(resp, worker)
-        yield from self._frames(worker, resp)
+        return Followed(worker, resp)
 
-    def _frames(self, worker: Worker, resp: worker_http.Stream) -> Iterator[bytes | dict]:
-        worker._streams.add(resp)
+
+class Followed:
+    """The run frames of one followed run, as log bytes and then the final state (a dict).
+    close() gives the connection back (or drops it), whether or not it was read to the end."""
+
+    def __init__(self, worker: Worker, resp: worker_http.Stream):
+        self.worker, self.resp = worker, resp
+        worker._streams.add(resp)  # closed from the pool's thread if the worker goes away
+
+    def __iter__(self) -> Iterator[bytes | dict]:
         try:
-            for item in worker_http.frames(resp):
+            for item in worker_http.frames(self.resp):
                 if isinstance(item, dict):
-                    resp.body()  # the rest of the body, so that the connection is reused
+                    self.resp.body()  # the rest of the body, so that the connection is reused
                 yield item
         except (worker_http.Broken, ValueError) as exc:
-            if worker.gone:
-                raise WorkerError(f"worker {worker.url} is gone", gone=True) from None
-            raise WorkerError(f"log stream from {worker.url} broke: {exc}") from None
-        finally:
-            worker._streams.discard(resp)
-            resp.release()
+            if self.worker.gone:
+                raise WorkerError(f"worker {self.worker.url} is gone", gone=True) from None
+            raise WorkerError(f"log stream from {self.worker.url} broke: {exc}") from None
+
+    def close(self) -> None:
+        self.worker._streams.discard(self.resp)
+        self.resp.release()
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -158,6 +158,7 @@ class Runner:
         self._active: dict[str, Run] = {}
         self._stopping = False
         self.last_end = 0.0  # when a build of this worker last ended (time.time())
+        self._ends = 0  # runs ended since the run folder was last pruned
         os.makedirs(self.runs_dir, exist_ok=True)
 
     # --- files ---------------------------------------------------------------------------
@@ -380,7 +381,12 @@ class Runner:
 
     def _prune(self) -> None:
         """Keep the records and logs of about `keep_runs` finished runs: once there are a tenth
-        more, the oldest go (in batches, so a busy worker does not sort its runs every time)."""
+        more, the oldest go (in batches, so a busy worker does not sort its runs every time).
+        The folder is looked at only every tenth of `keep_runs` ends."""
+        self._ends += 1
+        if self._ends < max(1, self.keep_runs // 10):
+            return
+        self._ends = 0
         try:
             names = [n for n in os.listdir(self.runs_dir) if n.endswith(".json")]
         except OSError:

@@ -1,0 +1,132 @@
+"""The controller's side of the worker API against a real worker: a start that answers with the
+run followed to its end (run frames), resuming a follow from an offset, and kept-alive
+connections that survive a worker that closed them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from trigger_server import worker_http
+
+from .procs import TOKEN, Proc
+
+
+def follow(answer: worker_http.Stream) -> tuple[bytes, dict | None]:
+    log, end = b"", None
+    for item in worker_http.frames(answer):
+        if isinstance(item, dict):
+            end = item
+        else:
+            log += item
+    answer.release()
+    return log, end
+
+
+def start(conns: worker_http.Connections, worker: Proc, run_id: str, target: str):
+    answer = conns.request(worker.url, "POST", "/runs", stream=True, timeout=(2, 30),
+                           body={"id": run_id, "target": target, "follow": True})
+    assert answer.status_code == 201
+    assert answer.content_type.startswith(worker_http.FRAMES_TYPE)
+    return answer
+
+
+def plain_log(worker: Proc, run_id: str) -> bytes:
+    return requests.get(f"{worker.url}/runs/{run_id}/log", timeout=10,
+                        headers={"Authorization": f"Bearer {TOKEN}"}).content
+
+
+def test_a_start_answers_with_the_whole_run_and_its_end(stack):
+    w = stack.worker()
+    conns = worker_http.Connections(TOKEN)
+    log, end = follow(start(conns, w, "t-ok", "ok"))
+    assert b"building ok" in log
+    assert log == plain_log(w, "t-ok")
+    assert end["state"] == "succeeded" and end["exit_code"] == 0
+    assert end["log_size"] == len(log)
+    assert "pid" not in end and "owner_pid" not in end
+
+    log, end = follow(start(conns, w, "t-fail", "fail"))
+    assert end["state"] == "failed" and end["exit_code"] == 2
+    assert b"about to fail" in log and log == plain_log(w, "t-fail")
+
+
+def test_a_follow_resumes_from_an_offset_and_ends_with_the_state(stack):
+    w = stack.worker()
+    conns = worker_http.Connections(TOKEN)
+    answer = start(conns, w, "t-chatty", "chatty")
+    first = b""
+    for item in worker_http.frames(answer):
+        first += item
+        if b"line 2" in first:
+            break
+    answer.close()  # the controller lost the stream mid-run
+    answer.release()
+    rest = conns.request(w.url, "GET", "/runs/t-chatty/log", stream=True,
+                         params={"offset": len(first), "follow": 1, "frames": 1})
+    log, end = follow(rest)
+    assert first + log == plain_log(w, "t-chatty")
+    assert b"line 5" in log and end["state"] == "succeeded"
+
+
+def test_refusals_come_back_as_json_before_any_frame(stack):
+    w = stack.worker()
+    conns = worker_http.Connections(TOKEN)
+    follow(start(conns, w, "t-1", "ok"))
+    again = conns.request(w.url, "POST", "/runs", stream=True,
+                          body={"id": "t-1", "target": "ok", "follow": True})
+    assert again.status_code == 409 and b'"exists"' in again.body()
+    bad = conns.request(w.url, "POST", "/runs", body={"id": "t-2", "target": "nope",
+                                                      "follow": True})
+    assert bad.status_code == 400 and "not defined" in bad.json()["error"]
+    wrong = worker_http.Connections("not-the-token").request(w.url, "GET", "/healthz")
+    assert wrong.status_code == 401
+
+
+def test_a_kept_alive_connection_is_reused_and_replaced_once_the_worker_closed_it(stack):
+    w = stack.worker()
+    conns = worker_http.Connections(TOKEN)
+    assert conns.request(w.url, "GET", "/healthz").json()["ok"]
+    key = conns._key(w.url)
+    (kept,) = conns._idle[key]
+    assert conns.request(w.url, "GET", "/healthz").status_code == 200
+    assert conns._idle[key] == [kept]  # the same connection again
+    w.stop()
+    restarted = Proc("worker", w.env, w.log_path, port=w.port).start()
+    stack.procs.append(restarted)
+    assert conns.request(w.url, "GET", "/healthz").json()["ok"]  # not a broken pipe
+    assert conns._idle[key] != [kept]
+
+
+def test_no_listener_is_told_apart_from_a_broken_answer(stack):
+    w = stack.worker()
+    w.stop()
+    with pytest.raises(worker_http.ConnectFailed) as failed:
+        worker_http.Connections(TOKEN).request(w.url, "GET", "/healthz")
+    assert failed.value.refused
+
+
+def test_closing_a_stream_wakes_its_blocked_reader(stack):
+    w = stack.worker()
+    conns = worker_http.Connections(TOKEN)
+    answer = conns.request(w.url, "POST", "/runs", stream=True, timeout=(2, 60),
+                           body={"id": "t-slow", "target": "slow", "follow": True})
+    outcome = []
+
+    def read():
+        try:
+            follow(answer)
+            outcome.append("ended")
+        except worker_http.Broken:
+            outcome.append("broken")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.5)
+    closed_at = time.monotonic()
+    answer.close()
+    reader.join(10)
+    assert outcome == ["broken"] and time.monotonic() - closed_at < 5
