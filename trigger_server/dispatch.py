@@ -203,17 +203,15 @@ class Dispatcher:
             return False, None
         except WorkerError as exc:
             if not exc.uncertain:
-                failures = self._start_failures.get(job.id, 0) + 1
-                self._start_failures[job.id] = failures
-                if failures >= MAX_START_FAILURES:
-                    self._end(job.id, JobState.FAILED, error=f"could not be started after "
-                                                            f"{failures} tries: {exc}")
-                    return False, None
-                log.warning("job %s: cannot start on %s: %s; requeued", job.id, worker.url, exc)
-                worker.healthy, worker.last_error = False, str(exc)
-                self.store.unclaim(job.id)
+                return self._requeue(job, worker, exc), None
+            try:  # it may have started: ask, rather than risk running it twice
+                self.client.get_run(worker, self.store.run_id(job))
+            except RunUnknown:
+                return self._requeue(job, worker, exc), None  # it did not
+            except WorkerError as again:
+                self._end(job.id, JobState.LOST, error=f"cannot ask {worker.url} whether it "
+                                                       f"started: {again}")
                 return False, None
-            # It may have started: find out rather than risk running it twice.
         self._start_failures.pop(job.id, None)
         try:
             return self._started(job), events
@@ -221,6 +219,19 @@ class Dispatcher:
             if events is not None:
                 events.close()
             raise
+
+    def _requeue(self, job: Job, worker: Worker, exc: WorkerError) -> bool:
+        """A start the worker did not take: queued again, or failed after MAX_START_FAILURES."""
+        failures = self._start_failures.get(job.id, 0) + 1
+        self._start_failures[job.id] = failures
+        if failures >= MAX_START_FAILURES:
+            self._end(job.id, JobState.FAILED, error=f"could not be started after "
+                                                    f"{failures} tries: {exc}")
+            return False
+        log.warning("job %s: cannot start on %s: %s; requeued", job.id, worker.url, exc)
+        worker.healthy, worker.last_error = False, str(exc)
+        self.store.unclaim(job.id)
+        return False
 
     def _started(self, job: Job) -> bool:
         if not self.store.mark_running(job.id):
@@ -254,11 +265,11 @@ class Dispatcher:
         cancel_sent = False
         while True:
             try:
-                cancel_sent = cancel_sent or self._send_cancel(job, worker)
-                if events is None:
-                    events = self.client.follow(worker, run_id, offset)
                 run = None
                 try:
+                    cancel_sent = cancel_sent or self._send_cancel(job, worker)
+                    if events is None:
+                        events = self.client.follow(worker, run_id, offset)
                     for item in events:
                         if isinstance(item, dict):
                             run = item  # the end, after the last byte of the log
@@ -269,7 +280,8 @@ class Dispatcher:
                         self.notify()
                         cancel_sent = cancel_sent or self._send_cancel(job, worker)
                 finally:
-                    events.close()
+                    if events is not None:
+                        events.close()
                     events = None
                 if run is None:  # a stream that ended early, or a docker:// worker
                     run = self.client.get_run(worker, run_id)
@@ -290,6 +302,7 @@ class Dispatcher:
                     return
                 if self._answers(worker, run_id):
                     last_contact = time.monotonic()
+                    self._stop.wait(0.1)  # never a busy loop on a stream that keeps breaking
                     continue  # a quiet build, not a lost worker: listen again
                 silent = time.monotonic() - last_contact
                 if silent > self.lost_after:

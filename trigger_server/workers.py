@@ -153,9 +153,9 @@ class WorkerClient:
         except worker_http.ConnectFailed as exc:
             raise WorkerError(f"cannot reach worker {worker.url}: {exc}",
                               gone=exc.refused) from None
-        except worker_http.Broken as exc:
+        except worker_http.Broken as exc:  # the request may have reached the worker
             raise WorkerError(f"worker {worker.url} did not answer: {exc}",
-                              uncertain=exc.timeout) from None
+                              uncertain=True) from None
         if resp.status_code == 401:
             if stream:
                 resp.release()
@@ -217,7 +217,7 @@ class WorkerClient:
                           timeout=(CONNECT_TIMEOUT, 30))
         if resp.status_code != 201 or not resp.content_type.startswith(worker_http.FRAMES_TYPE):
             self._json(resp, worker)  # raises for the refusals; a plain 201 is an old worker
-            return None
+            return None  # followed with GET /runs/<id>/log
         resp.set_timeout(STREAM_READ_TIMEOUT)
         return Followed(worker, resp)
 
@@ -241,6 +241,7 @@ class WorkerClient:
                           timeout=(CONNECT_TIMEOUT, STREAM_READ_TIMEOUT))
         if resp.status_code != 200:
             self._json(resp, worker)
+            raise WorkerError(f"worker {worker.url} answered {resp.status_code} to a follow")
         return Followed(worker, resp)
 
 
@@ -254,9 +255,15 @@ class Followed:
 
     def __iter__(self) -> Iterator[bytes | dict]:
         try:
+            if not self.resp.content_type.startswith(worker_http.FRAMES_TYPE):
+                yield from iter(self.resp.read1, b"")  # a worker older than frames: plain log
+                return
             for item in worker_http.frames(self.resp):
                 if isinstance(item, dict):
-                    self.resp.body()  # the rest of the body, so that the connection is reused
+                    try:
+                        self.resp.body()  # the rest of the body, so that the connection is reused
+                    except worker_http.Broken:
+                        pass  # the end arrived; the connection just will not be reused
                 yield item
         except (worker_http.Broken, ValueError) as exc:
             if self.worker.gone:

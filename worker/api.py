@@ -16,8 +16,11 @@ from .runner import Busy, Run, RunExists, RunState, ShuttingDown, UnknownRun
 
 bp = Blueprint("worker", __name__)
 
-FOLLOW_POLL = 0.05  # seconds between looks at a growing log; the end of a run wakes at once
-CHUNK = 256 * 1024
+# Seconds between looks at a growing log: from FOLLOW_POLL_MIN right after new output, doubling
+# while there is none, up to FOLLOW_POLL. The end of a run wakes a follower at once.
+FOLLOW_POLL_MIN = 0.01
+FOLLOW_POLL = 0.05
+CHUNK = 1 << 20
 TICK = 5.0  # a followed run that printed nothing for this long gets a `tick` frame
 FRAMES_TYPE = "application/x-maketrigger-run"  # see trigger_server/worker_http.py
 
@@ -149,8 +152,8 @@ def start_run():
     target, variables, timeout = check_request(body)
     runner = _runner()
     run = runner.start(run_id, target, variables, timeout)
-    if body.get("follow") is True:
-        return _frames(runner, run, open(runner.log_path(run.id), "rb"), started=True), 201
+    if body.get("follow") is True:  # the log is opened in the stream: the run has started
+        return _frames(run, runner.log_path(run.id), 0, started=True), 201
     return jsonify(_run_json(run)), 201
 
 
@@ -177,13 +180,15 @@ def run_log(run_id: str):
     if not offset.isdigit():
         abort(400, "offset must be a non-negative integer")
     follow = request.args.get("follow") in ("1", "true")
+    if not os.path.exists(runner.log_path(run.id)):
+        abort(404, f"the log of run {run_id} is gone")
+    if follow and request.args.get("frames") in ("1", "true"):
+        return _frames(run, runner.log_path(run.id), int(offset), started=False)
     try:
         f = open(runner.log_path(run.id), "rb")  # noqa: SIM115 (closed by the stream)
     except FileNotFoundError:
         abort(404, f"the log of run {run_id} is gone")
     f.seek(int(offset))
-    if request.args.get("frames") in ("1", "true"):
-        return _frames(runner, run, f, started=False)
 
     def chunks():
         with f:
@@ -203,36 +208,42 @@ def run_log(run_id: str):
                     headers={"X-Run-State": run.state.value, "Cache-Control": "no-store"})
 
 
-def _frames(runner, run: Run, f, *, started: bool) -> Response:
-    """Run frames from the log file `f` (at its offset) until the run has ended and its last
-    byte was sent; a `tick` when nothing was sent for TICK seconds."""
+def _frames(run: Run, path: str, offset: int, *, started: bool) -> Response:
+    """Run frames (trigger_server/worker_http.py) of the log at `path` from `offset`, until the
+    run has ended and its last byte was sent; a `tick` when nothing was sent for TICK seconds.
+    The end frame's log_size is the log file's size then (more than was sent if something
+    outlived the build and still writes: the controller follows again)."""
     first = b"run " + json.dumps(_run_json(run)).encode() + b"\n" if started else b""
 
     def frames():
-        sent = time.monotonic()
-        with f:
-            if first:
-                yield first
+        sent, poll = time.monotonic(), FOLLOW_POLL_MIN
+        if first:
+            yield first
+        with open(path, "rb") as f:
+            f.seek(offset)
             while True:
                 data = f.read(CHUNK)
                 if data:
                     yield b"log %d\n" % len(data) + data
-                    sent = time.monotonic()
+                    sent, poll = time.monotonic(), FOLLOW_POLL_MIN
                     continue
                 if run.done.is_set():
                     data = f.read()  # anything written just before the end
                     if data:
                         yield b"log %d\n" % len(data) + data
                     end = run.record()
-                    end["log_size"] = f.tell()
+                    end["log_size"] = os.fstat(f.fileno()).st_size
                     for private in ("pid", "pid_start", "owner_pid"):
                         end.pop(private)
+                    # Reported once it is on its way (the shutdown's wait for the controller
+                    # to hear the end is a courtesy bounded by a linger anyway).
                     run.reported = True
                     yield b"end " + json.dumps(end).encode() + b"\n"
                     return
                 if time.monotonic() - sent >= TICK:
                     yield b"tick\n"
                     sent = time.monotonic()
-                run.done.wait(FOLLOW_POLL)
+                run.done.wait(poll)
+                poll = min(poll * 2, FOLLOW_POLL)
 
     return Response(frames(), mimetype=FRAMES_TYPE, headers={"Cache-Control": "no-store"})

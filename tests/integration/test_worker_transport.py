@@ -130,3 +130,18 @@ def test_closing_a_stream_wakes_its_blocked_reader(stack):
     answer.close()
     reader.join(10)
     assert outcome == ["broken"] and time.monotonic() - closed_at < 5
+
+
+def test_a_plain_log_from_a_worker_without_frames_is_still_followed(stack):
+    from trigger_server.workers import Followed, Worker
+
+    w = stack.worker()
+    conns = worker_http.Connections(TOKEN)
+    follow(start(conns, w, "t-plain", "ok"))
+    answer = conns.request(w.url, "GET", "/runs/t-plain/log", stream=True,
+                           params={"follow": 1})  # what a worker older than frames answers
+    followed = Followed(Worker(url=w.url, name="w", configured=w.url), answer)
+    items = list(followed)
+    followed.close()
+    assert all(isinstance(i, bytes) for i in items)  # no end state: the controller asks for it
+    assert b"".join(items) == plain_log(w, "t-plain")

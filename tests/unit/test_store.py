@@ -98,3 +98,25 @@ def test_the_database_survives_reopening(tmp_path):
     assert again.get_job(job.id).target == "html"
     assert again.instance == first.instance  # run ids stay stable across restarts
     assert again.integrity_ok()
+
+
+def test_a_log_table_made_by_an_older_version_is_moved_to_the_faster_layout(tmp_path):
+    path = str(tmp_path / "old.db")
+    store = Store(path)
+    job, _ = store.create_job("html", {}, None, "api")
+    store.append_log(job.id, 0, b"kept across the change\n")
+    db = store._conn()
+    db.executescript("""
+        ALTER TABLE log_chunks RENAME TO fresh;
+        CREATE TABLE log_chunks (job_id INTEGER NOT NULL, offset INTEGER NOT NULL,
+                                 data BLOB NOT NULL, PRIMARY KEY (job_id, offset)) WITHOUT ROWID;
+        INSERT INTO log_chunks SELECT * FROM fresh;
+        DROP TABLE fresh;
+    """)
+    again = Store(path)
+    made = again._read("SELECT sql FROM sqlite_master WHERE name = 'log_chunks'")[0][0]
+    assert "WITHOUT ROWID" not in made.upper()
+    assert again.read_log(job.id) == b"kept across the change\n"
+    again.append_log(job.id, 23, b"and appended after\n")
+    assert again.read_log(job.id, 23) == b"and appended after\n"
+    assert again.integrity_ok()
