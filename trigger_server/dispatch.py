@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 
 from worker import rules
+from worker.threads import DaemonThreads
 
 from .store import Job, JobState, Store, StoreError
 from .workers import (
@@ -55,6 +56,7 @@ class Dispatcher:
         self._cancel: set[int] = set()
         self._start_failures: dict[int, int] = {}  # job id -> starts a worker refused with 5xx
         self._thread: threading.Thread | None = None
+        self._followers = DaemonThreads("job")  # one starts and follows each job
         pool.on_change = self.wake
         pool.on_watch = self._watched
         self.ended = lambda job_id: None  # told of every job that ended (notifications)
@@ -125,8 +127,7 @@ class Dispatcher:
                 with self._lock:
                     self._running[job.id] = (worker, job.target)
                 busy_targets.add(job.target)
-                threading.Thread(target=self._run, args=(job, worker, True),
-                                 name=f"job-{job.id}", daemon=True).start()
+                self._followers.submit(self._run, job, worker, True)
                 started += 1
                 if not self.pool.has_room():
                     break
@@ -145,8 +146,7 @@ class Dispatcher:
                 worker.jobs[job.id] = job.target
             with self._lock:
                 self._running[job.id] = (worker, job.target)
-            threading.Thread(target=self._run, args=(job, worker, False), name=f"job-{job.id}",
-                             daemon=True).start()
+            self._followers.submit(self._run, job, worker, False)
 
     # --- one job ---------------------------------------------------------------------------
     def _run(self, job: Job, worker: Worker, start: bool) -> None:
@@ -337,10 +337,11 @@ class Dispatcher:
             log.warning("job %s: lost (%s); queued again (retries)", job_id, error)
             self.notify()
             return  # the follower's end wakes the dispatcher
-        if self.store.finish(job_id, state, exit_code, error):
+        finished = self.store.finish(job_id, state, exit_code, error)
+        self.notify()  # first: a request waiting for this job answers at once
+        if finished:
             log.info("job %s: %s%s", job_id, state.value, f" ({error})" if error else "")
             self.ended(job_id)
-        self.notify()
 
     # --- requests from the API and the other sources -------------------------------------------
     def submit(self, target: str, variables: dict, selector: str | None, source: str,

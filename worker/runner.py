@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from . import rules
+from .threads import DaemonThreads
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class Runner:
         self._stopping = False
         self.last_end = 0.0  # when a build of this worker last ended (time.time())
         self._ends = 0  # runs ended since the run folder was last pruned
+        self._waiters = DaemonThreads("run")  # one waits for each make: its end, its timeout
         os.makedirs(self.runs_dir, exist_ok=True)
 
     # --- files ---------------------------------------------------------------------------
@@ -169,10 +171,14 @@ class Runner:
         return os.path.join(self.runs_dir, f"{run_id}.json")
 
     def _save(self, run: Run) -> None:
+        """Write the run's record whole or not at all (a new file, then renamed)."""
         path = self._record_path(run.id)
         tmp = f"{path}.tmp{threading.get_ident()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(run.record(), f)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, json.dumps(run.record()).encode())
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
 
     def _load(self, run_id: str) -> Run | None:
@@ -241,8 +247,7 @@ class Runner:
                 for fd in fds:  # make holds its own copies now
                     os.close(fd)
             self._active[run_id] = run
-        threading.Thread(target=self._wait, args=(run,), name=f"run-{run_id}",
-                         daemon=True).start()
+        self._waiters.submit(self._wait, run)
         return run
 
     def _spawn(self, run_id, target, variables, limit, argv, fds) -> Run:
