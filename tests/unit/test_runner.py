@@ -68,3 +68,26 @@ def test_records_outlive_the_runner_and_old_ones_are_pruned(workspace, tmp_path)
                                        (-signal.SIGTERM, "killed by SIGTERM")])
 def test_ends_are_described_readably(code, text):
     assert describe_exit(code) == text
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "polling"])
+def test_exited_tells_an_end_from_a_timeout_and_leaves_the_exit_code(monkeypatch, pidfd):
+    import subprocess
+
+    from worker import runner
+
+    if not pidfd:
+        def no_pidfd(pid):
+            raise OSError("pidfd_open blocked")
+
+        monkeypatch.setattr(runner.os, "pidfd_open", no_pidfd, raising=False)
+    quick = subprocess.Popen(["sh", "-c", "exit 7"])
+    assert runner.exited(quick, 30)
+    assert quick.wait() == 7  # not reaped by exited()
+    slow = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not runner.exited(slow, 0.2)
+        assert slow.poll() is None
+    finally:
+        slow.kill()
+        slow.wait()
