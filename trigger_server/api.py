@@ -322,7 +322,7 @@ def _follow_log(job_id: int, offset: int, sse: bool):
     """The log from `offset` as it grows, until the job has ended and all of it is sent."""
     store, dispatcher = _store(), _dispatcher()
     while True:
-        version = dispatcher.version
+        version = dispatcher.log_version
         data = store.read_log(job_id, offset, LOG_CHUNK)
         if data:
             if sse:
@@ -345,7 +345,7 @@ def _follow_log(job_id: int, offset: int, sse: bool):
             if sse and job.log_size - offset < 4:
                 offset = job.log_size  # only part of a character is left at the very end
             continue  # the rest was stored between the read and this look: read it
-        if dispatcher.wait_changed(version, KEEPALIVE) == version and sse:
+        if dispatcher.wait_logged(version, KEEPALIVE) == version and sse:
             yield b": keepalive\n\n"
 
 

@@ -47,8 +47,10 @@ class Dispatcher:
         self.pool = pool
         self.client = client
         self.lost_after = lost_after
-        self.changed = threading.Condition()  # notified on every log append and state change
+        self.changed = threading.Condition()  # notified on every state change
         self.version = 0  # counts those notifications, so a waiter never misses one
+        self.logged = threading.Condition()  # on every log append, and every state change
+        self.log_version = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -80,15 +82,29 @@ class Dispatcher:
         self._wake.set()
 
     def notify(self) -> None:
+        """A job's state changed (which log followers hear too)."""
         with self.changed:
             self.version += 1
             self.changed.notify_all()
+        self.notify_log()
+
+    def notify_log(self) -> None:
+        """A job's log grew: only its followers wake, not the requests waiting for an end."""
+        with self.logged:
+            self.log_version += 1
+            self.logged.notify_all()
 
     def wait_changed(self, since: int, timeout: float) -> int:
-        """Block until something changed after `version` was `since` (or timeout)."""
+        """Block until a state changed after `version` was `since` (or timeout)."""
         with self.changed:
             self.changed.wait_for(lambda: self.version != since, timeout)
             return self.version
+
+    def wait_logged(self, since: int, timeout: float) -> int:
+        """Block until a log grew or a state changed after `log_version` was `since`."""
+        with self.logged:
+            self.logged.wait_for(lambda: self.log_version != since, timeout)
+            return self.log_version
 
     # --- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -277,21 +293,22 @@ class Dispatcher:
                         self.store.append_log(job.id, base + offset, item)
                         offset += len(item)
                         last_contact = time.monotonic()
-                        self.notify()
+                        self.notify_log()
                         cancel_sent = cancel_sent or self._send_cancel(job, worker)
-                finally:
+                    if run is None:  # a stream that ended early, or a docker:// worker
+                        run = self.client.get_run(worker, run_id)
+                    last_contact = time.monotonic()
+                    if run["state"] == "running":
+                        continue
+                    if run.get("log_size", 0) > offset:
+                        continue  # the end of the log is still to copy
+                    self._end(job.id, JobState(run["state"]), run.get("exit_code"),
+                              run.get("error"))
+                    return
+                finally:  # after the end is recorded: the rest of the stream can wait
                     if events is not None:
                         events.close()
                     events = None
-                if run is None:  # a stream that ended early, or a docker:// worker
-                    run = self.client.get_run(worker, run_id)
-                last_contact = time.monotonic()
-                if run["state"] == "running":
-                    continue
-                if run.get("log_size", 0) > offset:
-                    continue  # the end of the log is still to copy
-                self._end(job.id, JobState(run["state"]), run.get("exit_code"), run.get("error"))
-                return
             except RunUnknown:
                 self._end(job.id, JobState.LOST,
                           error=f"worker {worker.url} no longer knows this run (it restarted?)")

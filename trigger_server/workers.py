@@ -251,6 +251,7 @@ class Followed:
 
     def __init__(self, worker: Worker, resp: worker_http.Stream):
         self.worker, self.resp = worker, resp
+        self.ended = False  # the end state was read
         worker._streams.add(resp)  # closed from the pool's thread if the worker goes away
 
     def __iter__(self) -> Iterator[bytes | dict]:
@@ -259,11 +260,7 @@ class Followed:
                 yield from iter(self.resp.read1, b"")  # a worker older than frames: plain log
                 return
             for item in worker_http.frames(self.resp):
-                if isinstance(item, dict):
-                    try:
-                        self.resp.body()  # the rest of the body, so that the connection is reused
-                    except worker_http.Broken:
-                        pass  # the end arrived; the connection just will not be reused
+                self.ended = isinstance(item, dict)
                 yield item
         except (worker_http.Broken, ValueError) as exc:
             if self.worker.gone:
@@ -272,6 +269,11 @@ class Followed:
 
     def close(self) -> None:
         self.worker._streams.discard(self.resp)
+        if self.ended:
+            try:
+                self.resp.body()  # the rest of the body, so that the connection is reused
+            except worker_http.Broken:
+                pass  # the end arrived; the connection just will not be reused
         self.resp.release()
 
 

@@ -325,11 +325,12 @@ class Runner:
         if state is not RunState.SUCCEEDED:
             with open(self.log_path(run.id), "ab") as f:
                 f.write(f"*** maketrigger: {state.value}: {error}\n".encode())
+        with self._lock:
+            self.last_end = time.time()
+        run.done.set()  # its followers answer now; the record is written meanwhile
         self._save(run)
         with self._lock:
-            self._active.pop(run.id, None)
-            self.last_end = time.time()
-        run.done.set()
+            self._active.pop(run.id, None)  # from here on, get() reads the saved record
         log.info("run %s: %s (%s)", run.id, state.value, error or "ok")
 
     def _stop(self, run: Run, state: RunState, reason: str) -> None:
