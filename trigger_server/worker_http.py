@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from urllib.parse import urlencode, urlsplit
 
 FRAMES_TYPE = "application/x-maketrigger-run"
-READ_SIZE = 1 << 20
+READ_SIZE = 256 * 1024
 MERGE_LIMIT = 1 << 20  # consecutive log frames already received are handed on as one piece
 MAX_IDLE = 16  # kept-alive connections per worker address
 

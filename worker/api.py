@@ -20,7 +20,7 @@ bp = Blueprint("worker", __name__)
 # while there is none, up to FOLLOW_POLL. The end of a run wakes a follower at once.
 FOLLOW_POLL_MIN = 0.01
 FOLLOW_POLL = 0.05
-CHUNK = 1 << 20
+CHUNK = 256 * 1024
 TICK = 5.0  # a followed run that printed nothing for this long gets a `tick` frame
 FRAMES_TYPE = "application/x-maketrigger-run"  # see trigger_server/worker_http.py
 
