@@ -1,13 +1,14 @@
 """Queued job -> idle worker -> followed to the end.
 
-One dispatcher thread hands queued jobs, oldest first, to idle healthy workers; it sleeps until
-woken (a new job, a job that ended, a worker that became healthy), so no polling interval sits
-between a trigger and make starting. Each dispatched job gets a follower thread that copies the
-worker's log into the store and records how the run ended.
+Queued jobs go, oldest first, to idle healthy workers: a new job is dispatched at once by the
+thread that queued it, and one dispatcher thread sleeps until woken (a job that ended, a worker
+that became healthy, a new job it must look at again), so no polling interval sits between a
+trigger and make starting. Each dispatched job gets a follower thread that starts it and
+copies the worker's log into the store and records how the run ended.
 
-At most once: a job is marked `running` on its worker *before* the start request is sent, so a
-controller that dies mid-dispatch finds it on restart and asks that worker, instead of running
-it again. A run the worker does not know ends `lost`.
+At most once: a job is claimed for its worker (it stays `queued` with the worker recorded)
+*before* the start request is sent, so a controller that dies mid-dispatch finds it on restart
+and asks that worker, instead of running it again. A run the worker does not know ends `lost`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._dispatching = threading.Lock()  # one dispatch_once at a time, in any thread
         self._running: dict[int, tuple[Worker, str]] = {}  # job id -> (worker, target)
         self._cancel: set[int] = set()
         self._start_failures: dict[int, int] = {}  # job id -> starts a worker refused with 5xx
@@ -111,12 +113,28 @@ class Dispatcher:
         while not self._stop.is_set():
             self._wake.wait(HOUSEKEEPING)
             self._wake.clear()
-            try:
-                self.dispatch_once()
-            except StoreError as exc:
-                log.error("dispatch paused: %s", exc)
-            except Exception:
-                log.exception("dispatch failed; retrying")
+            with self._dispatching:
+                self._dispatch_logged()
+
+    def _dispatch_logged(self) -> None:
+        try:
+            self.dispatch_once()
+        except StoreError as exc:
+            log.error("dispatch paused: %s", exc)
+        except Exception:
+            log.exception("dispatch failed; retrying")
+
+    def _dispatch_here(self) -> None:
+        """Start what can start now in the calling thread (a new job then reaches make without
+        a hand-over to the dispatcher thread); if that thread is at it already, it looks again."""
+        if self._thread is None or self._stop.is_set() or not self._dispatching.acquire(
+                blocking=False):
+            self.wake()
+            return
+        try:
+            self._dispatch_logged()
+        finally:
+            self._dispatching.release()
 
     def dispatch_once(self) -> int:
         """Start every queued job that can start now, oldest first; returns how many.
@@ -355,7 +373,8 @@ class Dispatcher:
             self.notify()
             return  # the follower's end wakes the dispatcher
         finished = self.store.finish(job_id, state, exit_code, error)
-        self.notify()  # first: a request waiting for this job answers at once
+        self.notify()  # first: a request waiting for this job answers at once,
+        time.sleep(0)  # and gets the interpreter now rather than at the next switch interval
         if finished:
             log.info("job %s: %s%s", job_id, state.value, f" ({error})" if error else "")
             self.ended(job_id)
@@ -364,12 +383,12 @@ class Dispatcher:
     def submit(self, target: str, variables: dict, selector: str | None, source: str,
                timeout: float | None = None, notify: str | None = None,
                retries: int = 0) -> tuple[Job, bool]:
-        """Queue a job (or join the identical queued one) and wake the dispatcher.
+        """Queue a job (or join the identical queued one) and start it if it can start now.
         The caller has validated the target and variables (worker.rules)."""
         job, coalesced = self.store.create_job(target, variables, selector, source, timeout,
                                                notify, retries)
         if not coalesced:
-            self.wake()
+            self._dispatch_here()
         return job, coalesced
 
     def cancel(self, job: Job) -> bool:
