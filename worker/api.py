@@ -29,14 +29,17 @@ def _runner():
     return current_app.extensions["runner"]
 
 
-def _run_json(run: Run) -> dict:
+def _run_json(run: Run, log_size: int | None = None) -> dict:
+    """The run as the controller sees it: no process details, and how long its log is."""
     d = run.record()
     for private in ("pid", "pid_start", "owner_pid"):
         d.pop(private)
-    try:
-        d["log_size"] = os.path.getsize(_runner().log_path(run.id))
-    except OSError:
-        d["log_size"] = 0
+    if log_size is None:
+        try:
+            log_size = os.path.getsize(_runner().log_path(run.id))
+        except OSError:
+            log_size = 0
+    d["log_size"] = log_size
     return d
 
 
@@ -153,7 +156,8 @@ def start_run():
     runner = _runner()
     run = runner.start(run_id, target, variables, timeout)
     if body.get("follow") is True:  # the log is opened in the stream: the run has started
-        return _frames(run, runner.log_path(run.id), 0, started=True), 201
+        path = runner.log_path(run.id)
+        return _frames(run, lambda: open(path, "rb"), started=True), 201
     return jsonify(_run_json(run)), 201
 
 
@@ -180,15 +184,13 @@ def run_log(run_id: str):
     if not offset.isdigit():
         abort(400, "offset must be a non-negative integer")
     follow = request.args.get("follow") in ("1", "true")
-    if not os.path.exists(runner.log_path(run.id)):
-        abort(404, f"the log of run {run_id} is gone")
-    if follow and request.args.get("frames") in ("1", "true"):
-        return _frames(run, runner.log_path(run.id), int(offset), started=False)
     try:
         f = open(runner.log_path(run.id), "rb")  # noqa: SIM115 (closed by the stream)
     except FileNotFoundError:
         abort(404, f"the log of run {run_id} is gone")
     f.seek(int(offset))
+    if follow and request.args.get("frames") in ("1", "true"):
+        return _frames(run, lambda: f, started=False)
 
     def chunks():
         with f:
@@ -208,9 +210,10 @@ def run_log(run_id: str):
                     headers={"X-Run-State": run.state.value, "Cache-Control": "no-store"})
 
 
-def _frames(run: Run, path: str, offset: int, *, started: bool) -> Response:
-    """Run frames (trigger_server/worker_http.py) of the log at `path` from `offset`, until the
-    run has ended and its last byte was sent; a `tick` when nothing was sent for TICK seconds.
+def _frames(run: Run, log_file, *, started: bool) -> Response:
+    """Run frames (trigger_server/worker_http.py) of the log file that `log_file()` gives (read
+    from where it stands; called in the stream), until the run has ended and its last byte was
+    sent; a `tick` when nothing was sent for TICK seconds.
     The end frame's log_size is the log file's size then (more than was sent if something
     outlived the build and still writes: the controller follows again)."""
     first = b"run " + json.dumps(_run_json(run)).encode() + b"\n" if started else b""
@@ -219,8 +222,7 @@ def _frames(run: Run, path: str, offset: int, *, started: bool) -> Response:
         sent, poll = time.monotonic(), FOLLOW_POLL_MIN
         if first:
             yield first
-        with open(path, "rb") as f:
-            f.seek(offset)
+        with log_file() as f:
             while True:
                 data = f.read(CHUNK)
                 if data:
@@ -231,10 +233,7 @@ def _frames(run: Run, path: str, offset: int, *, started: bool) -> Response:
                     data = f.read()  # anything written just before the end
                     if data:
                         yield b"log %d\n" % len(data) + data
-                    end = run.record()
-                    end["log_size"] = os.fstat(f.fileno()).st_size
-                    for private in ("pid", "pid_start", "owner_pid"):
-                        end.pop(private)
+                    end = _run_json(run, os.fstat(f.fileno()).st_size)
                     # Reported once it is on its way (the shutdown's wait for the controller
                     # to hear the end is a courtesy bounded by a linger anyway).
                     run.reported = True
