@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import json
 import threading
-import time
 from importlib import resources
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
@@ -114,19 +113,6 @@ class WaitSlots:
         self._sem.release()
 
 
-def wait_for_end(job_id: int, seconds: float) -> Job:
-    """The job once it has ended, or as it is when `seconds` have passed."""
-    dispatcher = _dispatcher()
-    deadline = time.monotonic() + seconds
-    while True:
-        version = dispatcher.version
-        job = _store().get_job(job_id)
-        left = deadline - time.monotonic()
-        if job.state.ended or left <= 0:
-            return job
-        dispatcher.wait_changed(version, left)
-
-
 # --- jobs ---------------------------------------------------------------------------------
 def _job_request() -> dict:
     """The fields of POST /jobs, from a JSON object or a form (`curl -d target=html`)."""
@@ -230,10 +216,10 @@ def create_job():
         slots.take()
     try:
         job, coalesced = _dispatcher().submit(target, variables, selector, source, timeout,
-                                              notify, retries)
+                                              notify, retries, start_here=bool(wait))
         status = 202
         if wait:
-            job = wait_for_end(job.id, wait)
+            job = _dispatcher().wait_for_end(job.id, wait)
             status = WAIT_STATUS.get(job.state, 202)
     finally:
         if wait:

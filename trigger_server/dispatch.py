@@ -1,10 +1,11 @@
 """Queued job -> idle worker -> followed to the end.
 
 Queued jobs go, oldest first, to idle healthy workers: a new job is dispatched at once by the
-thread that queued it, and one dispatcher thread sleeps until woken (a job that ended, a worker
-that became healthy, a new job it must look at again), so no polling interval sits between a
-trigger and make starting. Each dispatched job gets a follower thread that starts it and
-copies the worker's log into the store and records how the run ended.
+thread that queued it, the next queued job by the thread that followed the one that ended, and
+one dispatcher thread sleeps until woken (a worker that became healthy, a job some other thread
+was dispatching meanwhile), so no polling interval and no hand-over sits between a trigger and
+make starting. Each dispatched job gets a follower thread that starts it (or the request that
+waits for it starts it) and copies the worker's log into the store and records how it ended.
 
 At most once: a job is claimed for its worker (it stays `queued` with the worker recorded)
 *before* the start request is sent, so a controller that dies mid-dispatch finds it on restart
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from worker import rules
 from worker.threads import DaemonThreads
@@ -39,6 +40,17 @@ BUSY_BACKOFF = 1.0  # a worker whose workspace was locked by someone else is ret
 HOUSEKEEPING = 1.0  # the loop also runs this often, for backoffs that expire
 DISPATCH_PAGE = 25  # queued jobs read at a time (more pages only while workers have room)
 MAX_START_FAILURES = 5  # a job that workers keep refusing with 5xx (or cannot be sent) fails
+END_RECHECK = 5.0  # a request waiting for a job's end also reads the job this often
+
+
+class _EndWait:
+    """One request waiting for one job's end; told the ended job, so it need not read it."""
+
+    __slots__ = ("event", "job")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.job: Job | None = None
 
 
 class Dispatcher:
@@ -48,8 +60,6 @@ class Dispatcher:
         self.pool = pool
         self.client = client
         self.lost_after = lost_after
-        self.changed = threading.Condition()  # notified on every state change
-        self.version = 0  # counts those notifications, so a waiter never misses one
         self.logged = threading.Condition()  # on every log append, and every state change
         self.log_version = 0
         self._wake = threading.Event()
@@ -59,11 +69,12 @@ class Dispatcher:
         self._running: dict[int, tuple[Worker, str]] = {}  # job id -> (worker, target)
         self._cancel: set[int] = set()
         self._start_failures: dict[int, int] = {}  # job id -> starts a worker refused with 5xx
+        self._end_waits: dict[int, list[_EndWait]] = {}  # job id -> requests waiting for its end
         self._thread: threading.Thread | None = None
         self._followers = DaemonThreads("job")  # one starts and follows each job
         pool.on_change = self.wake
         pool.on_watch = self._watched
-        self.ended = lambda job_id: None  # told of every job that ended (notifications)
+        self.ended = lambda job: None  # told of every job that ended (notifications)
 
     # --- control ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -84,10 +95,7 @@ class Dispatcher:
         self._wake.set()
 
     def notify(self) -> None:
-        """A job's state changed (which log followers hear too)."""
-        with self.changed:
-            self.version += 1
-            self.changed.notify_all()
+        """A job's state changed: its log followers look again (they end with the job)."""
         self.notify_log()
 
     def notify_log(self) -> None:
@@ -96,11 +104,38 @@ class Dispatcher:
             self.log_version += 1
             self.logged.notify_all()
 
-    def wait_changed(self, since: int, timeout: float) -> int:
-        """Block until a state changed after `version` was `since` (or timeout)."""
-        with self.changed:
-            self.changed.wait_for(lambda: self.version != since, timeout)
-            return self.version
+    def wait_for_end(self, job_id: int, seconds: float) -> Job | None:
+        """The job once it has ended, or as it is when `seconds` have passed (None if there is
+        no such job). Woken only by this job's end, which comes with the ended job."""
+        waiting = _EndWait()
+        with self._lock:
+            self._end_waits.setdefault(job_id, []).append(waiting)
+        try:
+            deadline = time.monotonic() + seconds
+            job = self.store.get_job(job_id)
+            while job is not None and not job.state.ended:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if waiting.event.wait(min(left, END_RECHECK)) and waiting.job is not None:
+                    return waiting.job
+                job = self.store.get_job(job_id)  # an end recorded elsewhere is seen too
+            return job
+        finally:
+            with self._lock:
+                waits = self._end_waits.get(job_id, [])
+                if waiting in waits:
+                    waits.remove(waiting)
+                if not waits:
+                    self._end_waits.pop(job_id, None)
+
+    def _tell_ended(self, job: Job) -> None:
+        """Answer the requests waiting for this job's end."""
+        with self._lock:
+            waits = self._end_waits.pop(job.id, [])
+        for waiting in waits:
+            waiting.job = job
+            waiting.event.set()
 
     def wait_logged(self, since: int, timeout: float) -> int:
         """Block until a log grew or a state changed after `log_version` was `since`."""
@@ -116,37 +151,70 @@ class Dispatcher:
             with self._dispatching:
                 self._dispatch_logged()
 
-    def _dispatch_logged(self) -> None:
+    def _dispatch_logged(self, keep: int | None = None) -> tuple[Job, Worker] | None:
         try:
-            self.dispatch_once()
+            return self._dispatch(keep)[1]
         except StoreError as exc:
             log.error("dispatch paused: %s", exc)
         except Exception:
             log.exception("dispatch failed; retrying")
+        return None
 
-    def _dispatch_here(self) -> None:
-        """Start what can start now in the calling thread (a new job then reaches make without
-        a hand-over to the dispatcher thread); if that thread is at it already, it looks again."""
+    def _dispatch_here(self, start_here: int | None = None) -> None:
+        """Dispatch what can start now in the calling thread (a new job then reaches make without
+        a hand-over to the dispatcher thread); if that thread is at it already, it looks again.
+        Job `start_here`, if it is dispatched, is also started by the calling thread (which waits
+        for it anyway) and only then followed by a follower thread."""
         if self._thread is None or self._stop.is_set() or not self._dispatching.acquire(
                 blocking=False):
             self.wake()
             return
         try:
-            self._dispatch_logged()
+            kept = self._dispatch_logged(keep=start_here)
         finally:
             self._dispatching.release()
+        if kept is None:
+            return
+        job, worker = kept
+        if worker.url.startswith("docker://"):  # a docker exec start is slow, and not followed
+            self._followers.submit(self._run, job, worker, "start")
+        else:
+            self._run(job, worker, "start here")
 
     def dispatch_once(self) -> int:
-        """Start every queued job that can start now, oldest first; returns how many.
-        Reads the queue a page at a time and stops as soon as no worker has room, so a long
-        queue costs nothing while every worker is busy."""
-        started, after = 0, 0
+        """Start every queued job that can start now, oldest first; returns how many."""
+        return self._dispatch()[0]
+
+    def _dispatch(self, keep: int | None = None) -> tuple[int, tuple[Job, Worker] | None]:
+        """Hand every queued job that can start now to a follower thread, oldest first, except
+        job `keep`, which is returned (claimed) for the caller to start."""
+        started, kept = 0, None
+        try:
+            for job, worker in self._claim_ready():
+                started += 1
+                if job.id == keep:
+                    kept = (job, worker)
+                else:
+                    self._followers.submit(self._run, job, worker, "start")
+        except BaseException:
+            if kept is not None:  # claimed for a caller that will not hear of it now
+                self._followers.submit(self._run, *kept, "start")
+            raise
+        return started, kept
+
+    def _claim_ready(self) -> Iterator[tuple[Job, Worker]]:
+        """Claim, oldest first, each queued job that can start now, with its worker. Reads the
+        queue a page at a time and stops as soon as no worker has room, so a long queue costs
+        nothing while every worker is busy."""
+        after = 0
         with self._lock:
             busy_targets = {target for _, target in self._running.values()}
-        while self.pool.has_room():
-            page = self.store.dispatchable(after=after, limit=DISPATCH_PAGE)
+        while (room := self.pool.room()) > 0:
+            # Twice the room: a busy target's jobs may be skipped, and a long queue is not read
+            # 25 jobs at a time to start one.
+            page = self.store.dispatchable(after=after, limit=min(DISPATCH_PAGE, 2 * room))
             if not page:
-                break
+                return
             after = page[-1].id
             for job in page:
                 if job.target in busy_targets:
@@ -161,11 +229,9 @@ class Dispatcher:
                 with self._lock:
                     self._running[job.id] = (worker, job.target)
                 busy_targets.add(job.target)
-                self._followers.submit(self._run, job, worker, True)
-                started += 1
+                yield job, worker
                 if not self.pool.has_room():
-                    break
-        return started
+                    return
 
     def recover(self) -> None:
         """Follow again the jobs a previous controller left running or being started."""
@@ -180,18 +246,27 @@ class Dispatcher:
                 worker.jobs[job.id] = job.target
             with self._lock:
                 self._running[job.id] = (worker, job.target)
-            self._followers.submit(self._run, job, worker, False)
+            self._followers.submit(self._run, job, worker, "recover")
 
     # --- one job ---------------------------------------------------------------------------
-    def _run(self, job: Job, worker: Worker, start: bool) -> None:
+    def _run(self, job: Job, worker: Worker, how: str, events: Iterable | None = None) -> None:
+        """Start and follow one job to its end. `how`: "start" (a claimed job), "start here"
+        (the same, but following it is handed to a follower thread once it started), "recover"
+        (left by a previous controller), "follow" (started: `events` is the run as it goes on).
+        """
+        handed_over = False
         try:
-            events = None
-            if start:
+            if how in ("start", "start here"):
                 job.worker = worker.url
                 started, events = self._start(job, worker)
                 if not started:
                     return
-            elif job.state is JobState.QUEUED and not self._reclaim(job, worker):
+                if how == "start here":
+                    self._followers.submit(self._run, job, worker, "follow", events)
+                    handed_over = True
+                    return
+            elif how == "recover" and job.state is JobState.QUEUED and not self._reclaim(
+                    job, worker):
                 return
             while True:
                 try:
@@ -208,15 +283,20 @@ class Dispatcher:
             log.exception("job %s: follower failed", job.id)
             self._end(job.id, JobState.LOST, error=f"the controller lost track of it: {exc}")
         finally:
-            with self.pool.lock:
-                worker.jobs.pop(job.id, None)
-                for w in self.pool.all():
-                    w.blocked_until = 0.0  # whatever locked them may have been this job
-            with self._lock:
-                self._running.pop(job.id, None)
-                self._cancel.discard(job.id)
-            self.notify()
-            self.wake()
+            if not handed_over:
+                self._release(job, worker)
+
+    def _release(self, job: Job, worker: Worker) -> None:
+        """The job no longer occupies its worker: what waits for the worker may go."""
+        with self.pool.lock:
+            worker.jobs.pop(job.id, None)
+            for w in self.pool.all():
+                w.blocked_until = 0.0  # whatever locked them may have been this job
+        with self._lock:
+            self._running.pop(job.id, None)
+            self._cancel.discard(job.id)
+        self.notify()
+        self._dispatch_here()  # the next job, without waking the dispatcher thread for it
 
     def _start(self, job: Job, worker: Worker) -> tuple[bool, Iterable | None]:
         """Ask the worker to start the job: (False, None) if it did not (requeued or ended);
@@ -270,7 +350,8 @@ class Dispatcher:
     def _started(self, job: Job) -> bool:
         if not self.store.mark_running(job.id):
             self._cancel.add(job.id)  # cancelled while the start was on its way
-        log.info("job %s: %s started on %s", job.id, job.target, job.worker)
+        # One line per job at info, when it ends: a log line costs as much as a state change.
+        log.debug("job %s: %s started on %s", job.id, job.target, job.worker)
         self.notify()
         return True
 
@@ -371,32 +452,38 @@ class Dispatcher:
         if state is JobState.LOST and self.store.retry(job_id, error or "lost"):
             log.warning("job %s: lost (%s); queued again (retries)", job_id, error)
             self.notify()
-            return  # the follower's end wakes the dispatcher
+            return  # the follower dispatches it again when it lets go of the job
         finished = self.store.finish(job_id, state, exit_code, error)
-        self.notify()  # first: a request waiting for this job answers at once,
+        if finished is not None:
+            self._tell_ended(finished)  # first: a request waiting for this job answers at once,
         time.sleep(0)  # and gets the interpreter now rather than at the next switch interval
-        if finished:
-            log.info("job %s: %s%s", job_id, state.value, f" ({error})" if error else "")
-            self.ended(job_id)
+        self.notify()
+        if finished is not None:
+            log.info("job %s: %s on %s %s%s", job_id, finished.target, finished.worker,
+                     state.value, f" ({error})" if error else "")
+            self.ended(finished)
 
     # --- requests from the API and the other sources -------------------------------------------
     def submit(self, target: str, variables: dict, selector: str | None, source: str,
                timeout: float | None = None, notify: str | None = None,
-               retries: int = 0) -> tuple[Job, bool]:
+               retries: int = 0, start_here: bool = False) -> tuple[Job, bool]:
         """Queue a job (or join the identical queued one) and start it if it can start now.
-        The caller has validated the target and variables (worker.rules)."""
+        The caller has validated the target and variables (worker.rules). With `start_here`
+        (a caller that waits for the job anyway) a new job that can start now is started in
+        the calling thread: one hand-over fewer before make runs."""
         job, coalesced = self.store.create_job(target, variables, selector, source, timeout,
                                                notify, retries)
         if not coalesced:
-            self._dispatch_here()
+            self._dispatch_here(job.id if start_here else None)
         return job, coalesced
 
     def cancel(self, job: Job) -> bool:
         """Cancel a queued job at once, or ask the worker to stop a running one."""
-        if job.state is JobState.QUEUED and self.store.finish(
-                job.id, JobState.CANCELLED, error="cancelled before it started",
-                only_queued=True):
-            self.ended(job.id)
+        ended = job.state is JobState.QUEUED and self.store.finish(
+            job.id, JobState.CANCELLED, error="cancelled before it started", only_queued=True)
+        if ended:
+            self._tell_ended(ended)
+            self.ended(ended)
             self.notify()
             return True
         with self._lock:

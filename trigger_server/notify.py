@@ -54,10 +54,9 @@ class Notifier:
         previous = self.store.previous_state(job.target, job.id)
         return previous is not None and previous is not job.state
 
-    def job_ended(self, job_id: int) -> None:
-        """Called when a job has ended; queues its notifications (never blocks)."""
-        job = self.store.get_job(job_id)
-        targets = [u for u in {self.url, job.notify} if u] if job else []
+    def job_ended(self, job: Job) -> None:
+        """Called with a job that has just ended; queues its notifications (never blocks)."""
+        targets = [u for u in {self.url, job.notify} if u]
         if not targets or not self.wanted(job):
             return
         payload = {**job.to_dict(), "text": describe(job)}

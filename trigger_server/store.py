@@ -342,8 +342,9 @@ class Store:
             return cur.rowcount == 1
 
     def finish(self, job_id: int, state: JobState, exit_code: int | None = None,
-               error: str | None = None, *, only_queued: bool = False) -> bool:
-        """Move a queued (or running) job to an end state; False if it was not in one."""
+               error: str | None = None, *, only_queued: bool = False) -> Job | None:
+        """Move a queued (or running) job to an end state: the ended job, or None if it was not
+        in one of those states."""
         assert state.ended
         states = "('queued')" if only_queued else "('queued', 'running')"
         with self._tx() as db:
@@ -351,7 +352,10 @@ class Store:
                 "UPDATE jobs SET state = ?, exit_code = ?, error = ?, finished_at = ? "
                 f"WHERE id = ? AND state IN {states}",
                 (state.value, exit_code, error, time.time(), job_id))
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return None
+            return Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?",
+                                           (job_id,)).fetchone())
 
     # --- schedules --------------------------------------------------------------------------
     def schedule_state(self, key: str) -> tuple[float | None, int | None]:

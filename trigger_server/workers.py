@@ -31,6 +31,7 @@ READ_TIMEOUT = 5.0
 HEALTH_TIMEOUT = (1.0, 2.0)  # a frozen worker shows unhealthy within a few seconds
 STREAM_READ_TIMEOUT = 10.0
 DOCKER_SCHEME = "docker://"
+MANY = 1 << 30  # room of a worker that locks only targets: it takes any number of jobs
 
 
 class WorkerError(Exception):
@@ -452,10 +453,17 @@ class WorkerPool:
 
     def has_room(self) -> bool:
         """Whether any worker could take a job now (for some target)."""
+        return self.room() > 0
+
+    def room(self) -> int:
+        """How many jobs the workers could take now; MANY if one locks only targets."""
         now = time.monotonic()
         with self.lock:
-            return any(w.healthy and not w.gone and w.blocked_until <= now and
-                       (w.lock == "target" or not w.jobs) for w in self._workers.values())
+            free = [w for w in self._workers.values()
+                    if w.healthy and not w.gone and w.blocked_until <= now]
+            if any(w.lock == "target" for w in free):
+                return MANY
+            return sum(1 for w in free if not w.jobs)
 
     def known(self, selector: str | None) -> bool:
         """Whether any configured worker answers to `selector`."""

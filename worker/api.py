@@ -219,26 +219,29 @@ def _frames(run: Run, log_file, *, started: bool) -> Response:
     first = b"run " + json.dumps(_run_json(run)).encode() + b"\n" if started else b""
 
     def frames():
-        sent, poll = time.monotonic(), FOLLOW_POLL_MIN
-        if first:
-            yield first
+        # Frames that are ready together go out in one piece (one write, one wake-up of the
+        # reader): the run with the log's first bytes, the log's last bytes with the end.
+        sent, poll, pending = time.monotonic(), FOLLOW_POLL_MIN, first
         with log_file() as f:
             while True:
                 data = f.read(CHUNK)
                 if data:
-                    yield b"log %d\n" % len(data) + data
-                    sent, poll = time.monotonic(), FOLLOW_POLL_MIN
+                    yield pending + b"log %d\n" % len(data) + data
+                    sent, poll, pending = time.monotonic(), FOLLOW_POLL_MIN, b""
                     continue
                 if run.done.is_set():
                     data = f.read()  # anything written just before the end
                     if data:
-                        yield b"log %d\n" % len(data) + data
+                        pending += b"log %d\n" % len(data) + data
                     end = _run_json(run, os.fstat(f.fileno()).st_size)
                     # Reported once it is on its way (the shutdown's wait for the controller
                     # to hear the end is a courtesy bounded by a linger anyway).
                     run.reported = True
-                    yield b"end " + json.dumps(end).encode() + b"\n"
+                    yield pending + b"end " + json.dumps(end).encode() + b"\n"
                     return
+                if pending:
+                    yield pending  # nothing logged yet: the start is news enough
+                    pending = b""
                 if time.monotonic() - sent >= TICK:
                     yield b"tick\n"
                     sent = time.monotonic()

@@ -294,7 +294,7 @@ class Runner:
             kill_group(proc.pid, signal.SIGKILL)  # a build nobody could account for must not run
             proc.wait()
             raise
-        log.info("run %s: started make %s (pid %s)", run_id, target, proc.pid)
+        log.debug("run %s: started make %s (pid %s)", run_id, target, proc.pid)  # info: its end
         return run
 
     def _wait(self, run: Run) -> None:
@@ -331,7 +331,7 @@ class Runner:
         self._save(run)
         with self._lock:
             self._active.pop(run.id, None)  # from here on, get() reads the saved record
-        log.info("run %s: %s (%s)", run.id, state.value, error or "ok")
+        log.info("run %s: make %s %s (%s)", run.id, run.target, state.value, error or "ok")
 
     def _stop(self, run: Run, state: RunState, reason: str) -> None:
         """SIGTERM the build's process group, then SIGKILL it after the grace period."""

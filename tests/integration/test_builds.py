@@ -31,13 +31,16 @@ def test_a_failing_target_reports_makes_exit_code(stack):
 
 
 def test_wait_holds_the_response_and_its_status_tells_the_outcome(stack):
-    stack.server([stack.worker()])
+    stack.server([stack.worker(WORKER_VARS="SECS")])
     ok = stack.post(json={"target": "ok", "wait": True})
     assert ok.status_code == 200 and ok.json()["state"] == "succeeded"
     failed = stack.post(data={"target": "fail", "wait": "1"})  # a form, as from curl -d
     assert failed.status_code == 422 and failed.json()["state"] == "failed"
-    pending = stack.post(json={"target": "slow", "vars": {}, "wait": 0.3})
+    pending = stack.post(json={"target": "slow", "vars": {"SECS": "1"}, "wait": 0.3})
     assert pending.status_code == 202 and pending.json()["state"] in ("queued", "running")
+    # The waiting request started it itself; once it gave up, a follower took the job over.
+    job = stack.wait_state(pending.json()["id"])
+    assert job["state"] == "succeeded" and "start\ndone\n" in stack.log(job["id"])
 
 
 def test_variables_reach_make_when_the_worker_allows_them(stack):

@@ -1,5 +1,7 @@
 """Cancel and time limits stop the whole build: make and everything it started."""
 
+import threading
+
 import requests
 
 from .procs import pids_of, wait_for
@@ -29,6 +31,22 @@ def test_a_queued_job_is_cancelled_before_it_starts(stack):
     assert stack.wait_state(running)["state"] == "cancelled"
     again = requests.delete(f"{stack.url}/jobs/{running}", timeout=10)
     assert again.status_code == 409 and "already ended" in again.json()["error"]
+
+
+def test_a_request_waiting_for_a_queued_job_hears_of_its_cancel(stack):
+    stack.server([stack.worker()])
+    running = stack.trigger("slow")["id"]
+    answer = {}
+    waiter = threading.Thread(target=lambda: answer.update(
+        resp=stack.post(json={"target": "other", "wait": 20})))
+    waiter.start()
+    queued = wait_for(lambda: [j["id"] for j in stack.get("/jobs")["jobs"] if j["id"] != running],
+                      what="the waited-for job to be queued")[0]
+    assert requests.delete(f"{stack.url}/jobs/{queued}", timeout=10).status_code == 202
+    waiter.join(10)  # well before its 20 s
+    assert not waiter.is_alive()
+    assert answer["resp"].status_code == 409 and answer["resp"].json()["state"] == "cancelled"
+    requests.delete(f"{stack.url}/jobs/{running}", timeout=10)
 
 
 def test_a_job_over_its_time_limit_fails_with_the_reason(stack):

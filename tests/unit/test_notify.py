@@ -27,9 +27,9 @@ def ended(store, target, state, error=None):
 
 def test_failures_are_posted_with_a_slack_text(store, receiver):
     notifier = Notifier(store, receiver.url, "failure", delays=())
-    notifier.job_ended(ended(store, "site", JobState.SUCCEEDED).id)
+    notifier.job_ended(ended(store, "site", JobState.SUCCEEDED))
     job = ended(store, "site", JobState.FAILED, "make ended with exit status 2")
-    notifier.job_ended(job.id)
+    notifier.job_ended(job)
     (got,) = receiver.wait(1)
     assert got["json"]["id"] == job.id and got["json"]["state"] == "failed"
     assert got["json"]["text"] == describe(job)
@@ -41,7 +41,7 @@ def test_change_notifies_only_when_the_result_differs(store, receiver):
     states = [JobState.SUCCEEDED, JobState.SUCCEEDED, JobState.FAILED, JobState.FAILED,
               JobState.SUCCEEDED]
     for state in states:
-        notifier.job_ended(ended(store, "site", state).id)
+        notifier.job_ended(ended(store, "site", state))
     got = receiver.wait(2)
     assert [g["json"]["state"] for g in got] == ["failed", "succeeded"]
 
