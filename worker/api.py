@@ -157,7 +157,7 @@ def start_run():
     run = runner.start(run_id, target, variables, timeout)
     if body.get("follow") is True:  # the log is opened in the stream: the run has started
         path = runner.log_path(run.id)
-        return _frames(run, lambda: open(path, "rb"), started=True), 201
+        return _frames(run, lambda: open(path, "rb", buffering=0), started=True), 201
     return jsonify(_run_json(run)), 201
 
 
@@ -185,7 +185,7 @@ def run_log(run_id: str):
         abort(400, "offset must be a non-negative integer")
     follow = request.args.get("follow") in ("1", "true")
     try:
-        f = open(runner.log_path(run.id), "rb")  # noqa: SIM115 (closed by the stream)
+        f = open(runner.log_path(run.id), "rb", buffering=0)  # noqa: SIM115 (the stream closes it)
     except FileNotFoundError:
         abort(404, f"the log of run {run_id} is gone")
     f.seek(int(offset))

@@ -191,26 +191,44 @@ class Runner:
     def _record_path(self, run_id: str) -> str:
         return os.path.join(self.runs_dir, f"{run_id}.json")
 
-    def _save(self, run: Run) -> None:
-        """Write the run's record whole or not at all (a new file, then renamed)."""
-        path = self._record_path(run.id)
-        tmp = f"{path}.tmp{threading.get_ident()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    def _reserve(self, run_id: str) -> int:
+        """Create the run's (empty) record file, before anything else of the run: RunExists if
+        it is there, so a run id starts once even on workers sharing the state folder."""
         try:
-            os.write(fd, json.dumps(run.record()).encode())
+            return os.open(self._record_path(run_id),
+                           os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise RunExists(f"run {run_id} was already started on this worker") from None
+
+    def _save(self, run: Run, fd: int | None = None) -> None:
+        """Add the run's record to its file as one line, in one write: the last whole line is
+        the run's state, even after a crash (`_load`). Appending costs a third of writing a new
+        file and renaming it over the old one, here. `fd`: the file, open (`_reserve`)."""
+        line = json.dumps(run.record()).encode() + b"\n"
+        if fd is not None:
+            os.write(fd, line)
+            return
+        fd = os.open(self._record_path(run.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
 
     def _load(self, run_id: str) -> Run | None:
         try:
-            with open(self._record_path(run_id), encoding="utf-8") as f:
-                return Run.from_record(json.load(f))
+            with open(self._record_path(run_id), "rb", buffering=0) as f:
+                lines = f.readall().splitlines()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except OSError as exc:
             log.warning("unreadable run record %s: %s", run_id, exc)
             return None
+        for line in reversed(lines):  # the last line a crash did not cut short
+            try:
+                return Run.from_record(json.loads(line))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("unreadable line in run record %s: %s", run_id, exc)
+        return None
 
     # --- locks ---------------------------------------------------------------------------
     def _take_locks(self, target: str) -> list[int]:
@@ -272,28 +290,34 @@ class Runner:
         return run
 
     def _spawn(self, run_id, target, variables, limit, argv, fds) -> Run:
-        logfd = os.open(self.log_path(run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC,
-                        0o644)
+        record = self._reserve(run_id)
+        proc = None
         try:
-            os.write(logfd, ("+ " + " ".join(argv) + "\n").encode())
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=logfd, stderr=subprocess.STDOUT,
-                cwd=self.workdir, start_new_session=True, pass_fds=tuple(fds), close_fds=True)
-        except OSError as exc:
-            os.write(logfd, f"*** maketrigger: could not start make: {exc}\n".encode())
+            logfd = os.open(self.log_path(run_id),
+                            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+            try:
+                os.write(logfd, ("+ " + " ".join(argv) + "\n").encode())
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=logfd, stderr=subprocess.STDOUT,
+                    cwd=self.workdir, start_new_session=True, pass_fds=tuple(fds), close_fds=True)
+            except OSError as exc:
+                os.write(logfd, f"*** maketrigger: could not start make: {exc}\n".encode())
+                raise
+            finally:
+                os.close(logfd)
+            run = Run(id=run_id, target=target, vars=variables, started_at=time.time(),
+                      timeout=limit, pid=proc.pid, pid_start=_process_start(proc.pid),
+                      owner_pid=os.getpid(), host=self.host)
+            run._proc = proc  # type: ignore[attr-defined]
+            self._save(run, record)
+        except BaseException:
+            if proc is not None:  # a build nobody could account for must not run
+                kill_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+            os.unlink(self._record_path(run_id))  # the id was not used after all
             raise
         finally:
-            os.close(logfd)
-        run = Run(id=run_id, target=target, vars=variables, started_at=time.time(),
-                  timeout=limit, pid=proc.pid, pid_start=_process_start(proc.pid),
-                  owner_pid=os.getpid(), host=self.host)
-        run._proc = proc  # type: ignore[attr-defined]
-        try:
-            self._save(run)
-        except OSError:
-            kill_group(proc.pid, signal.SIGKILL)  # a build nobody could account for must not run
-            proc.wait()
-            raise
+            os.close(record)
         log.debug("run %s: started make %s (pid %s)", run_id, target, proc.pid)  # info: its end
         return run
 

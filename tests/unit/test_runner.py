@@ -21,6 +21,14 @@ def wait_done(run):
     return run
 
 
+def wait_recorded(runner):
+    """Until the runner's ends are written (after `done`, which answers followers first)."""
+    deadline = time.monotonic() + 10
+    while runner.active() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not runner.active()
+
+
 def test_a_second_build_in_the_workspace_is_refused_while_one_runs(workspace, tmp_path):
     a = Runner(str(workspace), str(tmp_path / "a"), kill_grace=1)
     b = Runner(str(workspace), str(tmp_path / "b"), kill_grace=1)  # a replica, same folder
@@ -52,10 +60,39 @@ def test_a_run_id_runs_at_most_once(workspace, tmp_path):
         r.start("1", "ok", {}, None)
 
 
+def test_a_run_id_started_by_a_worker_sharing_the_folder_is_refused(
+        workspace, tmp_path, monkeypatch):
+    a = Runner(str(workspace), str(tmp_path / "s"))
+    wait_done(a.start("1", "ok", {}, None))
+    wait_recorded(a)
+    b = Runner(str(workspace), str(tmp_path / "s"))
+    monkeypatch.setattr("worker.runner.os.path.exists", lambda path: False)  # lost the race
+    with pytest.raises(RunExists):
+        b.start("1", "slow", {}, None)  # refused before anything of it was made
+    assert b.get("1").state is RunState.SUCCEEDED and b.active() == []
+    assert "\nok\n" in (tmp_path / "s" / "runs" / "1.log").read_text()  # its log too
+    wait_done(b.start("2", "ok", {}, None))  # the workspace lock went with the killed make
+
+
+def test_a_record_keeps_the_last_whole_line_a_crash_left(workspace, tmp_path):
+    r = Runner(str(workspace), str(tmp_path / "s"))
+    wait_done(r.start("1", "ok", {}, None))
+    wait_recorded(r)
+    record = tmp_path / "s" / "runs" / "1.json"
+    lines = record.read_text().splitlines()
+    assert [line.count('"state"') for line in lines] == [1, 1]  # started, then ended
+    with record.open("a") as f:
+        f.write('{"id": "1", "state": "fail')  # a write cut short
+    assert Runner(str(workspace), str(tmp_path / "s")).get("1").state is RunState.SUCCEEDED
+    record.write_text(lines[0])  # one record without a newline, as older workers wrote them
+    assert Runner(str(workspace), str(tmp_path / "s")).get("1").state is RunState.RUNNING
+
+
 def test_records_outlive_the_runner_and_old_ones_are_pruned(workspace, tmp_path):
     r = Runner(str(workspace), str(tmp_path / "s"), keep_runs=3)
     for i in range(5):
         wait_done(r.start(str(i), "ok", {}, None))
+        wait_recorded(r)
         time.sleep(0.01)
     again = Runner(str(workspace), str(tmp_path / "s"), keep_runs=3)
     assert again.get("4").state is RunState.SUCCEEDED
