@@ -165,6 +165,10 @@ class Dispatcher:
         a hand-over to the dispatcher thread); if that thread is at it already, it looks again.
         Job `start_here`, if it is dispatched, is also started by the calling thread (which waits
         for it anyway) and only then followed by a follower thread."""
+        if not self.pool.has_room():
+            # Nothing to do now, nor to wake anyone for: a job queued before this look is seen
+            # by the thread that frees a worker, which dispatches after it let go (`_release`).
+            return
         if self._thread is None or self._stop.is_set() or not self._dispatching.acquire(
                 blocking=False):
             self.wake()

@@ -70,7 +70,7 @@ def test_concurrent_triggers_all_end_once_with_no_server_error(stack):
     runs = Counter()  # every run record on both workers: one per job, on one worker only
     for name in ("a", "b"):
         for record in (stack.tmp / f"{name}-state" / "runs").glob("*.json"):
-            runs[json.loads(record.read_text())["id"].rsplit("-", 1)[1]] += 1
+            runs[json.loads(record.read_text().splitlines()[-1])["id"].rsplit("-", 1)[1]] += 1
     assert len(runs) == len(jobs) and set(runs.values()) == {1}
 
     db = sqlite3.connect(stack.tmp / "trigger.db")
