@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
+import time
 from importlib import resources
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
@@ -12,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from worker import rules
 
+from .dispatch import START_HERE_WAIT
 from .store import Job, JobState, StoreError
 
 bp = Blueprint("api", __name__)
@@ -215,11 +217,13 @@ def create_job():
     if wait:
         slots.take()
     try:
+        deadline = time.monotonic() + wait
         job, coalesced = _dispatcher().submit(target, variables, selector, source, timeout,
-                                              notify, retries, start_here=bool(wait))
+                                              notify, retries,
+                                              start_here=wait >= START_HERE_WAIT)
         status = 202
         if wait:
-            job = _dispatcher().wait_for_end(job.id, wait)
+            job = _dispatcher().wait_for_end(job.id, max(0.0, deadline - time.monotonic()))
             status = WAIT_STATUS.get(job.state, 202)
     finally:
         if wait:

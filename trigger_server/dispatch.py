@@ -41,6 +41,10 @@ HOUSEKEEPING = 1.0  # the loop also runs this often, for backoffs that expire
 DISPATCH_PAGE = 25  # queued jobs read at a time (more pages only while workers have room)
 MAX_START_FAILURES = 5  # a job that workers keep refusing with 5xx (or cannot be sent) fails
 END_RECHECK = 5.0  # a request waiting for a job's end also reads the job this often
+# A request that waits at least this long starts its job itself: longer than a start may take
+# (workers.py: 2 s to connect, 30 s for the answer, 7 s more to ask after an uncertain one), so
+# starting it never keeps the request past its wait.
+START_HERE_WAIT = 60.0
 
 
 class _EndWait:
@@ -182,8 +186,11 @@ class Dispatcher:
         job, worker = kept
         if worker.url.startswith("docker://"):  # a docker exec start is slow, and not followed
             self._followers.submit(self._run, job, worker, "start")
-        else:
+            return
+        try:
             self._run(job, worker, "start here")
+        except Exception:  # the job exists: its request still answers (with it as it is)
+            log.exception("job %s: starting it failed", job.id)
 
     def dispatch_once(self) -> int:
         """Start every queued job that can start now, oldest first; returns how many."""
@@ -473,8 +480,9 @@ class Dispatcher:
                retries: int = 0, start_here: bool = False) -> tuple[Job, bool]:
         """Queue a job (or join the identical queued one) and start it if it can start now.
         The caller has validated the target and variables (worker.rules). With `start_here`
-        (a caller that waits for the job anyway) a new job that can start now is started in
-        the calling thread: one hand-over fewer before make runs."""
+        (a caller that waits for the job anyway, at least START_HERE_WAIT seconds) a new job
+        that can start now is started in the calling thread: one hand-over fewer before make
+        runs."""
         job, coalesced = self.store.create_job(target, variables, selector, source, timeout,
                                                notify, retries)
         if not coalesced:

@@ -73,6 +73,7 @@ LOG_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS log_chunks"):]
 WAL_AUTOCHECKPOINT = 10000
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # what the WAL file is cut back to after a checkpoint
 
+DELIVERY_DAYS = 30  # webhook delivery ids are remembered this long, to refuse redeliveries
 TRUNCATION_MARKER = b"\n*** maketrigger: log truncated here: it reached TRIGGER_MAX_LOG_BYTES ***\n"
 
 
@@ -153,6 +154,7 @@ class Store:
         self.max_log_bytes = max_log_bytes
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        self._deliveries_pruned = 0.0  # when old webhook delivery ids were last forgotten
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         try:
@@ -379,10 +381,17 @@ class Store:
 
     # --- webhook deliveries ---------------------------------------------------------------
     def record_delivery(self, provider: str, delivery: str) -> bool:
-        """Remember a webhook delivery id; False if it was seen before (a redelivery)."""
+        """Remember a webhook delivery id; False if it was seen before (a redelivery). Ids older
+        than DELIVERY_DAYS are forgotten (at most once an hour): git hosts redeliver only
+        recent deliveries (GitHub: the past 3 days)."""
+        now = time.time()
         with self._tx() as db:
+            if now - self._deliveries_pruned > 3600:
+                db.execute("DELETE FROM deliveries WHERE received_at < ?",
+                           (now - DELIVERY_DAYS * 86400,))
+                self._deliveries_pruned = now
             cur = db.execute("INSERT OR IGNORE INTO deliveries (provider, delivery, received_at) "
-                             "VALUES (?, ?, ?)", (provider, delivery, time.time()))
+                             "VALUES (?, ?, ?)", (provider, delivery, now))
             return cur.rowcount == 1
 
     def forget_delivery(self, provider: str, delivery: str) -> None:

@@ -151,6 +151,13 @@ def exited(proc: subprocess.Popen, timeout: float | None) -> bool:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def kill_group(pgid: int, sig: int) -> bool:
     """Signal a whole process group; a group that is already gone is not an error."""
     try:
@@ -201,16 +208,19 @@ class Runner:
             raise RunExists(f"run {run_id} was already started on this worker") from None
 
     def _save(self, run: Run, fd: int | None = None) -> None:
-        """Add the run's record to its file as one line, in one write: the last whole line is
-        the run's state, even after a crash (`_load`). Appending costs a third of writing a new
-        file and renaming it over the old one, here. `fd`: the file, open (`_reserve`)."""
+        """Add the run's record to its file as a line of its own: the last line that parses is
+        the run's state, even after a crash cut a write short (`_load`). Appending costs a third
+        of writing a new file and renaming it over the old one, here. `fd`: the new, empty file
+        (`_reserve`)."""
         line = json.dumps(run.record()).encode() + b"\n"
         if fd is not None:
-            os.write(fd, line)
+            _write_all(fd, line)
             return
         fd = os.open(self._record_path(run.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
+            # After whatever is there: a line cut short by a crash, or a record without a
+            # newline (as workers before this format wrote them), stays a line apart.
+            _write_all(fd, b"\n" + line)
         finally:
             os.close(fd)
 
@@ -224,6 +234,8 @@ class Runner:
             log.warning("unreadable run record %s: %s", run_id, exc)
             return None
         for line in reversed(lines):  # the last line a crash did not cut short
+            if not line.strip():
+                continue
             try:
                 return Run.from_record(json.loads(line))
             except (ValueError, TypeError, KeyError) as exc:

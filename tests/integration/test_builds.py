@@ -38,7 +38,7 @@ def test_wait_holds_the_response_and_its_status_tells_the_outcome(stack):
     assert failed.status_code == 422 and failed.json()["state"] == "failed"
     pending = stack.post(json={"target": "slow", "vars": {"SECS": "1"}, "wait": 0.3})
     assert pending.status_code == 202 and pending.json()["state"] in ("queued", "running")
-    # The waiting request started it itself; once it gave up, a follower took the job over.
+    # A follower took it over from the request that gave up waiting, to its end.
     job = stack.wait_state(pending.json()["id"])
     assert job["state"] == "succeeded" and "start\ndone\n" in stack.log(job["id"])
 

@@ -80,12 +80,26 @@ def test_a_record_keeps_the_last_whole_line_a_crash_left(workspace, tmp_path):
     wait_recorded(r)
     record = tmp_path / "s" / "runs" / "1.json"
     lines = record.read_text().splitlines()
-    assert [line.count('"state"') for line in lines] == [1, 1]  # started, then ended
+    assert [line.count('"state"') for line in lines if line] == [1, 1]  # started, ended
     with record.open("a") as f:
         f.write('{"id": "1", "state": "fail')  # a write cut short
     assert Runner(str(workspace), str(tmp_path / "s")).get("1").state is RunState.SUCCEEDED
     record.write_text(lines[0])  # one record without a newline, as older workers wrote them
     assert Runner(str(workspace), str(tmp_path / "s")).get("1").state is RunState.RUNNING
+
+
+def test_a_record_added_after_a_cut_short_line_or_an_old_record_is_read(workspace, tmp_path):
+    r = Runner(str(workspace), str(tmp_path / "s"))
+    wait_done(r.start("1", "ok", {}, None))
+    wait_recorded(r)
+    record = tmp_path / "s" / "runs" / "1.json"
+    started = record.read_text().splitlines()[0]
+    for before in (started + '\n{"id": "1", "sta', started):  # cut short; as older workers wrote
+        record.write_text(before)
+        run = Runner(str(workspace), str(tmp_path / "s")).get("1")
+        run.state = RunState.LOST  # as recover() records a run its dead predecessor left
+        r._save(run)
+        assert Runner(str(workspace), str(tmp_path / "s")).get("1").state is RunState.LOST
 
 
 def test_records_outlive_the_runner_and_old_ones_are_pruned(workspace, tmp_path):

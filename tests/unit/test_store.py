@@ -2,7 +2,7 @@
 
 import pytest
 
-from trigger_server.store import TRUNCATION_MARKER, JobState, Store
+from trigger_server.store import DELIVERY_DAYS, TRUNCATION_MARKER, JobState, Store
 
 
 @pytest.fixture
@@ -120,3 +120,16 @@ def test_a_log_table_made_by_an_older_version_is_moved_to_the_faster_layout(tmp_
     again.append_log(job.id, 23, b"and appended after\n")
     assert again.read_log(job.id, 23) == b"and appended after\n"
     assert again.integrity_ok()
+
+
+def test_webhook_delivery_ids_are_forgotten_after_delivery_days(tmp_path):
+    store = Store(str(tmp_path / "t.db"))
+    assert store.record_delivery("github", "old")
+    with store._tx() as db:  # received long ago
+        db.execute("UPDATE deliveries SET received_at = received_at - ? WHERE delivery = 'old'",
+                   (DELIVERY_DAYS * 86400 + 60,))
+    assert not store.record_delivery("github", "old")  # pruned at most once an hour
+    store._deliveries_pruned = 0.0  # an hour later
+    assert store.record_delivery("github", "new")
+    assert store.record_delivery("github", "old")  # forgotten: a delivery that old is new again
+    assert not store.record_delivery("github", "new")
