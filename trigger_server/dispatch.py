@@ -69,7 +69,7 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._dispatching = threading.Lock()  # one dispatch_once at a time, in any thread
+        self._dispatching = threading.Lock()  # one dispatch pass at a time, in any thread
         self._running: dict[int, tuple[Worker, str]] = {}  # job id -> (worker, target)
         self._cancel: set[int] = set()
         self._start_failures: dict[int, int] = {}  # job id -> starts a worker refused with 5xx
@@ -157,7 +157,7 @@ class Dispatcher:
 
     def _dispatch_logged(self, keep: int | None = None) -> tuple[Job, Worker] | None:
         try:
-            return self._dispatch(keep)[1]
+            return self._dispatch(keep)
         except StoreError as exc:
             log.error("dispatch paused: %s", exc)
         except Exception:
@@ -192,17 +192,12 @@ class Dispatcher:
         except Exception:  # the job exists: its request still answers (with it as it is)
             log.exception("job %s: starting it failed", job.id)
 
-    def dispatch_once(self) -> int:
-        """Start every queued job that can start now, oldest first; returns how many."""
-        return self._dispatch()[0]
-
-    def _dispatch(self, keep: int | None = None) -> tuple[int, tuple[Job, Worker] | None]:
+    def _dispatch(self, keep: int | None = None) -> tuple[Job, Worker] | None:
         """Hand every queued job that can start now to a follower thread, oldest first, except
         job `keep`, which is returned (claimed) for the caller to start."""
-        started, kept = 0, None
+        kept = None
         try:
             for job, worker in self._claim_ready():
-                started += 1
                 if job.id == keep:
                     kept = (job, worker)
                 else:
@@ -211,7 +206,7 @@ class Dispatcher:
             if kept is not None:  # claimed for a caller that will not hear of it now
                 self._followers.submit(self._run, *kept, "start")
             raise
-        return started, kept
+        return kept
 
     def _claim_ready(self) -> Iterator[tuple[Job, Worker]]:
         """Claim, oldest first, each queued job that can start now, with its worker. Reads the

@@ -24,7 +24,7 @@ fail:
 slow: ## take SECS seconds
 \t@echo start; sleep $(SECS); echo done
 tree: ## leave a process tree behind
-\t@sleep 300 & sleep 301 & echo tree started; wait
+\t@sleep 300.25 & sleep 301.25 & echo tree started; wait
 chatty:
 \t@for i in 1 2 3 4 5; do echo line $$i; sleep 0.2; done
 marker: ## write marker.txt

@@ -6,18 +6,21 @@ import requests
 
 from .procs import pids_of, wait_for
 
+# The `tree` target's sleeps, by durations nothing else on the machine uses (pgrep sees all).
+TREE_SLEEPS = r"^sleep 30[01]\.25$"
+
 
 def test_cancel_ends_the_whole_process_tree(stack):
     stack.server([stack.worker()])
     job_id = stack.trigger("tree")["id"]
     wait_for(lambda: "tree started" in stack.log(job_id), what="the tree to start")
-    assert len(pids_of("sleep 30[01]")) >= 2
+    assert len(pids_of(TREE_SLEEPS)) >= 2
     resp = requests.delete(f"{stack.url}/jobs/{job_id}", timeout=10)
     assert resp.status_code == 202
     job = stack.wait_state(job_id)
     assert job["state"] == "cancelled"
     assert "cancel" in job["error"]
-    wait_for(lambda: not pids_of("sleep 30[01]"), what="every process of the build to be gone")
+    wait_for(lambda: not pids_of(TREE_SLEEPS), what="every process of the build to be gone")
 
 
 def test_a_queued_job_is_cancelled_before_it_starts(stack):
