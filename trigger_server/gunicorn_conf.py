@@ -1,11 +1,9 @@
 """gunicorn settings for the controller: one process (gthread), because the dispatcher and the
 jobs it follows are in-process state. The dispatcher thread starts after the fork."""
 
-import logging
 import os
-import sys
 
-from worker.threads import SWITCH_INTERVAL
+from worker.serving import setup_logging, tune_interpreter
 
 bind = os.environ.get("TRIGGER_BIND") or "0.0.0.0:8080"
 workers = 1  # never more: one dispatcher per database
@@ -17,19 +15,13 @@ keepalive = 5
 control_socket_disable = True
 accesslog = os.environ.get("TRIGGER_ACCESS_LOG") or None
 loglevel = os.environ.get("TRIGGER_LOG_LEVEL") or "info"
-logging.basicConfig(level=loglevel.upper(),
-                    format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-# Records without what the format does not show (the logging HOWTO's "Optimization"): about a
-# third of the cost of each line, of which every job writes a few.
-logging._srcfile = None
-logging.logThreads = False
-logging.logMultiprocessing = False
+setup_logging(loglevel)
 
 
 def post_worker_init(worker):
     """Start the dispatcher and the scheduler in the serving process (threads do not survive a
     fork)."""
-    sys.setswitchinterval(SWITCH_INTERVAL)  # worker/threads.py says why
+    tune_interpreter()
     worker.wsgi.extensions["dispatcher"].start()
     worker.wsgi.extensions["scheduler"].start()
 

@@ -4,10 +4,9 @@ state. Plain settings read from the environment; hooks are plain functions."""
 import logging
 import os
 import signal
-import sys
 import threading
 
-from worker.threads import SWITCH_INTERVAL
+from worker.serving import setup_logging, tune_interpreter
 
 bind = os.environ.get("WORKER_BIND") or "0.0.0.0:8000"
 workers = 1  # never more: the runs and their waiter threads live in this one process
@@ -20,20 +19,14 @@ graceful_timeout = int(float(os.environ.get("WORKER_KILL_GRACE") or "10")) + 10
 control_socket_disable = True
 accesslog = os.environ.get("WORKER_ACCESS_LOG") or None
 loglevel = os.environ.get("WORKER_LOG_LEVEL") or "info"
-logging.basicConfig(level=loglevel.upper(),
-                    format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-# Records without what the format does not show (the logging HOWTO's "Optimization"): about a
-# third of the cost of each line, of which every job writes a few.
-logging._srcfile = None
-logging.logThreads = False
-logging.logMultiprocessing = False
+setup_logging(loglevel)
 
 
 def post_worker_init(worker):
     """Start watching the workspace (TRIGGER_WATCH). On SIGTERM (a `docker stop`), cancel
     running builds before gunicorn stops serving, so the controller still hears how they
     ended."""
-    sys.setswitchinterval(SWITCH_INTERVAL)  # worker/threads.py says why
+    tune_interpreter()
     worker.wsgi.extensions["watcher"].start()
     runner = worker.wsgi.extensions["runner"]
     gunicorn_handler = signal.getsignal(signal.SIGTERM)

@@ -13,6 +13,7 @@ every process and container that shares the workspace.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -326,7 +327,8 @@ class Runner:
             if proc is not None:  # a build nobody could account for must not run
                 kill_group(proc.pid, signal.SIGKILL)
                 proc.wait()
-            os.unlink(self._record_path(run_id))  # the id was not used after all
+            with contextlib.suppress(OSError):  # the id was not used after all
+                os.unlink(self._record_path(run_id))
             raise
         finally:
             os.close(record)

@@ -1,6 +1,5 @@
-"""Threads of both servers: daemon threads kept for the next call once they are done (the
-worker runs one per build, waiting for its make; the controller one per job it starts and
-follows), and how soon a woken thread gets the interpreter.
+"""Daemon threads kept for the next call once they are done: the worker runs one per build
+(waiting for its make) and the controller one per job it starts and follows.
 
 A new thread costs ~0.1 ms more than waking an idle one here, twice on every job's way to make.
 concurrent.futures' pool would do, but its threads are joined at interpreter exit, which would
@@ -15,11 +14,6 @@ import threading
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
-
-# For sys.setswitchinterval in both servers: a thread woken by another (a finished build, a
-# waiting request) gets the interpreter within 0.5 ms instead of Python's default 5 ms
-# (measured: about 3 ms less per round trip, bench/).
-SWITCH_INTERVAL = 0.0005
 
 
 class DaemonThreads:
