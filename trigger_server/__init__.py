@@ -6,6 +6,7 @@ from flask import Flask
 
 from . import config as config_module
 from .api import WaitSlots, bp
+from .checkpoint import Checkpointer
 from .dispatch import Dispatcher
 from .hooks import bp as hooks_bp
 from .notify import Notifier
@@ -17,8 +18,8 @@ from .workers import WorkerClient, WorkerPool
 def create_app(config: dict | None = None) -> Flask:
     """The controller app. Settings: defaults, then TRIGGER_* variables, then `config`.
 
-    The dispatcher and the scheduler are created here but started by the gunicorn hook (or a
-    test), never at import time: threads do not survive gunicorn's fork.
+    The dispatcher, the scheduler and the checkpointer are created here but started by the
+    gunicorn hook (or a test), never at import time: threads do not survive gunicorn's fork.
     """
     cfg = config_module.load(config)
     app = Flask(__name__, static_folder=None)
@@ -27,13 +28,15 @@ def create_app(config: dict | None = None) -> Flask:
     app.json.sort_keys = False
     store = Store(cfg["DB"], max_log_bytes=cfg["MAX_LOG_BYTES"],
                   busy_timeout=cfg["DB_BUSY_TIMEOUT"])
+    checkpointer = Checkpointer(cfg["DB"], busy_timeout=cfg["DB_BUSY_TIMEOUT"])
+    store.log_written = checkpointer.wrote
     client = WorkerClient(cfg["WORKER_TOKEN"])
     pool = WorkerPool(cfg["WORKERS"], client, resolve_interval=cfg["RESOLVE_INTERVAL"],
                       health_interval=cfg["HEALTH_INTERVAL"])
     dispatcher = Dispatcher(store, pool, client, lost_after=cfg["LOST_AFTER"])
     dispatcher.ended = Notifier(store, cfg["NOTIFY_URL"], cfg["NOTIFY_ON"]).job_ended
     app.extensions.update(
-        store=store, pool=pool, dispatcher=dispatcher,
+        store=store, pool=pool, dispatcher=dispatcher, checkpointer=checkpointer,
         scheduler=Scheduler(cfg["SCHEDULES"], store, dispatcher, cfg["TIMEZONE"],
                             cfg["SCHEDULE_CATCHUP"]),
         wait_slots=WaitSlots(cfg["MAX_WAITERS"]))

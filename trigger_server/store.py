@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -155,6 +155,8 @@ class Store:
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._deliveries_pruned = 0.0  # when old webhook delivery ids were last forgotten
+        # Told the size of each stored log piece once committed (checkpoint.Checkpointer.wrote).
+        self.log_written: Callable[[int], None] | None = None
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         try:
@@ -429,10 +431,13 @@ class Store:
                        (job_id, size, data))
             db.execute("UPDATE jobs SET log_size = ?, log_truncated = ? WHERE id = ?",
                        (size + len(data), truncated, job_id))
-            return len(data)
+        if self.log_written is not None:
+            self.log_written(len(data))
+        return len(data)
 
     def read_log(self, job_id: int, offset: int = 0, limit: int = 1 << 20) -> bytes:
-        """Up to about `limit` bytes of a job's stored log, from byte `offset`."""
+        """About `limit` bytes of a job's stored log from byte `offset` (whole stored pieces:
+        more if a piece is larger), or fewer if that is all there is."""
         out = bytearray()
         while len(out) < limit:
             start = offset + len(out)
@@ -442,7 +447,10 @@ class Store:
                 (job_id, start, start))
             if not rows:
                 break
-            out += rows[0]["data"][start - rows[0]["offset"]:]
+            piece = rows[0]["data"][start - rows[0]["offset"]:]
+            if not out and len(piece) >= limit:
+                return piece  # one piece is enough: no copy into `out` and back
+            out += piece
         return bytes(out)
 
     def integrity_ok(self) -> bool:

@@ -133,3 +133,13 @@ def test_webhook_delivery_ids_are_forgotten_after_delivery_days(tmp_path):
     assert store.record_delivery("github", "new")
     assert store.record_delivery("github", "old")  # forgotten: a delivery that old is new again
     assert not store.record_delivery("github", "new")
+
+
+def test_a_log_read_gives_whole_pieces_from_the_offset_on(store):
+    job, _ = store.create_job("big", {}, None, "api")
+    store.append_log(job.id, 0, b"a" * 100)
+    store.append_log(job.id, 100, b"b" * 100)
+    assert store.read_log(job.id, 0, limit=50) == b"a" * 100  # one piece, not cut
+    assert store.read_log(job.id, 60, limit=40) == b"a" * 40  # its rest is enough
+    assert store.read_log(job.id, 60, limit=41) == b"a" * 40 + b"b" * 100  # and the next
+    assert store.read_log(job.id, 150, limit=10) == b"b" * 50
