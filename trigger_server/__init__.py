@@ -9,6 +9,7 @@ from .api import WaitSlots, bp
 from .checkpoint import Checkpointer
 from .dispatch import Dispatcher
 from .hooks import bp as hooks_bp
+from .log_tail import LogTail
 from .notify import Notifier
 from .schedules import Scheduler
 from .store import Store
@@ -29,7 +30,13 @@ def create_app(config: dict | None = None) -> Flask:
     store = Store(cfg["DB"], max_log_bytes=cfg["MAX_LOG_BYTES"],
                   busy_timeout=cfg["DB_BUSY_TIMEOUT"])
     checkpointer = Checkpointer(cfg["DB"], busy_timeout=cfg["DB_BUSY_TIMEOUT"])
-    store.log_written = checkpointer.wrote
+    log_tail = LogTail()
+
+    def log_written(job_id: int, offset: int, data: bytes) -> None:
+        checkpointer.wrote(len(data))
+        log_tail.stored(job_id, offset, data)
+
+    store.log_written = log_written
     client = WorkerClient(cfg["WORKER_TOKEN"])
     pool = WorkerPool(cfg["WORKERS"], client, resolve_interval=cfg["RESOLVE_INTERVAL"],
                       health_interval=cfg["HEALTH_INTERVAL"])
@@ -37,6 +44,7 @@ def create_app(config: dict | None = None) -> Flask:
     dispatcher.ended = Notifier(store, cfg["NOTIFY_URL"], cfg["NOTIFY_ON"]).job_ended
     app.extensions.update(
         store=store, pool=pool, dispatcher=dispatcher, checkpointer=checkpointer,
+        log_tail=log_tail,
         scheduler=Scheduler(cfg["SCHEDULES"], store, dispatcher, cfg["TIMEZONE"],
                             cfg["SCHEDULE_CATCHUP"]),
         wait_slots=WaitSlots(cfg["MAX_WAITERS"]))

@@ -309,11 +309,25 @@ def _released(chunks, slots: WaitSlots):
 
 
 def _follow_log(job_id: int, offset: int, sse: bool):
-    """The log from `offset` as it grows, until the job has ended and all of it is sent."""
+    """The log from `offset` as it grows, until the job has ended and all of it is sent. What
+    was just stored comes from memory (log_tail.py), the rest from the database."""
+    tail = current_app.extensions["log_tail"]
+    tail.follow(job_id)
+    try:
+        yield from _follow_stored(job_id, offset, sse, tail)
+    finally:
+        tail.unfollow(job_id)
+
+
+def _follow_stored(job_id: int, offset: int, sse: bool, tail):
     store, dispatcher = _store(), _dispatcher()
+    from_store = False
     while True:
         version = dispatcher.log_version
-        data = store.read_log(job_id, offset, LOG_CHUNK)
+        data = None if from_store else tail.read(job_id, offset)
+        if data is None:
+            data = store.read_log(job_id, offset, LOG_CHUNK)
+        from_store = False
         if data:
             if sse:
                 text, used = _utf8_prefix(data)
@@ -334,6 +348,7 @@ def _follow_log(job_id: int, offset: int, sse: bool):
         if job.state.ended:
             if sse and job.log_size - offset < 4:
                 offset = job.log_size  # only part of a character is left at the very end
+            from_store = True  # (a retry's note is stored without passing the tail)
             continue  # the rest was stored between the read and this look: read it
         if dispatcher.wait_logged(version, KEEPALIVE) == version and sse:
             yield b": keepalive\n\n"

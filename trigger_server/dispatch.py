@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from worker import rules
 from worker.threads import DaemonThreads
 
+from .log_writer import WRITE_BEHIND_AFTER, LogWriter
 from .store import Job, JobState, Store, StoreError
 from .workers import (
     RunStarted,
@@ -384,9 +385,11 @@ class Dispatcher:
         run_id = self.store.run_id(job)
         last_contact = time.monotonic()
         cancel_sent = False
+        inline = WRITE_BEHIND_AFTER  # bytes still stored inline, before a LogWriter takes over
         while True:
             try:
                 run = None
+                writer = None
                 try:
                     cancel_sent = cancel_sent or self._send_cancel(job, worker)
                     if events is None:
@@ -395,11 +398,20 @@ class Dispatcher:
                         if isinstance(item, dict):
                             run = item  # the end, after the last byte of the log
                             break
-                        self.store.append_log(job.id, base + offset, item)
+                        if writer is not None:
+                            writer.put(base + offset, item)
+                        else:
+                            self.store.append_log(job.id, base + offset, item)
+                            self.notify_log()
+                            inline -= len(item)
+                            if inline <= 0:
+                                writer = LogWriter(self.store, job.id, self.notify_log)
                         offset += len(item)
                         last_contact = time.monotonic()
-                        self.notify_log()
                         cancel_sent = cancel_sent or self._send_cancel(job, worker)
+                    if writer is not None:
+                        writer, flushed = None, writer
+                        flushed.close()  # all of the log is stored before its end is
                     if run is None:  # a stream that ended early, or a docker:// worker
                         run = self.client.get_run(worker, run_id)
                     last_contact = time.monotonic()
@@ -414,6 +426,8 @@ class Dispatcher:
                     if events is not None:
                         events.close()
                     events = None
+                    if writer is not None:  # the stream broke: keep what was read
+                        writer.close()
             except RunUnknown:
                 self._end(job.id, JobState.LOST,
                           error=f"worker {worker.url} no longer knows this run (it restarted?)")

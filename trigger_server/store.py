@@ -155,8 +155,8 @@ class Store:
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._deliveries_pruned = 0.0  # when old webhook delivery ids were last forgotten
-        # Told the size of each stored log piece once committed (checkpoint.Checkpointer.wrote).
-        self.log_written: Callable[[int], None] | None = None
+        # Told each stored log piece once committed: (job id, its offset, the bytes stored).
+        self.log_written: Callable[[int, int, bytes], None] | None = None
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         try:
@@ -336,7 +336,9 @@ class Store:
             db.execute("UPDATE jobs SET state = 'queued', worker = NULL, started_at = NULL, "
                        "attempt = attempt + 1, log_size = ?, log_base = ? WHERE id = ?",
                        (size, size, job_id))
-            return True
+        if self.log_written is not None:
+            self.log_written(job_id, row["log_size"], note)
+        return True
 
     def mark_running(self, job_id: int) -> bool:
         """The worker accepted the job; False if it was cancelled meanwhile."""
@@ -432,7 +434,7 @@ class Store:
             db.execute("UPDATE jobs SET log_size = ?, log_truncated = ? WHERE id = ?",
                        (size + len(data), truncated, job_id))
         if self.log_written is not None:
-            self.log_written(len(data))
+            self.log_written(job_id, size, data)
         return len(data)
 
     def read_log(self, job_id: int, offset: int = 0, limit: int = 1 << 20) -> bytes:

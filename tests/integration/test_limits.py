@@ -57,6 +57,31 @@ def test_a_200_mb_log_streams_with_bounded_memory_and_a_capped_store(stack):
     assert growth["worker"] < 100 and growth["controller"] < 100  # bounded, far below 200 MB
 
 
+SEQ = """\
+seq: ## print the numbers up to 4,000,000 (about 31 MB)
+\t@seq 1 4000000
+"""
+
+
+def test_a_large_log_is_stored_byte_for_byte_while_read_live(stack):
+    """Past its first megabytes a log is stored by a thread of its own while the follower reads
+    on (log_writer.py): every byte still arrives once and in order."""
+    stack.server([stack.worker(stack.workspace(makefile=SEQ))])
+    expected = subprocess.run(["seq", "1", "4000000"], capture_output=True, check=True).stdout
+    job_id = stack.trigger("seq")["id"]
+    with requests.get(f"{stack.url}/jobs/{job_id}/log", params={"follow": 1}, stream=True,
+                      timeout=120) as resp:
+        live = b"".join(resp.iter_content(1 << 16))
+    job = stack.wait_state(job_id, "succeeded", timeout=60)
+    stored = requests.get(f"{stack.url}/jobs/{job_id}/log", timeout=60).content
+    ours = [line for line in stored.splitlines(keepends=True)  # "+ make ...", "make: Ent..."
+            if line.startswith((b"+ make", b"make: "))]
+    assert len(ours) == 3
+    assert b"".join(line for line in stored.splitlines(keepends=True)
+                    if line not in ours) == expected
+    assert live == stored and job["log_size"] == len(stored)
+
+
 def test_a_locked_database_answers_503_and_recovers(stack):
     stack.server([stack.worker()], TRIGGER_DB_BUSY_TIMEOUT=0.5)
     db = sqlite3.connect(stack.tmp / "trigger.db", isolation_level=None, timeout=5)

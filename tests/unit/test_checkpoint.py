@@ -26,7 +26,7 @@ def write_log(store, mib):
 
 def test_the_thread_copies_the_stored_log_into_the_database_file(store):
     checkpointer = Checkpointer(store.path, every=MiB)
-    store.log_written = checkpointer.wrote
+    store.log_written = lambda job_id, offset, data: checkpointer.wrote(len(data))
     checkpointer.start()
     try:
         job = write_log(store, 6)

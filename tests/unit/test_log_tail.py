@@ -1,0 +1,55 @@
+"""The newest pieces of followed logs, in memory: only while followed, contiguous, bounded."""
+
+from trigger_server.log_tail import LogTail
+
+
+def test_only_followed_logs_keep_pieces():
+    tail = LogTail(keep=100)
+    tail.stored(1, 0, b"not kept\n")
+    assert tail.read(1, 0) is None
+    tail.follow(1)
+    tail.stored(1, 9, b"kept\n")
+    assert tail.read(1, 9) == b"kept\n"
+    assert tail.read(1, 11) == b"pt\n"
+    assert tail.read(1, 0) is None  # older than what is kept: read from the database
+    assert tail.read(1, 14) == b""  # nothing newer stored yet
+    assert tail.read(1, 15) is None  # past the end: not known here
+    tail.unfollow(1)
+    assert tail.read(1, 9) is None
+    assert tail._tails == {}
+
+
+def test_two_readers_keep_it_until_both_stop():
+    tail = LogTail()
+    tail.follow(7)
+    tail.follow(7)
+    tail.stored(7, 0, b"x")
+    tail.unfollow(7)
+    assert tail.read(7, 0) == b"x"
+    tail.unfollow(7)
+    assert tail.read(7, 0) is None
+
+
+def test_the_oldest_pieces_go_past_the_bound_and_a_gap_starts_afresh():
+    tail = LogTail(keep=10)
+    tail.follow(1)
+    for i in range(5):
+        tail.stored(1, i * 4, b"%03d\n" % i)
+    assert tail.read(1, 20 - 4) == b"004\n"
+    assert tail.read(1, 8) == b"002\n003\n004\n"  # to the end of what is kept
+    assert tail.read(1, 11) == b"\n003\n004\n"
+    assert tail.read(1, 4) is None  # 12 bytes were kept; dropping one more leaves 8 < 10
+    assert tail._tails[1].size == 12
+    tail.stored(1, 100, b"after a gap\n")  # not where the kept pieces end
+    assert tail.read(1, 16) is None
+    assert tail.read(1, 100) == b"after a gap\n"
+    tail.stored(1, 112, b"x" * 50)  # the newest piece stays, however large
+    assert tail.read(1, 112) == b"x" * 50 and tail.read(1, 100) is None
+
+
+def test_a_piece_read_from_its_start_is_not_copied():
+    tail = LogTail()
+    tail.follow(1)
+    piece = b"y" * 1000
+    tail.stored(1, 0, piece)
+    assert tail.read(1, 0) is piece
