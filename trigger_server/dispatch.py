@@ -219,7 +219,8 @@ class Dispatcher:
         while (room := self.pool.room()) > 0:
             # Twice the room: a busy target's jobs may be skipped, and a long queue is not read
             # 25 jobs at a time to start one.
-            page = self.store.dispatchable(after=after, limit=min(DISPATCH_PAGE, 2 * room))
+            page = self.store.dispatchable(after=after, limit=min(DISPATCH_PAGE, 2 * room),
+                                           skip_targets=busy_targets)
             if not page:
                 return
             after = page[-1].id

@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,6 +73,7 @@ LOG_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS log_chunks"):]
 WAL_AUTOCHECKPOINT = 10000
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # what the WAL file is cut back to after a checkpoint
 
+MAX_SKIPPED_TARGETS = 500  # more busy targets than this are skipped by the caller, not in SQL
 DELIVERY_DAYS = 30  # webhook delivery ids are remembered this long, to refuse redeliveries
 TRUNCATION_MARKER = b"\n*** maketrigger: log truncated here: it reached TRIGGER_MAX_LOG_BYTES ***\n"
 
@@ -294,10 +295,16 @@ class Store:
                           (state.value, limit))
         return [Job.from_row(r) for r in rows]
 
-    def dispatchable(self, after: int = 0, limit: int = 200) -> list[Job]:
-        """Queued jobs not yet handed to a worker, oldest first, with ids above `after`."""
-        rows = self._read("SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL "
-                          "AND id > ? ORDER BY id LIMIT ?", (after, limit))
+    def dispatchable(self, after: int = 0, limit: int = 200,
+                     skip_targets: Collection[str] = ()) -> list[Job]:
+        """Queued jobs not yet handed to a worker, oldest first, with ids above `after`, except
+        those of `skip_targets` (being built: a long queue of them is passed over in SQLite, not
+        read page by page)."""
+        skip = list(skip_targets)[:MAX_SKIPPED_TARGETS]
+        sql = "SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL AND id > ?"
+        if skip:
+            sql += f" AND target NOT IN ({', '.join('?' * len(skip))})"
+        rows = self._read(sql + " ORDER BY id LIMIT ?", (after, *skip, limit))
         return [Job.from_row(r) for r in rows]
 
     def previous_state(self, target: str, before: int) -> JobState | None:

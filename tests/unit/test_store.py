@@ -143,3 +143,15 @@ def test_a_log_read_gives_whole_pieces_from_the_offset_on(store):
     assert store.read_log(job.id, 60, limit=40) == b"a" * 40  # its rest is enough
     assert store.read_log(job.id, 60, limit=41) == b"a" * 40 + b"b" * 100  # and the next
     assert store.read_log(job.id, 150, limit=10) == b"b" * 50
+
+
+def test_dispatchable_passes_over_the_targets_being_built(store):
+    ids = {}
+    for target in ("html", "pdf", "html", "site", "pdf"):
+        job, _ = store.create_job(target, {"N": str(len(ids))}, None, "api")
+        ids[job.id] = target
+    assert [j.target for j in store.dispatchable()] == list(ids.values())
+    assert [j.target for j in store.dispatchable(skip_targets={"html", "pdf"})] == ["site"]
+    assert [j.target for j in store.dispatchable(skip_targets=["html"], limit=2)] == ["pdf",
+                                                                                      "site"]
+    assert store.dispatchable(after=max(ids), skip_targets={"html"}) == []
