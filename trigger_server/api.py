@@ -324,7 +324,7 @@ def _follow_stored(job_id: int, offset: int, sse: bool, tail):
     from_store = False
     while True:
         version = dispatcher.log_version
-        data = None if from_store else tail.read(job_id, offset)
+        data = None if from_store else tail.read(job_id, offset, LOG_CHUNK)
         if data is None:
             data = store.read_log(job_id, offset, LOG_CHUNK)
         from_store = False
@@ -348,7 +348,7 @@ def _follow_stored(job_id: int, offset: int, sse: bool, tail):
         if job.state.ended:
             if sse and job.log_size - offset < 4:
                 offset = job.log_size  # only part of a character is left at the very end
-            from_store = True  # (a retry's note is stored without passing the tail)
+            from_store = True  # (the database is the whole truth; the tail only a help)
             continue  # the rest was stored between the read and this look: read it
         if dispatcher.wait_logged(version, KEEPALIVE) == version and sse:
             yield b": keepalive\n\n"

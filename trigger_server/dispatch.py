@@ -406,7 +406,8 @@ class Dispatcher:
                             self.notify_log()
                             inline -= len(item)
                             if inline <= 0:
-                                writer = LogWriter(self.store, job.id, self.notify_log)
+                                writer = LogWriter(self.store, job.id, self.notify_log,
+                                                   self._stop)
                         offset += len(item)
                         last_contact = time.monotonic()
                         cancel_sent = cancel_sent or self._send_cancel(job, worker)
@@ -424,11 +425,13 @@ class Dispatcher:
                               run.get("error"))
                     return
                 finally:  # after the end is recorded: the rest of the stream can wait
-                    if events is not None:
-                        events.close()
-                    events = None
-                    if writer is not None:  # the stream broke: keep what was read
-                        writer.close()
+                    try:
+                        if events is not None:
+                            events.close()
+                    finally:
+                        events = None
+                        if writer is not None:  # the stream broke: keep what was read
+                            writer.close()
             except RunUnknown:
                 self._end(job.id, JobState.LOST,
                           error=f"worker {worker.url} no longer knows this run (it restarted?)")

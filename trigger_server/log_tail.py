@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-TAIL_BYTES = 4 * 1024 * 1024  # kept per followed log (the newest piece is kept whatever its size)
+TAIL_BYTES = 4 * 1024 * 1024  # kept per followed log, and one piece more (about 1 MiB)
 
 
 @dataclass
@@ -50,7 +50,10 @@ class LogTail:
                 return
             if tail.pieces:
                 last_offset, last = tail.pieces[-1]
-                if last_offset + len(last) != offset:  # not where the kept pieces end
+                end = last_offset + len(last)
+                if offset + len(data) <= end:
+                    return  # older than what is kept (told late): nothing new
+                if offset != end:  # not where the kept pieces end
                     tail.pieces.clear()
                     tail.size = 0
             tail.pieces.append((offset, data))
@@ -58,11 +61,11 @@ class LogTail:
             while tail.size - len(tail.pieces[0][1]) >= self.keep:
                 tail.size -= len(tail.pieces.popleft()[1])
 
-    def read(self, job_id: int, offset: int) -> bytes | None:
-        """The kept bytes from `offset` to the end of the newest kept piece (that piece itself,
-        not a copy, when `offset` is its start); b"" if `offset` is where it ends (nothing newer
-        was stored); None if not known here (older than what is kept, past the end, or nobody
-        follows this log)."""
+    def read(self, job_id: int, offset: int, limit: int) -> bytes | None:
+        """At most `limit` kept bytes from `offset` on (a kept piece itself, not a copy, when
+        it is all of the answer); b"" if `offset` is where the newest kept piece ends (nothing
+        newer was stored); None if not known here (older than what is kept, past the end, or
+        nobody follows this log)."""
         with self._lock:
             tail = self._tails.get(job_id)
             if tail is None or not tail.pieces:
@@ -70,12 +73,18 @@ class LogTail:
             newest_start, newest = tail.pieces[-1]
             if offset == newest_start + len(newest):
                 return b""
-            if offset == newest_start:
-                return newest
-            kept = []
+            parts: list[bytes] = []
+            got = 0
             for start, data in tail.pieces:
-                if kept:
-                    kept.append(data)
-                elif start <= offset < start + len(data):
-                    kept.append(data[offset - start:])
-            return b"".join(kept) if kept else None
+                if got >= limit:
+                    break
+                skip = offset - start if not parts else 0
+                if not parts and not 0 <= skip < len(data):
+                    continue
+                if skip or len(data) - skip > limit - got:
+                    data = data[skip:skip + limit - got]
+                parts.append(data)
+                got += len(data)
+            if not parts:
+                return None
+            return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -421,6 +421,12 @@ class Store:
     def append_log(self, job_id: int, offset: int, data: bytes) -> int:
         """Store the bytes the worker sent from `offset` of its log; returns how many of them
         were new. Past max_log_bytes the log ends with TRUNCATION_MARKER and drops the rest."""
+        return self.append_logs(job_id, offset, [data])
+
+    def append_logs(self, job_id: int, offset: int, pieces: list[bytes]) -> int:
+        """append_log for consecutive pieces from `offset`, in one transaction (each its own
+        row, so that a read of the log never has to load more than one piece at a time)."""
+        stored: list[tuple[int, bytes]] = []
         with self._tx() as db:
             row = db.execute("SELECT log_size, log_truncated FROM jobs WHERE id = ?",
                              (job_id,)).fetchone()
@@ -429,38 +435,49 @@ class Store:
             size = row["log_size"]
             if offset > size:
                 raise ValueError(f"log of job {job_id}: gap from {size} to {offset}")
-            data = data[size - offset:]
-            if not data:
-                return 0
             truncated = False
-            if self.max_log_bytes and size + len(data) > self.max_log_bytes:
-                data = data[: max(0, self.max_log_bytes - size)] + TRUNCATION_MARKER
-                truncated = True
-            db.execute("INSERT INTO log_chunks (job_id, offset, data) VALUES (?, ?, ?)",
-                       (job_id, size, data))
+            for piece in pieces:
+                data = piece[size - offset:]  # what was stored already is skipped
+                offset += len(piece)
+                if not data:
+                    continue
+                if self.max_log_bytes and size + len(data) > self.max_log_bytes:
+                    data = data[: max(0, self.max_log_bytes - size)] + TRUNCATION_MARKER
+                    truncated = True
+                db.execute("INSERT INTO log_chunks (job_id, offset, data) VALUES (?, ?, ?)",
+                           (job_id, size, data))
+                stored.append((size, data))
+                size += len(data)
+                if truncated:
+                    break
+            if not stored:
+                return 0
             db.execute("UPDATE jobs SET log_size = ?, log_truncated = ? WHERE id = ?",
-                       (size + len(data), truncated, job_id))
+                       (size, truncated, job_id))
         if self.log_written is not None:
-            self.log_written(job_id, size, data)
-        return len(data)
+            for at, data in stored:
+                self.log_written(job_id, at, data)
+        return sum(len(data) for _, data in stored)
 
     def read_log(self, job_id: int, offset: int = 0, limit: int = 1 << 20) -> bytes:
-        """About `limit` bytes of a job's stored log from byte `offset` (whole stored pieces:
-        more if a piece is larger), or fewer if that is all there is."""
-        out = bytearray()
-        while len(out) < limit:
-            start = offset + len(out)
+        """At most `limit` bytes of a job's stored log from byte `offset` (fewer if that is all
+        there is)."""
+        parts: list[bytes] = []
+        got = 0
+        while got < limit:
+            start = offset + got
             rows = self._read(
                 "SELECT offset, data FROM log_chunks WHERE job_id = ? AND offset <= ? "
                 "AND offset + length(data) > ? ORDER BY offset DESC LIMIT 1",
                 (job_id, start, start))
             if not rows:
                 break
-            piece = rows[0]["data"][start - rows[0]["offset"]:]
-            if not out and len(piece) >= limit:
-                return piece  # one piece is enough: no copy into `out` and back
-            out += piece
-        return bytes(out)
+            skip, piece = start - rows[0]["offset"], rows[0]["data"]
+            if skip or len(piece) > limit - got:
+                piece = piece[skip:skip + limit - got]
+            parts.append(piece)
+            got += len(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)  # one piece: not copied
 
     def integrity_ok(self) -> bool:
         return self._read("PRAGMA integrity_check")[0][0] == "ok"

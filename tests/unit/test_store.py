@@ -135,14 +135,27 @@ def test_webhook_delivery_ids_are_forgotten_after_delivery_days(tmp_path):
     assert not store.record_delivery("github", "new")
 
 
-def test_a_log_read_gives_whole_pieces_from_the_offset_on(store):
+def test_a_log_read_is_bounded_and_spans_pieces(store):
     job, _ = store.create_job("big", {}, None, "api")
-    store.append_log(job.id, 0, b"a" * 100)
-    store.append_log(job.id, 100, b"b" * 100)
-    assert store.read_log(job.id, 0, limit=50) == b"a" * 100  # one piece, not cut
-    assert store.read_log(job.id, 60, limit=40) == b"a" * 40  # its rest is enough
-    assert store.read_log(job.id, 60, limit=41) == b"a" * 40 + b"b" * 100  # and the next
-    assert store.read_log(job.id, 150, limit=10) == b"b" * 50
+    assert store.append_logs(job.id, 0, [b"a" * 100, b"b" * 100]) == 200
+    assert store.read_log(job.id, 0, limit=50) == b"a" * 50
+    assert store.read_log(job.id, 60, limit=40) == b"a" * 40
+    assert store.read_log(job.id, 60, limit=70) == b"a" * 40 + b"b" * 30
+    assert store.read_log(job.id, 150, limit=10) == b"b" * 10
+    assert store.read_log(job.id, 0, limit=1000) == b"a" * 100 + b"b" * 100
+
+
+def test_pieces_stored_together_skip_what_was_stored_and_stop_at_the_cap(tmp_path):
+    store = Store(str(tmp_path / "t.db"), max_log_bytes=10)
+    job, _ = store.create_job("big", {}, None, "api")
+    told = []
+    store.log_written = lambda job_id, offset, data: told.append((offset, data))
+    assert store.append_log(job.id, 0, b"0123") == 4
+    assert store.append_logs(job.id, 2, [b"23", b"45", b"6789ab", b"never"]) == 6 + len(
+        TRUNCATION_MARKER)
+    assert store.read_log(job.id) == b"0123456789" + TRUNCATION_MARKER
+    assert told == [(0, b"0123"), (4, b"45"), (6, b"6789" + TRUNCATION_MARKER)]
+    assert store.append_logs(job.id, 12, [b"more"]) == 0  # truncated: nothing more
 
 
 def test_dispatchable_passes_over_the_targets_being_built(store):
