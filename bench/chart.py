@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench.report import ROW_ORDER
 
-COLOURS = {"floor": "#555555", "webhook": "#1f77b4", "mt-host": "#d62728",
+COLOURS = {"floor": "#555555", "webhook": "#1f77b4", "relay": "#8c564b", "mt-host": "#d62728",
            "mt-compose": "#ff7f0e", "docker-exec-cli": "#2ca02c", "docker-exec-sdk": "#17becf",
            "docker-run": "#9467bd"}
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 MT_ROWS = ("mt-host", "mt-compose")
-ROW_ORDER = ("floor", "webhook", "mt-host", "mt-compose", "docker-exec-cli", "docker-exec-sdk",
-             "docker-run")
+ROW_ORDER = ("floor", "webhook", "relay", "mt-host", "mt-compose", "docker-exec-cli",
+             "docker-exec-sdk", "docker-run")
 
 
 def _get(d: dict, *keys, default=None):

@@ -1,5 +1,7 @@
-"""Rows 1 and 2: the floor (fork/exec of make by the client itself) and adnanh/webhook running
-the same make synchronously on 127.0.0.1, both on the host."""
+"""Rows on the host: the floor (fork/exec of make by the client itself), adnanh/webhook running
+the same make synchronously on 127.0.0.1, and the relay: two bare Flask apps under gunicorn, one
+relaying to the other, which runs make (bench/relay_app.py), the floor of maketrigger's own
+architecture."""
 
 from __future__ import annotations
 
@@ -8,13 +10,16 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from bench import httpload
 from bench.common import (
+    ROOT,
     ServerProc,
     Sizes,
+    child_pids,
     children_cpu_seconds,
     cpu_seconds,
     parse_stamp,
@@ -174,3 +179,85 @@ class Webhook:
     def cpu_parts(self) -> dict:
         pid = self.proc.pid
         return {"webhook (with the make it ran)": lambda: cpu_seconds(pid)}
+
+
+class Relay:
+    """Two bare Flask apps under gunicorn with maketrigger's settings (bench/relay_app.py): the
+    client POSTs to the front one, which relays over a kept-alive connection to the back one,
+    which runs make and answers with its output. Two HTTP hops and make, nothing else: the
+    least maketrigger's design (controller and worker, Flask under gunicorn) can cost."""
+    name, label, kind = "relay", "bare two-hop Flask relay", "sync"
+
+    def __init__(self, workspace: Path, sizes: Sizes, raw: Path):
+        self.ws, self.raw = str(workspace), raw
+        self.rt_count, self.stamp_count, self.load_count = sizes.rt, sizes.stamp, sizes.http_load
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: list = []
+        self.port = 0
+
+    def _start(self, name: str, app: str, keepalive: int) -> int:
+        port = free_port()
+        log = open(self.raw / f"relay-{name}.log", "wb")  # noqa: SIM115 (closed in __exit__)
+        self.logs.append(log)
+        proc = self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "python:bench.relay_conf",
+             "--keep-alive", str(keepalive), "--bind", f"127.0.0.1:{port}", app],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        wait_port(port, proc)
+        return port
+
+    def __enter__(self):
+        try:
+            back = self._start("back", f"bench.relay_app:back({self.ws!r})", 75)
+            self.port = self._start("front", f"bench.relay_app:front('127.0.0.1:{back}')", 5)
+        except Exception:
+            self.__exit__()
+            raise
+        self.client = httpload.Client(self.port)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        for log in self.logs:
+            log.close()
+
+    def _post(self, body: dict) -> dict:
+        status, raw = self.client.request("POST", "/jobs", body)
+        answer = json.loads(raw) if status == 200 else {}
+        if status != 200 or answer.get("exit_code") != 0:
+            raise RuntimeError(f"HTTP {status}: {raw[:150]!r}")
+        return answer
+
+    def roundtrip(self, i: int) -> None:
+        self._post({"target": "noop"})
+
+    def stamp(self, i: int) -> float:
+        sent = time.time_ns()
+        return (parse_stamp(self._post({"target": "stamp"})["log"].encode()) - sent) / 1e9
+
+    def load(self, mode: str, count: int, concurrency: int, seconds: float, raw: Path) -> dict:
+        if mode == "identical":
+            return httpload.hey(self.port, "/jobs", {"target": "noop"}, count, concurrency,
+                                seconds, raw, ok=(200,))
+        return httpload.distinct(
+            self.port, lambda i: ("/jobs", {"target": "noop", "vars": {"N": str(i)}}), count,
+            concurrency, seconds, ok=(200,))
+
+    def processes(self) -> list[ServerProc]:
+        out = []
+        for name, proc in self.procs.items():
+            out.append(ServerProc(f"relay-{name}", "master", proc.pid))
+            out += [ServerProc(f"relay-{name}", "serving", pid) for pid in child_pids(proc.pid)]
+        return out
+
+    def cpu_parts(self) -> dict:
+        return {p.name: (lambda pid=p.pid: cpu_seconds(pid)) for p in self.processes()}

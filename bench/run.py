@@ -33,9 +33,9 @@ from bench import common, report  # noqa: E402
 from bench.measure import measure  # noqa: E402
 
 log = logging.getLogger("bench")
-ROWS = ("floor", "webhook", "mt-host", "log-stream", "history", "docker-exec-cli",
+ROWS = ("floor", "webhook", "relay", "mt-host", "log-stream", "history", "docker-exec-cli",
         "docker-exec-sdk", "docker-run", "mt-compose")
-TOOLS = {"floor": ["make"], "webhook": ["webhook", "hey"], "mt-host": ["hey"],
+TOOLS = {"floor": ["make"], "webhook": ["webhook", "hey"], "relay": ["hey"], "mt-host": ["hey"],
          "mt-compose": ["hey"], "docker-exec-cli": ["docker"], "docker-run": ["docker"]}
 
 
@@ -212,7 +212,7 @@ class Run:
                  lambda: MaketriggerCompose(workspace, self.sizes, self.raw, self.run_id))
 
     def go(self) -> dict:
-        from bench.rows_local import Floor, Webhook
+        from bench.rows_local import Floor, Relay, Webhook
 
         started = time.perf_counter()
         self.results.update(
@@ -224,6 +224,7 @@ class Run:
             workspace = common.make_workspace(tmp / "w", self.sizes.big_bytes)
             self.row("floor", lambda: Floor(workspace, self.sizes))
             self.row("webhook", lambda: Webhook(workspace, self.sizes, self.raw))
+            self.row("relay", lambda: Relay(workspace, self.sizes, self.raw))
             self.mt_host(workspace)
             self.docker_rows(workspace)
             self.mt_compose(workspace)

@@ -1,0 +1,15 @@
+"""gunicorn settings of the `relay` row's two apps: those of maketrigger's servers
+(trigger_server/gunicorn_conf.py, worker/gunicorn_conf.py), so the row differs in the app only."""
+
+from worker.serving import tune_interpreter
+
+workers = 1
+worker_class = "gthread"
+threads = 16
+timeout = 30
+control_socket_disable = True
+loglevel = "warning"
+
+
+def post_worker_init(worker):
+    tune_interpreter()
