@@ -46,6 +46,7 @@ def goals(results: dict) -> list[dict]:
     rows = results.get("rows", {})
     out = []
     web_p50 = _get(rows, "webhook", "roundtrip_ms", "p50")
+    relay_p50 = _get(rows, "relay", "roundtrip_ms", "p50")
     sdk_p50 = _get(rows, "docker-exec-sdk", "roundtrip_ms", "p50")
     sdk_tput = _get(rows, "docker-exec-sdk", "load", "distinct", "completed_per_s")
     run_p50 = _get(rows, "docker-run", "roundtrip_ms", "p50")
@@ -62,6 +63,11 @@ def goals(results: dict) -> list[dict]:
         else:
             out.append(_goal("round trip p50 <= 2x webhook's p50", v, "not measured", "<= 2x",
                              None))
+        if p50 and relay_p50 and web_p50:
+            out.append(_goal(
+                "(reference, not a goal) round trip p50 against the bare two-hop Flask relay",
+                v, f"{p50 / relay_p50:.2f}x ({p50:.2f} vs {relay_p50:.2f} ms)", "-", None,
+                f"the relay alone is {relay_p50 / web_p50:.2f}x webhook's p50"))
         out.append(_goal("round trip p99 <= 10 ms", v, f"{p99:.2f} ms", "<= 10 ms", p99 <= 10))
         start = _get(row, "make_started_ms", "p50")
         out.append(_goal("trigger-to-make-started p50 <= 5 ms", v, f"{start:.2f} ms", "<= 5 ms",
@@ -220,7 +226,8 @@ def goals_table(results: dict) -> list[str]:
     mark = {True: "met", False: "**missed**", None: "not measured"}
     return _table(["goal", "row", "measured", "target", "met?"],
                   [[g["goal"] + (f"; {g['note']}" if g["note"] else ""), g["variant"],
-                    g["measured"], g["target"], mark[g["met"]]] for g in results["goals"]])
+                    g["measured"], g["target"],
+                    mark[g["met"]] if g["target"] != "-" else "-"] for g in results["goals"]])
 
 
 def breakdown_section(results: dict) -> list[str]:
