@@ -19,8 +19,9 @@ from .workers import WorkerClient, WorkerPool
 def create_app(config: dict | None = None) -> Flask:
     """The controller app. Settings: defaults, then TRIGGER_* variables, then `config`.
 
-    The dispatcher, the scheduler and the checkpointer are created here but started by the
-    gunicorn hook (or a test), never at import time: threads do not survive gunicorn's fork.
+    The dispatcher, the scheduler, the checkpointer and the notifier are created here but
+    started by the gunicorn hook (or a test), never at import time: threads do not survive
+    gunicorn's fork.
     """
     cfg = config_module.load(config)
     app = Flask(__name__, static_folder=None)
@@ -41,10 +42,11 @@ def create_app(config: dict | None = None) -> Flask:
     pool = WorkerPool(cfg["WORKERS"], client, resolve_interval=cfg["RESOLVE_INTERVAL"],
                       health_interval=cfg["HEALTH_INTERVAL"])
     dispatcher = Dispatcher(store, pool, client, lost_after=cfg["LOST_AFTER"])
-    dispatcher.ended = Notifier(store, cfg["NOTIFY_URL"], cfg["NOTIFY_ON"]).job_ended
+    notifier = Notifier(store, cfg["NOTIFY_URL"], cfg["NOTIFY_ON"])
+    dispatcher.ended = notifier.job_ended
     app.extensions.update(
         store=store, pool=pool, dispatcher=dispatcher, checkpointer=checkpointer,
-        log_tail=log_tail,
+        log_tail=log_tail, notifier=notifier,
         scheduler=Scheduler(cfg["SCHEDULES"], store, dispatcher, cfg["TIMEZONE"],
                             cfg["SCHEDULE_CATCHUP"]),
         wait_slots=WaitSlots(cfg["MAX_WAITERS"]))

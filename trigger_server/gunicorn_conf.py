@@ -19,16 +19,17 @@ setup_logging(loglevel)
 
 
 def post_worker_init(worker):
-    """Start the dispatcher, the scheduler and the checkpointer in the serving process (threads
-    do not survive a fork)."""
+    """Start the dispatcher, the scheduler, the checkpointer and (if anything is to be sent)
+    the notifier in the serving process (threads do not survive a fork)."""
     tune_interpreter()
     worker.wsgi.extensions["checkpointer"].start()
+    worker.wsgi.extensions["notifier"].start_if_pending()
     worker.wsgi.extensions["dispatcher"].start()
     worker.wsgi.extensions["scheduler"].start()
 
 
 def worker_exit(server, worker):
     extensions = worker.wsgi.extensions if getattr(worker, "wsgi", None) else {}
-    for name in ("scheduler", "dispatcher", "checkpointer"):
+    for name in ("scheduler", "dispatcher", "checkpointer", "notifier"):
         if name in extensions:
             extensions[name].stop()

@@ -1,4 +1,4 @@
-"""SQLite: jobs and their logs. The only module that writes SQL.
+"""SQLite: jobs, their logs and the notifications of their ends. The only module that writes SQL.
 
 One connection per thread, WAL mode, so API threads read while the dispatcher writes. Every
 state change is a single UPDATE guarded by the state it expects, so two threads can never both
@@ -8,6 +8,7 @@ move a job (a cancelled job is never dispatched; a job is claimed by one worker 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -58,6 +61,14 @@ CREATE TABLE IF NOT EXISTS schedule_state (
     last_job INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (due);
 CREATE TABLE IF NOT EXISTS log_chunks (
     job_id INTEGER NOT NULL,
     offset INTEGER NOT NULL,
@@ -158,6 +169,9 @@ class Store:
         self._deliveries_pruned = 0.0  # when old webhook delivery ids were last forgotten
         # Told each stored log piece once committed: (job id, its offset, the bytes stored).
         self.log_written: Callable[[int, int, bytes], None] | None = None
+        # Asked, inside the transaction that ends a job, where to notify of its end: the
+        # notifications are queued in that same transaction, so a crash loses none.
+        self.notify_targets: Callable[[Job], list[str]] | None = None
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         try:
@@ -367,8 +381,43 @@ class Store:
                 (state.value, exit_code, error, time.time(), job_id))
             if cur.rowcount != 1:
                 return None
-            return Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?",
-                                           (job_id,)).fetchone())
+            job = Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?",
+                                          (job_id,)).fetchone())
+            urls = self._notify_targets(job)
+            if urls:
+                db.executemany("INSERT INTO notifications (job_id, url, due) VALUES (?, ?, ?)",
+                               [(job_id, url, time.time()) for url in urls])
+            return job
+
+    def _notify_targets(self, job: Job) -> list[str]:
+        """Where to notify of the job's end; never fails the job's end itself."""
+        if self.notify_targets is None:
+            return []
+        try:
+            return self.notify_targets(job)
+        except Exception:
+            log.exception("cannot tell whether to notify of job %s", job.id)
+            return []
+
+    # --- notifications (queued by finish) -----------------------------------------------
+    def due_notifications(self, now: float, limit: int = 100) -> list[tuple[int, int, str, int]]:
+        """(id, job id, url, attempts so far) of the notifications due by `now`, oldest first."""
+        return [tuple(row) for row in self._read(
+            "SELECT id, job_id, url, attempts FROM notifications WHERE due <= ? "
+            "ORDER BY due, id LIMIT ?", (now, limit))]
+
+    def next_notification_due(self) -> float | None:
+        rows = self._read("SELECT MIN(due) FROM notifications")
+        return rows[0][0] if rows else None
+
+    def notification_done(self, notification_id: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM notifications WHERE id = ?", (notification_id,))
+
+    def notification_later(self, notification_id: int, attempts: int, due: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE notifications SET attempts = ?, due = ? WHERE id = ?",
+                       (attempts, due, notification_id))
 
     # --- schedules --------------------------------------------------------------------------
     def schedule_state(self, key: str) -> tuple[float | None, int | None]:

@@ -1,4 +1,6 @@
-"""A controller notifies a real receiver when jobs end."""
+"""A controller notifies a real receiver when jobs end, even across a kill."""
+
+import signal
 
 import pytest
 
@@ -29,3 +31,23 @@ def test_a_job_can_name_its_own_notify_url(stack, receiver):
     assert got["json"]["id"] == job["id"] and got["json"]["state"] == "succeeded"
     bad = stack.post(json={"target": "ok", "notify": "file:///etc/passwd"})
     assert bad.status_code == 400 and "notify" in bad.json()["error"]
+
+
+def test_a_notification_survives_a_killed_controller(stack):
+    """The receiver is down when the job ends; the controller is killed while it waits to
+    retry; the controller started again on the same database sends it."""
+    down = Receiver(statuses=[503])
+    try:
+        worker = stack.worker()
+        server = stack.server([worker], TRIGGER_NOTIFY_URL=down.url)
+        failed = stack.post(json={"target": "fail", "wait": True}).json()
+        (first,) = down.wait(1)
+        assert first["status"] == 503 and first["json"]["id"] == failed["id"]
+        server.kill(signal.SIGKILL)  # before the retry, due a second after the first attempt
+        assert len(down.received) == 1
+        stack.server([worker])
+        got = down.wait(2)
+        assert [g["status"] for g in got] == [503, 200]
+        assert got[1]["json"]["id"] == failed["id"] and got[1]["json"]["state"] == "failed"
+    finally:
+        down.close()

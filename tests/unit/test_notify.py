@@ -1,4 +1,7 @@
-"""Notifications to a real local HTTP receiver: when, what, and retries."""
+"""Notifications to a real local HTTP receiver: when, what, retries, and that they are queued
+in the database with the job's end, so a restarted controller still sends them."""
+
+import time
 
 import pytest
 
@@ -19,14 +22,27 @@ def store(tmp_path):
     return Store(str(tmp_path / "t.db"))
 
 
-def ended(store, target, state, error=None):
-    job, _ = store.create_job(target, {"N": str(len(store.list_jobs()))}, None, "api")
-    store.finish(job.id, state, 2 if state is JobState.FAILED else 0, error)
-    return store.get_job(job.id)
+def ended(store, target, state, error=None, notify=None):
+    job, _ = store.create_job(target, {"N": str(len(store.list_jobs()))}, None, "api",
+                              notify=notify)
+    return store.finish(job.id, state, 2 if state is JobState.FAILED else 0, error)
 
 
-def test_failures_are_posted_with_a_slack_text(store, receiver):
+def pending(store):
+    return store.due_notifications(time.time() + 3600)
+
+
+@pytest.fixture
+def notifiers():
+    made = []
+    yield made
+    for n in made:
+        n.stop()
+
+
+def test_failures_are_posted_with_a_slack_text(store, receiver, notifiers):
     notifier = Notifier(store, receiver.url, "failure", delays=())
+    notifiers.append(notifier)
     notifier.job_ended(ended(store, "site", JobState.SUCCEEDED))
     job = ended(store, "site", JobState.FAILED, "make ended with exit status 2")
     notifier.job_ended(job)
@@ -36,8 +52,9 @@ def test_failures_are_posted_with_a_slack_text(store, receiver):
     assert "job" in got["json"]["text"] and "exit status 2" in got["json"]["text"]
 
 
-def test_change_notifies_only_when_the_result_differs(store, receiver):
+def test_change_notifies_only_when_the_result_differs(store, receiver, notifiers):
     notifier = Notifier(store, receiver.url, "change", delays=())
+    notifiers.append(notifier)
     states = [JobState.SUCCEEDED, JobState.SUCCEEDED, JobState.FAILED, JobState.FAILED,
               JobState.SUCCEEDED]
     for state in states:
@@ -46,22 +63,80 @@ def test_change_notifies_only_when_the_result_differs(store, receiver):
     assert [g["json"]["state"] for g in got] == ["failed", "succeeded"]
 
 
-def test_a_failed_delivery_is_retried(store):
+def test_the_notification_is_queued_in_the_transaction_that_ends_the_job(store, receiver):
+    Notifier(store, receiver.url, "always")  # never started: nothing is sent
+    job = ended(store, "site", JobState.SUCCEEDED, notify=receiver.url + "/own")
+    urls = sorted(url for _, job_id, url, _ in pending(store) if job_id == job.id)
+    assert urls == [receiver.url, receiver.url + "/own"]
+    assert receiver.received == []
+
+
+def test_a_restarted_controller_sends_what_the_previous_one_left(tmp_path, receiver, notifiers):
+    first = Store(str(tmp_path / "t.db"))
+    Notifier(first, receiver.url, "failure")  # the controller that was killed before sending
+    job = ended(first, "site", JobState.FAILED)
+    again = Store(str(tmp_path / "t.db"))
+    notifier = Notifier(again, receiver.url, "failure", delays=())
+    notifiers.append(notifier)
+    notifier.start_if_pending()
+    (got,) = receiver.wait(1)
+    assert got["json"]["id"] == job.id
+    deadline = time.monotonic() + 10
+    while pending(again) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pending(again) == []
+
+
+def test_a_failed_delivery_is_retried_and_stays_queued_meanwhile(store, notifiers):
     flaky = Receiver(statuses=[500, 503])
     try:
-        notifier = Notifier(store, flaky.url, "always", delays=(0.05, 0.05, 0.05))
+        notifier = Notifier(store, flaky.url, "always", delays=(0.3, 0.3, 0.3))
         job = ended(store, "site", JobState.SUCCEEDED)
-        assert notifier.deliver(flaky.url, {**job.to_dict(), "text": "x"})
+        notifier.send_due()
+        ((_, job_id, _, attempts),) = pending(store)
+        assert (job_id, attempts) == (job.id, 1)
+        notifiers.append(notifier)
+        notifier.job_ended(job)
+        flaky.wait(3)
         assert [g["status"] for g in flaky.received] == [500, 503, 200]
+        deadline = time.monotonic() + 10
+        while pending(store) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pending(store) == []
     finally:
         flaky.close()
+
+
+def test_a_delivery_is_given_up_after_its_retries(store):
+    down = Receiver(statuses=[503] * 10)
+    try:
+        notifier = Notifier(store, down.url, "always", delays=(0.0, 0.0))
+        ended(store, "site", JobState.SUCCEEDED)
+        for _ in range(5):
+            notifier.send_due()
+        assert len(down.received) == 3 and pending(store) == []
+    finally:
+        down.close()
 
 
 def test_a_refused_delivery_is_not_retried(store):
     refusing = Receiver(statuses=[404])
     try:
-        notifier = Notifier(store, refusing.url, "always", delays=(0.05,))
-        assert not notifier.deliver(refusing.url, {"id": 1})
-        assert len(refusing.received) == 1
+        notifier = Notifier(store, refusing.url, "always", delays=(0.0,))
+        ended(store, "site", JobState.SUCCEEDED)
+        notifier.send_due()
+        notifier.send_due()
+        assert len(refusing.received) == 1 and pending(store) == []
     finally:
         refusing.close()
+
+
+def test_a_failing_policy_does_not_keep_the_job_from_ending(store, receiver):
+    notifier = Notifier(store, receiver.url, "change")
+
+    def broken(target, before):
+        raise RuntimeError("boom")
+    store.previous_state = broken
+    job = ended(store, "site", JobState.FAILED)
+    assert job is not None and store.get_job(job.id).state is JobState.FAILED
+    assert pending(store) == [] and notifier.send_due() > 0
