@@ -46,6 +46,18 @@ def wait_port(port: int, proc: subprocess.Popen, seconds: float = 20) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
 
 
+def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM to the process group a server was started in, SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 def spawn(argv: list[str], capture: bool = False) -> bytes:
     """posix_spawn (glibc: clone with CLONE_VFORK, as Go's os/exec) and wait: the cheapest
     fork/exec there is from Python. Stdout captured through a pipe, or sent to /dev/null."""
@@ -144,13 +156,8 @@ class Webhook:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        if self.proc:
+            stop_group(self.proc)
         self.log.close()
 
     def _post(self, path: str) -> bytes:
@@ -211,22 +218,15 @@ class Relay:
         try:
             back = self._start("back", f"bench.relay_app:back({self.ws!r})", 75)
             self.port = self._start("front", f"bench.relay_app:front('127.0.0.1:{back}')", 5)
+            self.client = httpload.Client(self.port)
         except Exception:
             self.__exit__()
             raise
-        self.client = httpload.Client(self.port)
         return self
 
     def __exit__(self, *exc) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            stop_group(proc, grace=15)
         for log in self.logs:
             log.close()
 
