@@ -1,8 +1,9 @@
-"""What the gunicorn settings of both servers share: how a serving process logs, and how soon a
-thread woken by another gets the interpreter."""
+"""What the gunicorn settings of both servers share: how a serving process logs, how soon a
+thread woken by another gets the interpreter, and what the garbage collector scans."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -25,3 +26,8 @@ def setup_logging(level: str) -> None:
 def tune_interpreter() -> None:
     """In the serving process (after gunicorn's fork)."""
     sys.setswitchinterval(SWITCH_INTERVAL)
+    # What exists once the app is loaded lives as long as the process: moved out of the
+    # collector's sight, a full collection scans only what came later. Measured 2026-11-28 in
+    # 1,000 round trips: the controller's two full collections took 65-68 ms each (a request
+    # waited that long), and 0.4-1.3 ms after the freeze.
+    gc.freeze()
