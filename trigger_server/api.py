@@ -8,6 +8,7 @@ import threading
 import time
 from importlib import resources
 
+import requests
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import HTTPException
 
@@ -173,6 +174,10 @@ def _notify_url(value) -> str | None:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")) or any(
             c.isspace() for c in value) or len(value) > 2000:
         abort(400, "notify must be an http(s) URL")
+    try:
+        requests.Request("POST", value).prepare()
+    except (requests.RequestException, ValueError) as exc:
+        abort(400, f"notify is not a usable URL: {exc}")
     return value
 
 

@@ -27,6 +27,7 @@ POLICIES = ("failure", "always", "change")
 RETRY_DELAYS = (1.0, 4.0, 15.0)  # after the first try: four attempts in about 20 s
 IDLE_WAIT = 60.0  # the longest the sender sleeps without being woken (a backstop)
 STORE_RETRY = 5.0  # after the database failed the sender
+MAX_STUCK = 8  # POSTs past their deadline that may still hold a thread each
 
 
 def describe(job: Job) -> str:
@@ -46,11 +47,16 @@ class Notifier:
             raise ValueError(f"TRIGGER_NOTIFY_ON must be one of {', '.join(POLICIES)}")
         self.store, self.url, self.policy = store, url, policy
         self.delays, self.timeout = delays, timeout
+        # A receiver that trickles its answer keeps each read within `timeout`: every POST
+        # also has a deadline of its own, after which the sender goes on without it.
+        self.deadline = 3 * timeout
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.session = requests.Session()
+        self._thread: threading.Thread | None = None
+        self._stop: threading.Event | None = None  # the running sender's own
+        self._stuck = 0  # POSTs past their deadline whose threads have not ended yet
+        # Sent (or given up), but the database failed to record it: not sent again meanwhile.
+        self._unsettled: dict[int, tuple[int, float] | None] = {}
         store.notify_targets = self.targets
 
     def wanted(self, job: Job) -> bool:
@@ -81,22 +87,24 @@ class Notifier:
     def start(self) -> None:
         with self._lock:
             if self._thread is None:
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._loop, name="notify", daemon=True)
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._loop, args=(self._stop,),
+                                                name="notify", daemon=True)
                 self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._lock:
             thread, self._thread = self._thread, None
+            if self._stop is not None:
+                self._stop.set()
         if thread is not None:
-            self._stop.set()
             self._wake.set()
             thread.join(timeout)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
-                pause = self.send_due()
+                pause = self.send_due(stop=stop)
             except StoreError as exc:
                 log.error("notifications: %s (trying again in %g s)", exc, STORE_RETRY)
                 pause = STORE_RETRY
@@ -107,16 +115,21 @@ class Notifier:
             self._wake.wait(pause)
             self._wake.clear()
 
-    def send_due(self, now: float | None = None) -> float:
+    def send_due(self, now: float | None = None, stop: threading.Event | None = None) -> float:
         """Send every notification that is due; the seconds until the next one is."""
-        while not self._stop.is_set():
-            due = self.store.due_notifications(time.time() if now is None else now)
+        stop = stop or threading.Event()
+        self._settle()
+        while not stop.is_set():
+            due = [row for row in self.store.due_notifications(
+                time.time() if now is None else now) if row[0] not in self._unsettled]
             if not due:
                 break
             for notification in due:
-                if self._stop.is_set():
+                if stop.is_set():
                     break
                 self._send(*notification)
+        if self._unsettled:
+            return STORE_RETRY
         following = self.store.next_notification_due()
         return IDLE_WAIT if following is None else min(max(following - time.time(), 0.0),
                                                         IDLE_WAIT)
@@ -124,30 +137,75 @@ class Notifier:
     def _send(self, notification_id: int, job_id: int, url: str, attempts: int) -> None:
         job = self.store.get_job(job_id)
         if job is None:  # gone from the history meanwhile
-            self.store.notification_done(notification_id)
+            self._record(notification_id, None)
             return
         attempts += 1
         outcome, problem = self.post(url, {**job.to_dict(), "text": describe(job)})
         if outcome == "failed" and attempts <= len(self.delays):
             log.warning("notification of job %s to %s failed (attempt %s): %s", job_id, url,
                         attempts, problem)
-            self.store.notification_later(notification_id, attempts,
-                                          time.time() + self.delays[attempts - 1])
+            self._record(notification_id, (attempts, time.time() + self.delays[attempts - 1]))
             return
         if outcome == "refused":
             log.error("notification of job %s to %s refused (%s)", job_id, url, problem)
         elif outcome == "failed":
             log.error("notification of job %s to %s given up after %s attempts: %s", job_id,
                       url, attempts, problem)
-        self.store.notification_done(notification_id)
+        self._record(notification_id, None)
+
+    def _record(self, notification_id: int, later: tuple[int, float] | None) -> None:
+        """Delete the notification (None) or set its (attempts, due); if the database fails,
+        keep that in memory until `_settle` manages it, and do not send it again meanwhile."""
+        self._unsettled[notification_id] = later
+        self._settle()
+
+    def _settle(self) -> None:
+        for notification_id, later in list(self._unsettled.items()):
+            if later is None:
+                self.store.notification_done(notification_id)
+            else:
+                self.store.notification_later(notification_id, *later)
+            del self._unsettled[notification_id]
 
     def post(self, url: str, payload: dict) -> tuple[str, str]:
-        """One POST: ("sent", ""), ("refused", why) for an answer that retrying cannot
-        change (a 4xx other than 408 and 429), or ("failed", why)."""
+        """One POST within `deadline`: ("sent", ""), ("refused", why) for what retrying
+        cannot change (a 4xx other than 408 and 429, a URL requests cannot use), or
+        ("failed", why)."""
+        with self._lock:
+            if self._stuck >= MAX_STUCK:
+                return "failed", f"{self._stuck} receivers have not answered yet"
+        result: list[tuple[str, str]] = []
+        abandoned = threading.Event()
+
+        def run() -> None:
+            try:
+                result.append(self._post(url, payload))
+            finally:
+                with self._lock:
+                    if abandoned.is_set():
+                        self._stuck -= 1
+
+        thread = threading.Thread(target=run, name="notify-post", daemon=True)
+        thread.start()
+        thread.join(self.deadline)
+        with self._lock:
+            if not result and thread.is_alive():
+                abandoned.set()
+                self._stuck += 1
+                return "failed", f"no answer within {self.deadline:g} s"
+        return result[0] if result else ("failed", "the POST ended without a result")
+
+    def _post(self, url: str, payload: dict) -> tuple[str, str]:
         try:
-            resp = self.session.post(url, json=payload, timeout=self.timeout)
+            resp = requests.post(url, json=payload, timeout=self.timeout)
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema, ValueError) as exc:
+            return "refused", f"unusable URL: {exc}"
         except requests.RequestException as exc:
             return "failed", str(exc)
+        except Exception as exc:  # whatever else the URL or the answer may raise
+            return "failed", f"{type(exc).__name__}: {exc}"
+        resp.close()
         if 200 <= resp.status_code < 300:
             return "sent", ""
         problem = f"answered {resp.status_code}"

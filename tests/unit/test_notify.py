@@ -1,13 +1,15 @@
 """Notifications to a real local HTTP receiver: when, what, retries, and that they are queued
 in the database with the job's end, so a restarted controller still sends them."""
 
+import socket
+import threading
 import time
 
 import pytest
 
 from tests.receiver import Receiver
 from trigger_server.notify import Notifier, describe
-from trigger_server.store import JobState, Store
+from trigger_server.store import JobState, Store, StoreError
 
 
 @pytest.fixture
@@ -140,3 +142,72 @@ def test_a_failing_policy_does_not_keep_the_job_from_ending(store, receiver):
     job = ended(store, "site", JobState.FAILED)
     assert job is not None and store.get_job(job.id).state is JobState.FAILED
     assert pending(store) == [] and notifier.send_due() > 0
+
+
+def test_an_unusable_url_is_refused_and_holds_up_nothing(store, receiver):
+    notifier = Notifier(store, "", "always", delays=(0.0,))
+    ended(store, "site", JobState.FAILED, notify="http://" + "a" * 64 + ".example/")
+    good = ended(store, "site", JobState.FAILED, notify=receiver.url)
+    notifier.send_due()
+    assert [g["json"]["id"] for g in receiver.received] == [good.id]
+    assert pending(store) == []
+
+
+class Trickler:
+    """A receiver that sends its answer a byte every 50 ms, so no single read ever times out."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000:
+                if self.stop.wait(0.05):
+                    return
+                conn.sendall(bytes([byte]))
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+
+
+def test_a_receiver_that_trickles_its_answer_is_left_behind_at_the_deadline(store, receiver):
+    slow = Trickler()
+    try:
+        notifier = Notifier(store, "", "always", delays=(), timeout=0.2)
+        ended(store, "site", JobState.FAILED, notify=slow.url)
+        good = ended(store, "site", JobState.FAILED, notify=receiver.url)
+        started = time.monotonic()
+        notifier.send_due()
+        assert time.monotonic() - started < 5  # the deadline is 0.6 s; the answer takes 50 s
+        assert notifier._stuck == 1
+        assert [g["json"]["id"] for g in receiver.received] == [good.id]
+        assert pending(store) == []  # given up: no retries were asked for
+    finally:
+        slow.close()
+    deadline = time.monotonic() + 10
+    while notifier._stuck and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert notifier._stuck == 0  # the abandoned POST's thread ended with the connection
+
+
+def test_a_notification_sent_but_not_recorded_is_not_sent_again(store, receiver, monkeypatch):
+    notifier = Notifier(store, receiver.url, "always", delays=())
+    ended(store, "site", JobState.FAILED)
+    done = store.notification_done
+
+    def full(notification_id):
+        raise StoreError("database write failed: database or disk is full")
+    monkeypatch.setattr(store, "notification_done", full)
+    for _ in range(3):
+        with pytest.raises(StoreError):
+            notifier.send_due()
+    assert len(receiver.received) == 1 and len(pending(store)) == 1
+    monkeypatch.setattr(store, "notification_done", done)
+    notifier.send_due()
+    assert len(receiver.received) == 1 and pending(store) == []
