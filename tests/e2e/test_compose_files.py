@@ -12,7 +12,8 @@ from .stack import ROOT
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install pyyaml)")
 
-COMPOSE_FILES = ("docker-compose.yml", "docker-compose.site.yml", "docker-compose.docker-exec.yml")
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.site.yml", "docker-compose.docker-exec.yml",
+                 "docker-stack.yml")
 
 
 def compose_variables(name: str) -> set[str]:
