@@ -5,8 +5,8 @@ service scaled with `--scale worker=3`) is that many workers, one per distinct I
 (IPv6 only for names without one), re-resolved periodically so scaling is picked up live.
 
 A `docker://` entry is a container without an agent, built in through the Docker API: its
-discovery and calls are delegated to `docker_workers`, imported (with the Docker SDK) only
-when such an entry is configured.
+discovery is `docker_workers`' and its builds `docker_runs`', both imported (with the Docker
+SDK) only when such an entry is configured.
 """
 
 from __future__ import annotations
@@ -138,10 +138,10 @@ class WorkerClient:
 
     @property
     def docker(self):
-        """The transport of docker:// workers (trigger_server.docker_workers), made on first use."""
+        """The transport of docker:// workers (trigger_server.docker_runs), made on first use."""
         with self._docker_lock:
             if self._docker is None:
-                from .docker_workers import DockerTransport
+                from .docker_runs import DockerTransport
 
                 self._docker = DockerTransport()
             return self._docker

@@ -355,13 +355,13 @@ def test_a_large_fast_log_arrives_whole(stack, containers):
 
 
 def test_output_waits_for_a_reader_that_pauses_and_arrives_whole(stack, containers):
-    from trigger_server import docker_workers
+    from trigger_server import docker_runs, docker_workers
 
     lines = 400_000  # 40 MB: more than the 16 MB the transport keeps unread
     workspace = stack.workspace("flood", makefile=(
         f"flood:\n\t@head -c {lines * 99} /dev/zero | tr '\\0' x | fold -w 99\n"))
     box = containers(workspace)
-    transport = docker_workers.DockerTransport()
+    transport = docker_runs.DockerTransport()
     [worker] = docker_workers.resolve(f"docker://{box.name}")
     transport.start_run(worker, "flood-1", "flood", {}, None)
     time.sleep(3)  # make floods while nobody reads

@@ -15,6 +15,7 @@ pytest.importorskip("docker", reason="the Docker SDK is not installed (pip insta
 
 import docker.errors  # noqa: E402
 
+from trigger_server import docker_runs as dr  # noqa: E402
 from trigger_server import docker_workers as dw  # noqa: E402
 from trigger_server.workers import Worker, WorkerPool  # noqa: E402
 
@@ -80,7 +81,7 @@ def test_an_api_refusal_keeps_the_daemons_explanation():
 
 
 def test_the_log_serves_offsets_and_forgets_what_was_read():
-    log = dw.RunLog()
+    log = dr.RunLog()
     log.append(b"hello ")
     log.append(b"world\n")
 
@@ -92,7 +93,7 @@ def test_the_log_serves_offsets_and_forgets_what_was_read():
 
 
 def test_a_writer_waits_for_the_reader_when_the_bound_is_reached():
-    log = dw.RunLog(limit=10)
+    log = dr.RunLog(limit=10)
     log.append(b"12345678")
     writer = threading.Thread(target=log.append, args=(b"abcdefgh",))
     writer.start()
@@ -107,7 +108,7 @@ def test_a_writer_waits_for_the_reader_when_the_bound_is_reached():
 
 
 def test_output_nobody_reads_is_dropped_after_a_while_and_said_so():
-    log = dw.RunLog(limit=10, patience=0.2)
+    log = dr.RunLog(limit=10, patience=0.2)
     log.append(b"12345678")
     log.append(b"too much")  # nobody reads for 0.2 s: dropped
 
@@ -147,7 +148,8 @@ def test_a_controller_without_docker_workers_never_loads_the_sdk(tmp_path):
         "                   'WORKERS': ['http://127.0.0.1:9']})\n"
         "pool = app.extensions['pool']\n"
         "pool.refresh(); pool.check_all()\n"
-        "print(sorted(m for m in sys.modules if m == 'docker' or m.endswith('docker_workers')))\n")
+        "print(sorted(m for m in sys.modules\n"
+        "             if m == 'docker' or m.endswith(('docker_workers', 'docker_runs'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
 
