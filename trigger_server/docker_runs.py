@@ -34,8 +34,8 @@ from .docker_workers import (
     DockerProblem,
     DockerWorker,
     Options,
-    _api,
-    _container_name,
+    container_name,
+    docker_api,
     parse_entry,
 )
 from .workers import (
@@ -203,9 +203,9 @@ class DockerTransport:
 
     # --- health ----------------------------------------------------------------------------
     def health(self, worker: Worker) -> dict:
-        opts, name = parse_entry(worker.configured), _container_name(worker)
+        opts, name = parse_entry(worker.configured), container_name(worker)
         try:
-            with _api(name):
+            with docker_api(name):
                 attrs = ENGINE.api().inspect_container(name)
         except DockerProblem as exc:
             return self._unusable_health(worker, opts, exc)
@@ -241,7 +241,7 @@ class DockerTransport:
 
     # --- targets ---------------------------------------------------------------------------
     def targets(self, worker: Worker) -> list[dict]:
-        opts, name = parse_entry(worker.configured), _container_name(worker)
+        opts, name = parse_entry(worker.configured), container_name(worker)
         try:
             attrs = self._inspect(name)
             if not attrs["State"]["Running"]:
@@ -279,7 +279,7 @@ class DockerTransport:
     # --- start -----------------------------------------------------------------------------
     def start_run(self, worker: Worker, run_id: str, target: str, variables: dict,
                   timeout: float | None) -> dict:
-        opts, name = parse_entry(worker.configured), _container_name(worker)
+        opts, name = parse_entry(worker.configured), container_name(worker)
         with self._lock:
             if run_id in self._runs:
                 raise RunStarted(f"run {run_id} was already started in {name}")
@@ -330,7 +330,7 @@ class DockerTransport:
                         kill_grace=opts.kill_grace)
         run.log.append(("+ " + " ".join(argv) + "\n").encode())
         try:
-            with _api(name):
+            with docker_api(name):
                 run.exec_id = ENGINE.api().exec_create(attrs["Id"], cmd, stdout=True,
                                                        stderr=True, user=user)["Id"]
         except DockerProblem as exc:
@@ -338,7 +338,7 @@ class DockerTransport:
         with self._lock:
             self._runs[run_id] = run
         try:
-            with _api(name):
+            with docker_api(name):
                 stream = ENGINE.api().exec_start(run.exec_id, stream=True)
         except DockerProblem as exc:
             self._finish(run, None, "lost", f"the exec may have started: {exc}")
@@ -352,7 +352,7 @@ class DockerTransport:
         return run.record()
 
     def _inspect(self, name: str) -> dict:
-        with _api(name):
+        with docker_api(name):
             return ENGINE.api().inspect_container(name)
 
     def _running(self, attrs: dict, opts: Options) -> dict:
@@ -364,7 +364,7 @@ class DockerTransport:
             raise WorkerError(f"container {name} is {status}"
                               + (" (start=never)" if opts.start == "never" else ""))
         log.info("starting container %s for a build", name)
-        with _api(name):
+        with docker_api(name):
             ENGINE.api().start(attrs["Id"])
         deadline = time.monotonic() + START_WAIT
         while time.monotonic() < deadline:
@@ -406,7 +406,7 @@ class DockerTransport:
               env: dict | None = None) -> tuple[int, bytes, bytes]:
         """Run a short command in the container: (exit code, stdout, stderr)."""
         api = ENGINE.api()
-        with _api(attrs["Name"].lstrip("/")):
+        with docker_api(attrs["Name"].lstrip("/")):
             exec_id = api.exec_create(attrs["Id"], cmd, stdout=True, stderr=True, user=user,
                                       environment=env)["Id"]
             out, err = api.exec_start(exec_id, demux=True)
@@ -465,7 +465,7 @@ class DockerTransport:
                     continue
                 next_check = now + EXEC_CHECK
                 try:
-                    with _api(run.container):
+                    with docker_api(run.container):
                         info = ENGINE.api().exec_inspect(run.exec_id)
                     unreachable_since = None
                 except DockerProblem as exc:
@@ -524,7 +524,7 @@ class DockerTransport:
 
     def _exec_as_root(self, run: DockerRun, cmd: list[str]) -> bytes:
         api = ENGINE.api()
-        with _api(run.container):
+        with docker_api(run.container):
             exec_id = api.exec_create(run.container_id, cmd, stdout=True, stderr=True,
                                       user="0")["Id"]
             return api.exec_start(exec_id)
@@ -566,7 +566,7 @@ class DockerTransport:
         with self._lock:
             run = self._runs.get(run_id)
         if run is None:
-            raise RunUnknown(f"no run {run_id} in {_container_name(worker)}")
+            raise RunUnknown(f"no run {run_id} in {container_name(worker)}")
         self._stop(run, "cancelled", "cancelled on request")
         return run.record()
 
@@ -603,7 +603,7 @@ class DockerTransport:
         """A run this process does not know (the controller restarted): stop what is left of it
         in the container, and say whether it had started (WorkerError `gone`: the job is lost)
         or not (RunUnknown: it may be dispatched again)."""
-        name = _container_name(worker)
+        name = container_name(worker)
         if not RUN_ID_RE.fullmatch(run_id):
             raise RunUnknown(f"no run {run_id} in {name}")
         pidfile = f"/tmp/maketrigger-{run_id}.pid"
@@ -651,7 +651,7 @@ class DockerTransport:
     def _orphan_execs(self, attrs: dict, pidfile: str) -> bool:
         """Whether an exec of this run (its pid file among its arguments) still runs."""
         api = ENGINE.api()
-        with _api(attrs["Name"].lstrip("/")):
+        with docker_api(attrs["Name"].lstrip("/")):
             exec_ids = api.inspect_container(attrs["Id"]).get("ExecIDs") or []
             for exec_id in exec_ids:
                 try:

@@ -112,7 +112,7 @@ def parse_entry(entry: str) -> Options:
                    targets=tuple(query.get("targets", [])), vars=allowed_vars)
 
 
-def _container_name(worker: Worker) -> str:
+def container_name(worker: Worker) -> str:
     return worker.url[len(DOCKER_SCHEME):]
 
 
@@ -190,7 +190,7 @@ def _os_cause(exc: BaseException) -> BaseException | None:
 
 
 @contextlib.contextmanager
-def _api(container: str | None = None) -> Iterator[None]:
+def docker_api(container: str | None = None) -> Iterator[None]:
     """Turn every Docker SDK and connection error inside into a DockerProblem."""
     try:
         yield
@@ -212,7 +212,7 @@ class _Engine:
     def api(self) -> docker.APIClient:
         with self._lock:
             if self._client is None:
-                with _api():
+                with docker_api():
                     self._client = docker.from_env(timeout=API_TIMEOUT, max_pool_size=32)
             return self._client.api
 
@@ -223,7 +223,7 @@ class _Engine:
         api = self.api()
         for ref in _own_container_refs():
             try:
-                with _api():
+                with docker_api():
                     attrs = api.inspect_container(ref)
             except DockerProblem as exc:
                 if exc.missing:
@@ -245,7 +245,7 @@ class _Engine:
         labels = [f"{SERVICE_LABEL}={opts.name}"]
         if project:
             labels.append(f"{PROJECT_LABEL}={project}")
-        with _api():
+        with docker_api():
             rows = api.containers(all=True, filters={"label": labels})
             if not rows:
                 rows = [r for r in api.containers(all=True, filters={"name": opts.name})

@@ -198,8 +198,7 @@ class Notifier:
     def _post(self, url: str, payload: dict) -> tuple[str, str]:
         try:
             resp = requests.post(url, json=payload, timeout=self.timeout)
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema, ValueError) as exc:
+        except ValueError as exc:  # requests' InvalidURL and the like, and what urllib3 raises
             return "refused", f"unusable URL: {exc}"
         except requests.RequestException as exc:
             return "failed", str(exc)

@@ -66,7 +66,7 @@ def connection_error(cause: OSError) -> requests.ConnectionError:
 def test_docker_errors_become_one_readable_message(monkeypatch, exc, message):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
 
-    with pytest.raises(dw.DockerProblem, match=re.escape(message)), dw._api("rb"):
+    with pytest.raises(dw.DockerProblem, match=re.escape(message)), dw.docker_api("rb"):
         raise exc
 
 
@@ -76,7 +76,7 @@ def test_an_api_refusal_keeps_the_daemons_explanation():
     refusal = docker.errors.APIError("conflict", response, explanation="container rb is paused")
 
     expected = "refused (container rb): container rb is paused"
-    with pytest.raises(dw.DockerProblem, match=re.escape(expected)), dw._api("rb"):
+    with pytest.raises(dw.DockerProblem, match=re.escape(expected)), dw.docker_api("rb"):
         raise refusal
 
 
