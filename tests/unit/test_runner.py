@@ -74,6 +74,22 @@ def test_a_run_id_started_by_a_worker_sharing_the_folder_is_refused(
     wait_done(b.start("2", "ok", {}, None))  # the workspace lock went with the killed make
 
 
+def test_a_make_that_cannot_start_leaves_nothing_and_its_id_free(workspace, tmp_path,
+                                                                 monkeypatch):
+    r = Runner(str(workspace), str(tmp_path / "s"))
+
+    def no_make(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "make")
+
+    with monkeypatch.context() as m:
+        m.setattr("worker.runner.subprocess.Popen", no_make)
+        with pytest.raises(FileNotFoundError):
+            r.start("1", "ok", {}, None)
+    assert list((tmp_path / "s" / "runs").iterdir()) == [] and r.active() == []
+    wait_done(r.start("1", "ok", {}, None))  # the id, and the workspace lock, are free
+    assert "\nok\n" in (tmp_path / "s" / "runs" / "1.log").read_text()
+
+
 def test_a_record_keeps_the_last_whole_line_a_crash_left(workspace, tmp_path):
     r = Runner(str(workspace), str(tmp_path / "s"))
     wait_done(r.start("1", "ok", {}, None))
