@@ -224,13 +224,14 @@ def _frames(run: Run, log_file, *, started: bool) -> Response:
         sent, poll, pending = time.monotonic(), FOLLOW_POLL_MIN, first
         with log_file() as f:
             while True:
+                ended = run.done.is_set()  # looked at first: a read after it sees all of make's
                 data = f.read(CHUNK)
-                if data:
+                if data and (not ended or len(data) == CHUNK):
                     yield pending + b"log %d\n" % len(data) + data
                     sent, poll, pending = time.monotonic(), FOLLOW_POLL_MIN, b""
                     continue
-                if run.done.is_set():
-                    data = f.read()  # anything written just before the end
+                if ended:
+                    data += f.read()  # anything written just before the end (or after it)
                     if data:
                         pending += b"log %d\n" % len(data) + data
                     end = _run_json(run, os.fstat(f.fileno()).st_size)

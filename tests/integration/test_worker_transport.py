@@ -54,6 +54,20 @@ def test_a_start_answers_with_the_whole_run_and_its_end(stack):
     assert b"about to fail" in log and log == plain_log(w, "t-fail")
 
 
+def test_the_last_log_bytes_and_the_end_come_in_one_piece(stack):
+    """One write, one wake-up of the controller, for what make printed last and its end."""
+    w = stack.worker(WORKER_VARS="SECS")
+    conns = worker_http.Connections(TOKEN)
+    answer = conns.request(w.url, "POST", "/runs", stream=True, timeout=(2, 30),
+                           body={"id": "t-last", "target": "slow", "vars": {"SECS": "0.5"},
+                                 "follow": True})
+    assert answer.status_code == 201
+    reads = list(iter(answer.read1, b""))
+    answer.release()
+    last = [r for r in reads if b"done\n" in r]
+    assert len(last) == 1 and b"\nend {" in last[0], reads
+
+
 def test_a_follow_resumes_from_an_offset_and_ends_with_the_state(stack):
     w = stack.worker()
     conns = worker_http.Connections(TOKEN)
