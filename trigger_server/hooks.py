@@ -154,6 +154,18 @@ def _target(host: Host) -> str:
         raise Refused(503, str(exc)) from None
 
 
+def _check_makefile_has(host: Host, target: str) -> None:
+    """Refuse (503, not recorded: the host's redelivery may try again once it is fixed) a
+    configured target that the workers' makefile lacks, as POST /jobs does with a 400. If no
+    worker answers, the push is queued: the worker checks the target when it starts."""
+    known = current_app.extensions["pool"].targets(None)
+    if known is not None and target not in {t["name"] for t in known}:
+        message = (f"{env_var(host.target)}: target {target} is not a target of the worker's "
+                   "makefile (see GET /targets)")
+        log.error("%s webhook refused: %s", host.title, message)
+        raise Refused(503, message)
+
+
 def _json_object(text: bytes | str) -> dict | None:
     try:
         payload = json.loads(text)
@@ -199,6 +211,7 @@ def on_push(host: Host, target: str, push: Push):
         return _ignored(f"push to branch {branch}, not {wanted}")
     if push.delivery is not None and len(push.delivery) > MAX_DELIVERY_ID:
         raise Refused(400, f"delivery id longer than {MAX_DELIVERY_ID} characters")
+    _check_makefile_has(host, target)
     store = current_app.extensions["store"]
     if push.delivery is not None and not store.record_delivery(host.name, push.delivery):
         log.info("%s delivery %s seen before: not queued again", host.title, push.delivery)

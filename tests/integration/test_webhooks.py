@@ -363,6 +363,22 @@ def test_a_missing_or_bad_target_makes_the_endpoint_unavailable(stack, target, m
     wait_for(lambda: message in proc.output(), what="the error in the controller's log")
 
 
+def test_a_target_the_makefile_lacks_is_refused_and_not_recorded(stack):
+    """The push is answered 503 with what to fix, nothing is queued, and the delivery is not
+    recorded: GitHub's "Redeliver" works once the setting is fixed."""
+    proc = stack.server([stack.worker()], TRIGGER_GITHUB_SECRET=SECRET,
+                        TRIGGER_GITHUB_TARGET="nosuch")
+    before = job_ids(stack)
+    delivery = str(uuid.uuid4())
+    resp = send_github(stack.url, github_push("main"), delivery=delivery)
+    message = ("TRIGGER_GITHUB_TARGET: target nosuch is not a target of the worker's makefile "
+               "(see GET /targets)")
+    assert resp.status_code == 503 and resp.json() == {"error": message}
+    assert_nothing_queued(stack, before)
+    assert delivery not in deliveries(stack, "github")
+    wait_for(lambda: message in proc.output(), what="the error in the controller's log")
+
+
 def test_webhooks_need_no_api_token(stack):
     """Git hosts cannot send the API token; the signature is their authentication."""
     stack.server([stack.worker()], TRIGGER_API_TOKEN="api-token",
