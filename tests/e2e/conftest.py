@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -23,6 +22,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
+from ..integration.procs import free_port
 from .stack import ROOT, Stack
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,6 @@ def images(docker_client, tmp_path_factory):
                 pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
     """A copy of examples/site, owned by WORKSPACE_UID when we may chown (root)."""
@@ -102,7 +96,7 @@ def stack(docker_client, images, workspace, tmp_path_factory):
     """docker-compose.yml up with one worker; down (with its volumes) whatever happens."""
     env = {name: "" for name in settings_documented()}
     env.update(images)
-    env.update(WORKSPACE=str(workspace), TRIGGER_PORT=str(_free_port()),
+    env.update(WORKSPACE=str(workspace), TRIGGER_PORT=str(free_port()),
                TRIGGER_LOST_AFTER="3")
     project = f"mte2e{uuid.uuid4().hex[:8]}"
     s = Stack(docker_client, project, env, tmp_path_factory.mktemp("compose"))

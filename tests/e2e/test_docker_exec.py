@@ -11,7 +11,8 @@ import uuid
 import docker.errors
 import pytest
 
-from .conftest import STANDIN_IMAGE, _free_port, settings_documented
+from ..integration.procs import free_port
+from .conftest import STANDIN_IMAGE, settings_documented
 from .stack import Stack, wait_until
 
 pytestmark = pytest.mark.docker
@@ -29,7 +30,7 @@ def exec_stack(docker_client, images, workspace, tmp_path):
     make_only = f"maketrigger-make-only:e2e-{uuid.uuid4().hex[:8]}"
     env = {name: "" for name in settings_documented()}
     env.update(images)
-    env.update(WORKSPACE=str(workspace), TRIGGER_PORT=str(_free_port()),
+    env.update(WORKSPACE=str(workspace), TRIGGER_PORT=str(free_port()),
                DOCKER_GID=str(os.stat(socket).st_gid), DOCKER_EXEC_IMAGE=make_only,
                DOCKER_EXEC_BASE_IMAGE=os.environ.get("E2E_BASE_IMAGE") or STANDIN_IMAGE)
     stack = Stack(docker_client, f"mtdx{uuid.uuid4().hex[:8]}", env, tmp_path)

@@ -3,22 +3,15 @@ waits for it, and then serves what it made."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import requests
 
+from ..integration.procs import free_port
 from .stack import wait_until
 
 pytestmark = pytest.mark.docker
 
 FILES = ("docker-compose.yml", "docker-compose.site.yml")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_site_service_serves_the_pages_its_build_made(fresh, workspace):

@@ -13,7 +13,8 @@ import uuid
 import pytest
 import requests
 
-from .conftest import _free_port, settings_documented
+from ..integration.procs import free_port
+from .conftest import settings_documented
 from .stack import ROOT, StackError, wait_until
 
 STACK_LABEL = "com.docker.stack.namespace"
@@ -55,7 +56,7 @@ def deployed(docker_client, swarm, images, workspace, tmp_path):
     for secret in ("worker_token", "api_token"):
         (folder / secret).write_text(secrets.token_urlsafe(32) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in settings_documented()}
-    env.update(images, WORKSPACE=str(workspace), TRIGGER_PORT=str(_free_port()),
+    env.update(images, WORKSPACE=str(workspace), TRIGGER_PORT=str(free_port()),
                SWARM_SECRETS_DIR=str(folder))
     try:
         docker_cli("stack", "deploy", "--resolve-image", "never", "-c", "docker-compose.yml",
