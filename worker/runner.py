@@ -445,22 +445,30 @@ class Runner:
     def _prune(self) -> None:
         """Keep the records and logs of about `keep_runs` finished runs: once there are a tenth
         more, the oldest go (in batches, so a busy worker does not sort its runs every time).
-        The folder is looked at only every tenth of `keep_runs` ends."""
+        The folder is looked at only every tenth of `keep_runs` ends. A log without a record
+        (a worker that died between reserving a run and recording it, or a version that kept
+        the log of a make that could not start) counts as a run too, so it goes in its turn."""
         self._ends += 1
         if self._ends < max(1, self.keep_runs // 10):
             return
         self._ends = 0
         try:
-            names = [n for n in os.listdir(self.runs_dir) if n.endswith(".json")]
+            names = os.listdir(self.runs_dir)
         except OSError:
             return
-        if len(names) <= self.keep_runs + max(1, self.keep_runs // 10):
+        runs: dict[str, str] = {}  # run id -> the file that tells its age (record, else log)
+        for name in names:
+            stem, ext = os.path.splitext(name)
+            if ext == ".json" or (ext == ".log" and stem not in runs):
+                runs[stem] = os.path.join(self.runs_dir, name)
+        if len(runs) <= self.keep_runs + max(1, self.keep_runs // 10):
             return
         active = {r.id for r in self.active()}
-        paths = sorted((os.path.join(self.runs_dir, n) for n in names
-                        if n[:-5] not in active), key=_mtime)
-        for path in paths[: max(0, len(names) - self.keep_runs)]:
-            for p in (path, path[:-5] + ".log"):
+        oldest = sorted((path for run_id, path in runs.items() if run_id not in active),
+                        key=_mtime)
+        for path in oldest[: max(0, len(runs) - self.keep_runs)]:
+            stem = os.path.splitext(path)[0]
+            for p in (stem + ".json", stem + ".log"):
                 try:
                     os.unlink(p)
                 except FileNotFoundError:

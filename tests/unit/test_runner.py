@@ -130,6 +130,19 @@ def test_records_outlive_the_runner_and_old_ones_are_pruned(workspace, tmp_path)
     assert len(kept) <= 4 and "4.json" in kept and "0.json" not in kept
 
 
+def test_a_log_left_without_its_record_is_pruned_in_its_turn(workspace, tmp_path):
+    runs = tmp_path / "s" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "orphan.log").write_bytes(b"+ make -C w -- ok\n")  # its worker died before the record
+    r = Runner(str(workspace), str(tmp_path / "s"), keep_runs=3)
+    for i in range(6):
+        time.sleep(0.01)
+        wait_done(r.start(str(i), "ok", {}, None))
+        wait_recorded(r)
+    left = {p.name for p in runs.iterdir()}
+    assert "orphan.log" not in left and {"5.json", "5.log"} <= left and len(left) <= 8
+
+
 @pytest.mark.parametrize("code,text", [(0, "exit status 0"), (2, "exit status 2"),
                                        (-signal.SIGKILL, "killed by SIGKILL"),
                                        (-signal.SIGTERM, "killed by SIGTERM")])
