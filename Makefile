@@ -57,6 +57,7 @@ test:
 # The benchmark of issue 7 (bench/): maketrigger against adnanh/webhook, docker exec and docker
 # run, in one run; results in bench/results/<timestamp>/. `make bench BENCH_ARGS=--quick` is a
 # smoke run. bench/deps.sh installs hey, webhook and matplotlib and starts Docker if needed.
+# The host rows run on $(PYTHON): see bench/README.md, 'Which Python'.
 BENCH_ARGS ?=
 .PHONY: bench
 bench:

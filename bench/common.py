@@ -10,6 +10,7 @@ import re
 import resource
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -376,7 +377,18 @@ def machine() -> dict:
         os_name = release.get("PRETTY_NAME", "").strip('"')
     return {"nproc": os.cpu_count(), "memory_gib": round(mem_kib / 1024 / 1024, 1),
             "kernel": platform.release(), "cpu_model": model, "os": os_name,
-            "python": platform.python_version(), "loadavg_at_start": os.getloadavg()}
+            "python": platform.python_version(), "python_build": python_build(),
+            "loadavg_at_start": os.getloadavg()}
+
+
+def python_build() -> str:
+    """Which interpreter runs the client and the host rows' servers, and how it was built: an
+    interpreter linked to a shared libpython (a `pyenv install`, without PGO/LTO by default) runs
+    these servers markedly slower than a distribution's (Debian's is PGO+LTO and static)."""
+    with open("/proc/self/maps") as f:
+        shared = any("libpython" in line for line in f)
+    return (f"{os.path.realpath(sys.executable)}, {platform.python_implementation()}, "
+            f"libpython {'shared' if shared else 'static'}")
 
 
 def tools(docker_cli: str) -> dict:

@@ -310,7 +310,8 @@ def markdown(results: dict) -> str:
         "One run on a shared, noisy machine: read the figures as this run's, not as constants. "
         "Every row ran in the same run, on the same trivial Makefile (bench/common.py).", "",
         f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, kernel "
-        f"{m['kernel']}, {m['os']}, Python {m['python']}; load average at start "
+        f"{m['kernel']}, {m['os']}, Python {m['python']}"
+        + (f" ({m['python_build']})" if m.get("python_build") else "") + "; load average at start "
         f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}",
         "- tools: " + ", ".join(f"{k} {v}" for k, v in t.items() if v),
         f"- maketrigger: {product['commit'][:12]} ({product['subject']})"

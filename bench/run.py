@@ -270,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(var, None)
     os.environ["NO_PROXY"] = "127.0.0.1,localhost"
     stop_on_sigterm()
+    if "libpython shared" in common.python_build():
+        log.warning("%s links a shared libpython (pyenv's default build, without PGO/LTO): the "
+                    "host rows' Python servers run slower on it than on a distribution's "
+                    "python3; see bench/README.md, 'Which Python'", sys.executable)
     run = Run(args, out)
     run.go()
     run.write()
