@@ -309,7 +309,8 @@ class WorkerPool:
         self._errors: dict[str, str] = {}
         self._stop = threading.Event()
         self._checks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
-        self._targets_cache: dict[str | None, tuple[float, list[dict]]] = {}
+        self._targets_cache: dict[str | None,
+                                 tuple[float, tuple[list[dict], frozenset[str]]]] = {}
         self.on_change = lambda: None  # set by the dispatcher: a worker became usable
         self.on_watch = lambda worker, event: None  # set by the dispatcher: files changed
 
@@ -483,6 +484,17 @@ class WorkerPool:
 
     def targets(self, selector: str | None = None, ttl: float = 5.0) -> list[dict] | None:
         """The targets a healthy matching worker lists (cached for `ttl`); None if none answers."""
+        listed = self._listed(selector, ttl)
+        return listed[0] if listed else None
+
+    def lacks_target(self, selector: str | None, target: str) -> bool:
+        """Whether a worker answered and its makefile has no `target` (False if none answers:
+        the worker checks the target itself when it starts the job)."""
+        listed = self._listed(selector)
+        return listed is not None and target not in listed[1]
+
+    def _listed(self, selector: str | None,
+                ttl: float = 5.0) -> tuple[list[dict], frozenset[str]] | None:
         cached = self._targets_cache.get(selector)
         if cached and time.monotonic() - cached[0] < ttl:
             return cached[1]
@@ -492,6 +504,7 @@ class WorkerPool:
             except WorkerError as exc:
                 log.warning("cannot list targets of %s: %s", worker.url, exc)
                 continue
-            self._targets_cache[selector] = (time.monotonic(), found)
-            return found
+            listed = (found, frozenset(t["name"] for t in found))
+            self._targets_cache[selector] = (time.monotonic(), listed)
+            return listed
         return None
