@@ -2,7 +2,9 @@
 one process, the settings maketrigger's servers use), the front one relaying each POST over a
 keep-alive `http.client` connection to the back one, which runs make synchronously and answers
 with its output. What maketrigger does on the same path, minus everything it does besides:
-no validation, no token, no history, no log stream, no queue.
+no validation, no token, no history, no log stream, no queue. The front one's `/accept` answers
+the same POST with 202 and does nothing else: one hop of Flask under gunicorn, the ceiling of
+triggers accepted per second on this stack.
 
     gunicorn 'bench.relay_app:back("/path/to/workspace")'
     gunicorn 'bench.relay_app:front("127.0.0.1:PORT")'
@@ -53,6 +55,13 @@ def front(back_address: str) -> Flask:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    @app.post("/accept")
+    def accept():
+        """The ceiling of accepted triggers per second on this stack: parse the same POST and
+        answer 202 with a small JSON object, nothing else."""
+        body = request.get_json()
+        return {"target": body["target"], "state": "queued", "coalesced": True}, 202
 
     @app.post("/jobs")
     def jobs():

@@ -50,6 +50,7 @@ def goals(results: dict) -> list[dict]:
     sdk_p50 = _get(rows, "docker-exec-sdk", "roundtrip_ms", "p50")
     sdk_tput = _get(rows, "docker-exec-sdk", "load", "distinct", "completed_per_s")
     run_p50 = _get(rows, "docker-run", "roundtrip_ms", "p50")
+    accept_ceiling = _get(rows, "relay", "accept_only", "accepted_per_s")
     for v in MT_ROWS:
         row = rows.get(v)
         if not row or "error" in row:
@@ -92,6 +93,12 @@ def goals(results: dict) -> list[dict]:
                              f"{rate:.0f}/s, {errors} errors" if rate is not None else "-",
                              f">= {target:,}/s, 0 errors",
                              rate is not None and rate >= target and errors == 0))
+            if mode == "identical" and rate and accept_ceiling:
+                out.append(_goal(
+                    "(reference, not a goal) identical triggers accepted against bare Flask "
+                    "answering the same POST with 202 and nothing else", v,
+                    f"{rate / accept_ceiling:.2f}x ({rate:.0f} vs {accept_ceiling:.0f}/s)", "-",
+                    None, "the relay's front app, `/accept`: the ceiling of this stack"))
         idle = _get(row, "memory", "idle") or {}
         for service, limit in (("controller", 45), ("worker", 40)):
             rss = _get(idle, f"{service} serving", "rss")

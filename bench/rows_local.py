@@ -6,6 +6,7 @@ architecture."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,6 +26,8 @@ from bench.common import (
     parse_stamp,
     pooled,
 )
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -198,6 +201,7 @@ class Relay:
     def __init__(self, workspace: Path, sizes: Sizes, raw: Path):
         self.ws, self.raw = str(workspace), raw
         self.rt_count, self.stamp_count, self.load_count = sizes.rt, sizes.stamp, sizes.http_load
+        self.concurrency, self.load_seconds = sizes.concurrency, sizes.load_seconds
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: list = []
         self.port = 0
@@ -251,6 +255,16 @@ class Relay:
         return httpload.distinct(
             self.port, lambda i: ("/jobs", {"target": "noop", "vars": {"N": str(i)}}), count,
             concurrency, seconds, ok=(200,))
+
+    def extra_figures(self) -> dict:
+        """The identical burst again, against the front app's `/accept`, which parses the POST
+        and answers 202, nothing else: the ceiling of accepted triggers on this stack."""
+        result = httpload.hey(self.port, "/accept", {"target": "noop"}, self.load_count,
+                              self.concurrency, self.load_seconds, self.raw / "relay-accept.csv",
+                              ok=(202,))
+        log.info("relay: /accept: %.0f accepted/s, %d errors", result["accepted_per_s"],
+                 result["errors"])
+        return {"accept_only": result}
 
     def processes(self) -> list[ServerProc]:
         out = []
