@@ -3,10 +3,14 @@
 One connection per thread, WAL mode, so API threads read while the dispatcher writes. Every
 state change is a single UPDATE guarded by the state it expects, so two threads can never both
 move a job (a cancelled job is never dispatched; a job is claimed by one worker at most).
+
+One Store (one controller process) per database: it remembers in memory which job is waiting
+for each identical trigger (see `Waiting`), which only this Store's own writes keep true.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -160,12 +164,52 @@ class Job:
         }
 
 
+class Waiting:
+    """Which job each identical trigger joins: for a (target, vars, selector), a job that is
+    queued and not yet handed to a worker, as this process's own writes left it. A burst of
+    identical triggers is answered from here instead of an SQLite read each (a read costs 0.03
+    ms alone, but ~0.3 ms of CPU per trigger amid a burst's threads, measured 2026-11-28).
+
+    Only a hint that is never wrong: a job is remembered after it was read or inserted as
+    waiting, forgotten as soon as a write moved it on (claimed, ended, retried), and a job read
+    before any such write is not remembered after it (`epoch`). A job that waits again (its
+    start refused, or retried) is found by the SQLite read, as any job not remembered is."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple, Job] = {}
+        self._keys: dict[int, tuple] = {}
+        self.epoch = 0  # how many times a job stopped waiting
+
+    def get(self, key: tuple) -> tuple[Job | None, int]:
+        """A copy of the job remembered for `key` (or None), and the epoch to `remember` with."""
+        with self._lock:
+            job = self._jobs.get(key)
+            return (copy.copy(job) if job else None), self.epoch
+
+    def remember(self, key: tuple, job: Job, epoch: int) -> None:
+        """`job` was seen waiting by a read that began at `epoch`."""
+        with self._lock:
+            if epoch == self.epoch and key not in self._jobs:
+                self._jobs[key] = copy.copy(job)
+                self._keys[job.id] = key
+
+    def forget(self, job_id: int) -> None:
+        """After a committed write that may have moved the job on."""
+        with self._lock:
+            self.epoch += 1
+            key = self._keys.pop(job_id, None)
+            if key is not None:
+                del self._jobs[key]
+
+
 class Store:
     def __init__(self, path: str, max_log_bytes: int = 0, busy_timeout: float = 10.0):
         self.path = path
         self.max_log_bytes = max_log_bytes
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        self._waiting = Waiting()
         self._deliveries_pruned = 0.0  # when old webhook delivery ids were last forgotten
         # Told each stored log piece once committed: (job id, its offset, the bytes stored).
         self.log_written: Callable[[int, int, bytes], None] | None = None
@@ -266,21 +310,29 @@ class Store:
                    retries: int = 0) -> tuple[Job, bool]:
         """A new queued job, or the identical one still queued (returned with True)."""
         vars_json = json.dumps(variables, sort_keys=True)
+        key = (target, vars_json, selector)
+        job, epoch = self._waiting.get(key)
+        if job is not None:
+            return job, True
         same = ("SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL AND target = ? "
                 "AND vars = ? AND selector IS ? ORDER BY id LIMIT 1")
-        rows = self._read(same, (target, vars_json, selector))  # no write lock for a repeat
-        if rows:
-            return Job.from_row(rows[0]), True
-        with self._tx() as db:
-            row = db.execute(same, (target, vars_json, selector)).fetchone()  # again, locked
-            if row is not None:
-                return Job.from_row(row), True
-            cur = db.execute(
-                "INSERT INTO jobs (target, vars, selector, state, source, timeout, created_at, "
-                "notify, retries) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (target, vars_json, selector, source, timeout, time.time(), notify, retries))
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()
-        return Job.from_row(row), False
+        rows = self._read(same, key)  # no write lock for a repeat
+        coalesced = bool(rows)
+        if not coalesced:
+            with self._tx() as db:
+                rows = [db.execute(same, key).fetchone()]  # again, locked
+                coalesced = rows[0] is not None
+                if not coalesced:
+                    cur = db.execute(
+                        "INSERT INTO jobs (target, vars, selector, state, source, timeout, "
+                        "created_at, notify, retries) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                        (target, vars_json, selector, source, timeout, time.time(), notify,
+                         retries))
+                    rows = [db.execute("SELECT * FROM jobs WHERE id = ?",
+                                       (cur.lastrowid,)).fetchone()]
+        job = Job.from_row(rows[0])
+        self._waiting.remember(key, job, epoch)
+        return job, coalesced
 
     def get_job(self, job_id: int) -> Job | None:
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -333,7 +385,8 @@ class Store:
         with self._tx() as db:
             cur = db.execute("UPDATE jobs SET worker = ? WHERE id = ? AND state = 'queued' "
                              "AND worker IS NULL", (worker, job_id))
-            return cur.rowcount == 1
+        self._waiting.forget(job_id)
+        return cur.rowcount == 1
 
     def unclaim(self, job_id: int) -> bool:
         """Back to waiting, for a start the worker did not accept."""
@@ -357,6 +410,7 @@ class Store:
             db.execute("UPDATE jobs SET state = 'queued', worker = NULL, started_at = NULL, "
                        "attempt = attempt + 1, log_size = ?, log_base = ? WHERE id = ?",
                        (size, size, job_id))
+        self._waiting.forget(job_id)
         if self.log_written is not None:
             self.log_written(job_id, row["log_size"], note)
         return True
@@ -366,7 +420,8 @@ class Store:
         with self._tx() as db:
             cur = db.execute("UPDATE jobs SET state = 'running', started_at = ? "
                              "WHERE id = ? AND state = 'queued'", (time.time(), job_id))
-            return cur.rowcount == 1
+        self._waiting.forget(job_id)
+        return cur.rowcount == 1
 
     def finish(self, job_id: int, state: JobState, exit_code: int | None = None,
                error: str | None = None, *, only_queued: bool = False) -> Job | None:
@@ -387,7 +442,8 @@ class Store:
             if urls:
                 db.executemany("INSERT INTO notifications (job_id, url, due) VALUES (?, ?, ?)",
                                [(job_id, url, time.time()) for url in urls])
-            return job
+        self._waiting.forget(job_id)
+        return job
 
     def _notify_targets(self, job: Job) -> list[str]:
         """Where to notify of the job's end; never fails the job's end itself."""

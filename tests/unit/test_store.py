@@ -35,6 +35,60 @@ def test_a_job_being_started_or_running_is_not_coalesced(store):
     assert not coalesced and b.id != a.id
 
 
+def _waiting_job(store, **kw):
+    """A queued job that identical triggers have joined (so the store remembers it)."""
+    job, _ = store.create_job("html", {"A": "1"}, None, "api", **kw)
+    assert store.create_job("html", {"A": "1"}, None, "api")[0].id == job.id
+    return job
+
+
+def _retried(store, job_id):
+    assert store.claim(job_id, "http://w") and store.mark_running(job_id)
+    assert store.retry(job_id, "worker gone")
+
+
+@pytest.mark.parametrize("move, joined_again", [
+    (lambda store, job_id: store.claim(job_id, "http://w"), False),
+    (lambda store, job_id: store.mark_running(job_id), False),
+    (lambda store, job_id: store.finish(job_id, JobState.CANCELLED, only_queued=True), False),
+    (lambda store, job_id: store.finish(job_id, JobState.LOST), False),
+    (_retried, True),  # queued again, not yet handed to a worker: it is joined again
+    (lambda store, job_id: store.retry(job_id, "lost"), True),  # joined as it now is
+], ids=["claimed", "marked-running", "cancelled", "ended", "retried", "retried-waiting"])
+def test_a_trigger_joins_a_job_only_while_it_waits(store, move, joined_again):
+    job = _waiting_job(store, retries=1)
+    move(store, job.id)
+    again, coalesced = store.create_job("html", {"A": "1"}, None, "api")
+    assert coalesced is joined_again and (again.id == job.id) is joined_again
+    assert again.to_dict() == store.get_job(again.id).to_dict()
+
+
+def test_a_job_moved_on_while_a_trigger_read_it_is_not_joined_later(store, monkeypatch):
+    """The dispatcher claims the job between a trigger's read and its remembering the job."""
+    job, _ = store.create_job("html", {}, None, "api")
+    assert store.claim(job.id, "http://w") and store.unclaim(job.id)  # waits, not remembered
+    read = store._read
+
+    def read_then_claim(sql, args=()):
+        rows = read(sql, args)
+        if "worker IS NULL AND target" in sql:
+            assert store.claim(job.id, "http://w")
+        return rows
+
+    monkeypatch.setattr(store, "_read", read_then_claim)
+    assert store.create_job("html", {}, None, "api")[0].id == job.id  # it was waiting then
+    monkeypatch.setattr(store, "_read", read)
+    later, coalesced = store.create_job("html", {}, None, "api")
+    assert not coalesced and later.id != job.id
+
+
+def test_a_joined_job_is_the_callers_own_copy(store):
+    _waiting_job(store)
+    mine, _ = store.create_job("html", {"A": "1"}, None, "api")
+    mine.worker = "http://changed"
+    assert store.create_job("html", {"A": "1"}, None, "api")[0].worker is None
+
+
 def test_state_changes_are_guarded(store):
     job, _ = store.create_job("html", {}, None, "api")
     assert store.claim(job.id, "http://w")
