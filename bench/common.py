@@ -64,7 +64,10 @@ stamp:
 ## big: print {big_bytes} bytes of log, in lines of 100 (yes: a printer that costs little)
 big:
 \t@yes {line} | head -c {big_bytes}
-.PHONY: noop stamp big
+## busy: a build that takes a while (cancelled by the bench once it has what it measures)
+busy:
+\t@sleep 300
+.PHONY: noop stamp big busy
 """
 STAMP_RE = re.compile(rb"^(\d{16,20})$", re.M)
 WORKSPACE_UID, WORKSPACE_GID = 4321, 4322  # as in the e2e tests: builds run as a user

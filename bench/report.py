@@ -99,6 +99,13 @@ def goals(results: dict) -> list[dict]:
                     "answering the same POST with 202 and nothing else", v,
                     f"{rate / accept_ceiling:.2f}x ({rate:.0f} vs {accept_ceiling:.0f}/s)", "-",
                     None, "the relay's front app, `/accept`: the ceiling of this stack"))
+            busy = _get(row, "identical_while_building") or {}
+            if mode == "identical" and busy.get("accepted_per_s"):
+                out.append(_goal(
+                    "(reference, not a goal) identical triggers accepted while a build runs "
+                    "(all join one waiting job)", v,
+                    f"{busy['accepted_per_s']:.0f}/s, {busy['errors']} errors, "
+                    f"{busy['jobs_made']} job(s) made", "-", None))
         idle = _get(row, "memory", "idle") or {}
         for service, limit in (("controller", 45), ("worker", 40)):
             rss = _get(idle, f"{service} serving", "rss")

@@ -61,6 +61,7 @@ class Maketrigger:
 
     def __init__(self, sizes: Sizes):
         self.rt_count, self.stamp_count, self.load_count = sizes.rt, sizes.stamp, sizes.http_load
+        self.concurrency = sizes.concurrency
         self.client: httpload.Client | None = None
         self.burst = 0  # makes the distinct bursts' variable values differ between bursts
         self.segments: dict[str, list[float]] = {name: [] for name, _ in SEGMENTS}
@@ -110,9 +111,39 @@ class Maketrigger:
         return (stamp - sent) / 1e9
 
     def extra_figures(self) -> dict:
-        """The median of each part of the `stamp` round trips, in ms."""
+        """The median of each part of the `stamp` round trips, in ms; the identical burst
+        again while a build runs."""
         return {"breakdown_ms": {name: summary_ms(values).get("p50")
-                                 for name, values in self.segments.items()}}
+                                 for name, values in self.segments.items()},
+                "identical_while_building": self.identical_while_building()}
+
+    def identical_while_building(self, seconds: float = 60) -> dict:
+        """The identical burst while the worker is busy with another build, as when a webhook
+        storm comes during a long build: every trigger joins one waiting job (the bench's
+        `noop` builds are so short that most of the main burst's triggers come after a build
+        started, and each such trigger queues and runs a new job)."""
+        busy = self.post_job({"target": "busy"}, expect=202)
+        deadline = time.monotonic() + seconds
+        while self.get(f"/jobs/{busy['id']}")["state"] != "running":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the busy job {busy['id']} did not start")
+            time.sleep(0.05)
+        try:
+            result = httpload.hey(self.port, "/jobs", {"target": "noop"}, self.load_count,
+                                  self.concurrency, seconds, ok=(202,))
+            result["jobs_made"] = self.last_id() - busy["id"]
+        finally:
+            status, raw = self.client.request("DELETE", f"/jobs/{busy['id']}")
+            if status != 202:
+                log.warning("cancelling the busy job: HTTP %s %r", status, raw[:100])
+        while any(self.get(f"/jobs?state={s}&limit=1")["jobs"] for s in ("queued", "running")):
+            if time.monotonic() > deadline + seconds:
+                raise RuntimeError("the jobs of the burst did not end")
+            time.sleep(0.05)
+        log.info("%s: identical while a build runs: %.0f accepted/s, %d errors, %d job(s) "
+                 "made", self.name, result["accepted_per_s"], result["errors"],
+                 result["jobs_made"])
+        return result
 
     def load(self, mode: str, count: int, concurrency: int, seconds: float, raw: Path) -> dict:
         if mode == "identical":
