@@ -170,37 +170,61 @@ class Waiting:
     identical triggers is answered from here instead of an SQLite read each (a read costs 0.03
     ms alone, but ~0.3 ms of CPU per trigger amid a burst's threads, measured 2026-11-28).
 
-    Only a hint that is never wrong: a job is remembered after it was read or inserted as
-    waiting, forgotten as soon as a write moved it on (claimed, ended, retried), and a job read
-    before any such write is not remembered after it (`epoch`). A job that waits again (its
-    start refused, or retried) is found by the SQLite read, as any job not remembered is."""
+    Only a hint that is never wrong. A job is remembered after a read or an insert saw it
+    waiting. A write that may move a job on (claim, start, end, retry) runs inside `moving`:
+    the job is forgotten before the write and cannot be remembered again until the write has
+    committed or rolled back, and a read that began before the write is not remembered after it
+    (`epoch`). A job that waits again (its start refused, or retried) is found by the SQLite
+    read, as any job not remembered is."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[tuple, Job] = {}
         self._keys: dict[int, tuple] = {}
-        self.epoch = 0  # how many times a job stopped waiting
+        self._moving: dict[int, int] = {}  # job id: how many writes of it are under way
+        self.epoch = 0  # how many times a write began or ended that may move a job on
 
     def get(self, key: tuple) -> tuple[Job | None, int]:
         """A copy of the job remembered for `key` (or None), and the epoch to `remember` with."""
         with self._lock:
             job = self._jobs.get(key)
-            return (copy.copy(job) if job else None), self.epoch
+            return self._copy(job), self.epoch
 
     def remember(self, key: tuple, job: Job, epoch: int) -> None:
         """`job` was seen waiting by a read that began at `epoch`."""
         with self._lock:
-            if epoch == self.epoch and key not in self._jobs:
-                self._jobs[key] = copy.copy(job)
+            if epoch == self.epoch and key not in self._jobs and job.id not in self._moving:
+                self._jobs[key] = self._copy(job)
                 self._keys[job.id] = key
 
-    def forget(self, job_id: int) -> None:
-        """After a committed write that may have moved the job on."""
+    @contextmanager
+    def moving(self, job_id: int) -> Iterator[None]:
+        """Around a write (its transaction included) that may move the job on."""
         with self._lock:
-            self.epoch += 1
-            key = self._keys.pop(job_id, None)
-            if key is not None:
-                del self._jobs[key]
+            self._moving[job_id] = self._moving.get(job_id, 0) + 1
+            self._drop(job_id)
+        try:
+            yield
+        finally:
+            with self._lock:  # (the epoch again: a read meanwhile may predate the commit)
+                left = self._moving.pop(job_id) - 1
+                if left:
+                    self._moving[job_id] = left
+                self._drop(job_id)
+
+    def _drop(self, job_id: int) -> None:
+        self.epoch += 1
+        key = self._keys.pop(job_id, None)
+        if key is not None:
+            del self._jobs[key]
+
+    @staticmethod
+    def _copy(job: Job | None) -> Job | None:
+        if job is None:
+            return None
+        mine = copy.copy(job)
+        mine.vars = dict(job.vars)
+        return mine
 
 
 class Store:
@@ -382,10 +406,9 @@ class Store:
     def claim(self, job_id: int, worker: str) -> bool:
         """Record that `worker` is being asked to start the job (it stays `queued` until the
         worker accepts). False if the job is no longer waiting."""
-        with self._tx() as db:
+        with self._waiting.moving(job_id), self._tx() as db:
             cur = db.execute("UPDATE jobs SET worker = ? WHERE id = ? AND state = 'queued' "
                              "AND worker IS NULL", (worker, job_id))
-        self._waiting.forget(job_id)
         return cur.rowcount == 1
 
     def unclaim(self, job_id: int) -> bool:
@@ -397,7 +420,7 @@ class Store:
 
     def retry(self, job_id: int, why: str) -> bool:
         """Queue a lost job again if it has retries left; its log notes the attempt."""
-        with self._tx() as db:
+        with self._waiting.moving(job_id), self._tx() as db:
             row = db.execute("SELECT attempt, retries, log_size FROM jobs WHERE id = ? AND "
                              "state IN ('queued', 'running')", (job_id,)).fetchone()
             if row is None or row["attempt"] >= row["retries"]:
@@ -410,17 +433,15 @@ class Store:
             db.execute("UPDATE jobs SET state = 'queued', worker = NULL, started_at = NULL, "
                        "attempt = attempt + 1, log_size = ?, log_base = ? WHERE id = ?",
                        (size, size, job_id))
-        self._waiting.forget(job_id)
         if self.log_written is not None:
             self.log_written(job_id, row["log_size"], note)
         return True
 
     def mark_running(self, job_id: int) -> bool:
         """The worker accepted the job; False if it was cancelled meanwhile."""
-        with self._tx() as db:
+        with self._waiting.moving(job_id), self._tx() as db:
             cur = db.execute("UPDATE jobs SET state = 'running', started_at = ? "
                              "WHERE id = ? AND state = 'queued'", (time.time(), job_id))
-        self._waiting.forget(job_id)
         return cur.rowcount == 1
 
     def finish(self, job_id: int, state: JobState, exit_code: int | None = None,
@@ -429,7 +450,7 @@ class Store:
         in one of those states."""
         assert state.ended
         states = "('queued')" if only_queued else "('queued', 'running')"
-        with self._tx() as db:
+        with self._waiting.moving(job_id), self._tx() as db:
             cur = db.execute(
                 "UPDATE jobs SET state = ?, exit_code = ?, error = ?, finished_at = ? "
                 f"WHERE id = ? AND state IN {states}",
@@ -442,7 +463,6 @@ class Store:
             if urls:
                 db.executemany("INSERT INTO notifications (job_id, url, due) VALUES (?, ?, ?)",
                                [(job_id, url, time.time()) for url in urls])
-        self._waiting.forget(job_id)
         return job
 
     def _notify_targets(self, job: Job) -> list[str]:

@@ -1,5 +1,8 @@
 """The SQLite store: jobs, coalescing, guarded state changes, and logs by byte offset."""
 
+import threading
+from contextlib import contextmanager
+
 import pytest
 
 from trigger_server.store import DELIVERY_DAYS, TRUNCATION_MARKER, JobState, Store
@@ -82,11 +85,47 @@ def test_a_job_moved_on_while_a_trigger_read_it_is_not_joined_later(store, monke
     assert not coalesced and later.id != job.id
 
 
+@pytest.mark.parametrize("move", [
+    lambda store, job_id: store.claim(job_id, "http://w"),
+    lambda store, job_id: store.mark_running(job_id),
+    lambda store, job_id: store.finish(job_id, JobState.CANCELLED, only_queued=True),
+], ids=["claimed", "marked-running", "cancelled"])
+def test_a_trigger_right_after_a_move_committed_does_not_join_the_job(store, monkeypatch, move):
+    """Two triggers: one in another thread while the move's transaction is still open (it
+    reads the job as waiting, and may join it), one between the move's commit and anything the
+    mover does after it (it must not)."""
+    job = _waiting_job(store)
+    tx, seen, sent = store._tx, [], []
+
+    def trigger():
+        sent.append(1)  # each once: the second trigger's own insert runs a transaction too
+        seen.append(store.create_job("html", {"A": "1"}, None, "api"))
+
+    @contextmanager
+    def tx_with_triggers():
+        with tx() as db:
+            yield db
+            if not sent:
+                other = threading.Thread(target=trigger)
+                other.start()
+                other.join()
+        if len(sent) == 1:
+            trigger()
+
+    monkeypatch.setattr(store, "_tx", tx_with_triggers)
+    move(store, job.id)
+    assert seen[0] == (job, True)  # the job still waited when that trigger read it
+    again, coalesced = seen[1]
+    assert not coalesced and again.id != job.id
+
+
 def test_a_joined_job_is_the_callers_own_copy(store):
     _waiting_job(store)
     mine, _ = store.create_job("html", {"A": "1"}, None, "api")
     mine.worker = "http://changed"
-    assert store.create_job("html", {"A": "1"}, None, "api")[0].worker is None
+    mine.vars["A"] = "changed"
+    again, _ = store.create_job("html", {"A": "1"}, None, "api")
+    assert (again.worker, again.vars) == (None, {"A": "1"})
 
 
 def test_state_changes_are_guarded(store):
