@@ -119,6 +119,48 @@ def test_a_trigger_right_after_a_move_committed_does_not_join_the_job(store, mon
     assert not coalesced and again.id != job.id
 
 
+def test_a_trigger_that_read_during_a_move_does_not_remember_the_job_after_it(store,
+                                                                              monkeypatch):
+    """The trigger reads the job as waiting while the cancel's transaction is open, and comes
+    to remember it only once the cancel has returned."""
+    job = _waiting_job(store)
+    tx, read, remember = store._tx, store._read, store._waiting.remember
+    has_read, cancelled, joined = threading.Event(), threading.Event(), []
+
+    def read_and_tell(sql, args=()):
+        rows = read(sql, args)
+        has_read.set()
+        return rows
+
+    def remember_late(*args):
+        cancelled.wait(5)
+        remember(*args)
+
+    def trigger():
+        monkeypatch.setattr(store, "_read", read_and_tell)  # this thread is the only reader
+        joined.append(store.create_job("html", {"A": "1"}, None, "api"))
+
+    reader = threading.Thread(target=trigger)
+
+    @contextmanager
+    def tx_with_reader():
+        with tx() as db:
+            yield db
+            reader.start()
+            assert has_read.wait(5)
+
+    monkeypatch.setattr(store, "_tx", tx_with_reader)
+    monkeypatch.setattr(store._waiting, "remember", remember_late)
+    assert store.finish(job.id, JobState.CANCELLED, only_queued=True)
+    monkeypatch.setattr(store, "_tx", tx)
+    cancelled.set()
+    reader.join(5)
+    assert joined == [(job, True)]  # it read the job before the cancel committed
+    monkeypatch.setattr(store, "_read", read)
+    later, coalesced = store.create_job("html", {"A": "1"}, None, "api")
+    assert not coalesced and later.id != job.id
+
+
 def test_a_joined_job_is_the_callers_own_copy(store):
     _waiting_job(store)
     mine, _ = store.create_job("html", {"A": "1"}, None, "api")
