@@ -136,10 +136,8 @@ class Maketrigger:
             status, raw = self.client.request("DELETE", f"/jobs/{busy['id']}")
             if status != 202:
                 log.warning("cancelling the busy job: HTTP %s %r", status, raw[:100])
-        while any(self.get(f"/jobs?state={s}&limit=1")["jobs"] for s in ("queued", "running")):
-            if time.monotonic() > deadline + seconds:
-                raise RuntimeError("the jobs of the burst did not end")
-            time.sleep(0.05)
+        if not self.drain(seconds):
+            raise RuntimeError("the jobs of the burst did not end")
         log.info("%s: identical while a build runs: %.0f accepted/s, %d errors, %d job(s) "
                  "made", self.name, result["accepted_per_s"], result["errors"],
                  result["jobs_made"])
@@ -163,17 +161,19 @@ class Maketrigger:
     def mark(self) -> int:
         return self.last_id()
 
+    def drain(self, seconds: float) -> bool:
+        """Wait (at most `seconds`) until no job is queued or running; whether none is."""
+        deadline = time.monotonic() + seconds
+        while any(self.get(f"/jobs?state={s}&limit=1")["jobs"] for s in ("queued", "running")):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def settle(self, mark: int, t0: float, seconds: float) -> dict:
         """Wait until no job is queued or running; how many jobs the burst made and how they
         ended, and the jobs it made per second from its start to the last one's end."""
-        deadline = time.monotonic() + seconds
-        drained = False
-        while time.monotonic() < deadline:
-            if not any(self.get(f"/jobs?state={s}&limit=1")["jobs"]
-                       for s in ("queued", "running")):
-                drained = True
-                break
-            time.sleep(0.05)
+        drained = self.drain(seconds)
         took = time.perf_counter() - t0
         states: dict[str, int] = {}
         before = None
