@@ -205,9 +205,9 @@ def _validate(body: dict) -> tuple[str, dict, str | None, float | None, str, flo
     wait = body.get("wait") or 0
     max_wait = current_app.config["MAX_WAIT"]
     wait = max_wait if wait is True else min(_positive("wait", wait, allow_zero=True), max_wait)
-    if pool.lacks_target(selector, target):
-        abort(400, f"target {target} is not a target of the worker's makefile "
-                   "(see GET /targets)")
+    missing = pool.lacks_target(selector, target)
+    if missing:
+        abort(400, missing)
     return target, variables, selector, timeout, source, wait
 
 

@@ -158,9 +158,9 @@ def _check_makefile_has(host: Host, target: str) -> None:
     """Refuse (503, not recorded: the host's redelivery may try again once it is fixed) a
     configured target that the workers' makefile lacks, as POST /jobs does with a 400. If no
     worker answers, the push is queued: the worker checks the target when it starts."""
-    if current_app.extensions["pool"].lacks_target(None, target):
-        message = (f"{env_var(host.target)}: target {target} is not a target of the worker's "
-                   "makefile (see GET /targets)")
+    missing = current_app.extensions["pool"].lacks_target(None, target)
+    if missing:
+        message = f"{env_var(host.target)}: {missing}"
         log.error("%s webhook refused: %s", host.title, message)
         raise Refused(503, message)
 

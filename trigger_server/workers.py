@@ -487,11 +487,13 @@ class WorkerPool:
         listed = self._listed(selector, ttl)
         return listed[0] if listed else None
 
-    def lacks_target(self, selector: str | None, target: str) -> bool:
-        """Whether a worker answered and its makefile has no `target` (False if none answers:
-        the worker checks the target itself when it starts the job)."""
+    def lacks_target(self, selector: str | None, target: str) -> str | None:
+        """What is wrong if a worker answered and its makefile has no `target`; None if it has
+        it, or if none answers (the worker checks the target itself when it starts the job)."""
         listed = self._listed(selector)
-        return listed is not None and target not in listed[1]
+        if listed is None or target in listed[1]:
+            return None
+        return f"target {target} is not a target of the worker's makefile (see GET /targets)"
 
     def _listed(self, selector: str | None,
                 ttl: float = 5.0) -> tuple[list[dict], frozenset[str]] | None:
