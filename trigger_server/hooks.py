@@ -157,7 +157,8 @@ def _target(host: Host) -> str:
 def _check_makefile_has(host: Host, target: str) -> None:
     """Refuse (503, not recorded: the host's redelivery may try again once it is fixed) a
     configured target that the workers' makefile lacks, as POST /jobs does with a 400. If no
-    worker answers, the push is queued: the worker checks the target when it starts."""
+    worker lists its targets within TARGETS_WAIT, the push is queued: the worker checks the
+    target when it starts."""
     missing = current_app.extensions["pool"].lacks_target(None, target)
     if missing:
         message = f"{env_var(host.target)}: {missing}"

@@ -17,7 +17,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -30,6 +31,11 @@ CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 5.0
 HEALTH_TIMEOUT = (1.0, 2.0)  # a frozen worker shows unhealthy within a few seconds
 STREAM_READ_TIMEOUT = 10.0
+TARGETS_TTL = 5.0  # seconds a worker's list of targets is taken as current
+# How long a trigger waits for a list of targets before it leaves the check to the worker (which
+# makes it again when the job starts). Listing runs `make -p`, which takes as long as the
+# makefile's $(shell ...) lines; GitHub gives up on a webhook delivery after 10 s.
+TARGETS_WAIT = 3.0
 DOCKER_SCHEME = "docker://"
 MANY = 1 << 30  # room of a worker that locks only targets: it takes any number of jobs
 
@@ -311,6 +317,10 @@ class WorkerPool:
         self._checks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
         self._targets_cache: dict[str | None,
                                  tuple[float, tuple[list[dict], frozenset[str]]]] = {}
+        # Listings under way, one per selector, in threads of their own: a slow makefile
+        # neither holds a trigger longer than TARGETS_WAIT nor delays the health checks.
+        self._listing: dict[str | None, Future] = {}
+        self._lister = ThreadPoolExecutor(max_workers=2, thread_name_prefix="targets")
         self.on_change = lambda: None  # set by the dispatcher: a worker became usable
         self.on_watch = lambda worker, event: None  # set by the dispatcher: files changed
 
@@ -482,31 +492,59 @@ class WorkerPool:
                       if w.matches(selector) and w.healthy and w.job_timeout]
         return min(limits) if limits else None
 
-    def targets(self, selector: str | None = None, ttl: float = 5.0) -> list[dict] | None:
-        """The targets a healthy matching worker lists (cached for `ttl`); None if none answers."""
-        listed = self._listed(selector, ttl)
+    def targets(self, selector: str | None = None) -> list[dict] | None:
+        """The targets a healthy matching worker lists (cached for TARGETS_TTL); None if none
+        answers."""
+        listed = self._listed(selector, wait=None)
         return listed[0] if listed else None
 
     def lacks_target(self, selector: str | None, target: str) -> str | None:
         """What is wrong if a worker answered and its makefile has no `target`; None if it has
-        it, or if none answers (the worker checks the target itself when it starts the job)."""
-        listed = self._listed(selector)
+        it, or if no list came within TARGETS_WAIT (the worker checks the target itself when it
+        starts the job). A target an older list has is taken at once, and the list renewed
+        meanwhile; one it lacks is looked up again: it may have been added since."""
+        cached = self._targets_cache.get(selector)
+        if cached and target in cached[1][1]:
+            if time.monotonic() - cached[0] >= TARGETS_TTL:
+                self._list(selector)
+            return None
+        listed = self._listed(selector, wait=TARGETS_WAIT)
         if listed is None or target in listed[1]:
             return None
         return f"target {target} is not a target of the worker's makefile (see GET /targets)"
 
     def _listed(self, selector: str | None,
-                ttl: float = 5.0) -> tuple[list[dict], frozenset[str]] | None:
+                wait: float | None) -> tuple[list[dict], frozenset[str]] | None:
         cached = self._targets_cache.get(selector)
-        if cached and time.monotonic() - cached[0] < ttl:
+        if cached and time.monotonic() - cached[0] < TARGETS_TTL:
             return cached[1]
-        for worker in [w for w in self.all() if w.healthy and w.matches(selector)]:
-            try:
-                found = self.client.targets(worker)
-            except WorkerError as exc:
-                log.warning("cannot list targets of %s: %s", worker.url, exc)
-                continue
-            listed = (found, frozenset(t["name"] for t in found))
-            self._targets_cache[selector] = (time.monotonic(), listed)
-            return listed
-        return None
+        try:
+            return self._list(selector).result(timeout=wait)
+        except FutureTimeout:
+            log.warning("no worker listed its targets within %g s; the worker will check the "
+                        "target when the job starts", wait)
+            return None
+
+    def _list(self, selector: str | None) -> Future:
+        """The listing under way for `selector`, started if there is none."""
+        with self.lock:
+            future = self._listing.get(selector)
+            if future is None:
+                future = self._listing[selector] = self._lister.submit(self._fetch, selector)
+            return future
+
+    def _fetch(self, selector: str | None) -> tuple[list[dict], frozenset[str]] | None:
+        try:
+            for worker in [w for w in self.all() if w.healthy and w.matches(selector)]:
+                try:
+                    found = self.client.targets(worker)
+                except WorkerError as exc:
+                    log.warning("cannot list targets of %s: %s", worker.url, exc)
+                    continue
+                listed = (found, frozenset(t["name"] for t in found))
+                self._targets_cache[selector] = (time.monotonic(), listed)
+                return listed
+            return None
+        finally:
+            with self.lock:  # after _list has stored this future: it holds the lock meanwhile
+                self._listing.pop(selector, None)

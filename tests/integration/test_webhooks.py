@@ -379,6 +379,25 @@ def test_a_target_the_makefile_lacks_is_refused_and_not_recorded(stack):
     wait_for(lambda: message in proc.output(), what="the error in the controller's log")
 
 
+def test_a_makefile_slow_to_list_does_not_hold_the_delivery(stack):
+    """Listing the targets runs `make -p`, as slow as the makefile's $(shell ...) lines; GitHub
+    gives up on a delivery after 10 s. The push is answered once the list has taken
+    TARGETS_WAIT (3 s), before it is there, and the worker checks the target when it starts."""
+    workdir = stack.workspace(makefile="LISTED := $(shell sleep 7; echo x >> read.txt)\n"
+                                       "ok:\n\t@echo building ok\n")
+    stack.server([stack.worker(workdir)], TRIGGER_GITHUB_SECRET=SECRET,
+                 TRIGGER_GITHUB_TARGET="ok")
+    before = job_ids(stack)
+    resp = send_github(stack.url, github_push("main"))
+    assert resp.status_code == 202, resp.text
+    read = stack.tmp / "ws" / "read.txt"
+    assert not read.exists(), "the delivery was answered only after make had read the makefile"
+    job = resp.json()
+    assert job_ids(stack) - before == {job["id"]}
+    assert stack.wait_state(job["id"], timeout=60)["state"] == "succeeded"
+    assert "building ok" in stack.log(job["id"])
+
+
 def test_webhooks_need_no_api_token(stack):
     """Git hosts cannot send the API token; the signature is their authentication."""
     stack.server([stack.worker()], TRIGGER_API_TOKEN="api-token",
