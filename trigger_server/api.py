@@ -391,7 +391,7 @@ def list_targets():
         abort(400, f"unknown worker {selector!r}; see GET /workers")
     found = _pool().targets(selector)
     if found is None:
-        abort(503, "no healthy worker to ask for its targets; see GET /workers")
+        abort(503, "no healthy worker listed its targets; see GET /workers")
     return jsonify(targets=found)
 
 

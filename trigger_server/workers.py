@@ -36,6 +36,8 @@ TARGETS_TTL = 5.0  # seconds a worker's list of targets is taken as current
 # makes it again when the job starts). Listing runs `make -p`, which takes as long as the
 # makefile's $(shell ...) lines; GitHub gives up on a webhook delivery after 10 s.
 TARGETS_WAIT = 3.0
+TARGETS_STALE = 60.0  # an older list is not trusted even for a target it has
+LIST_WAIT = 35.0  # GET /targets waits this long for a list (a listing's own limit is 30 s)
 DOCKER_SCHEME = "docker://"
 MANY = 1 << 30  # room of a worker that locks only targets: it takes any number of jobs
 
@@ -432,6 +434,7 @@ class WorkerPool:
 
     def stop(self) -> None:
         self._stop.set()
+        self._lister.shutdown(wait=False, cancel_futures=True)  # a slow make -p holds no exit
 
     def _loop(self) -> None:
         next_resolve = next_health = time.monotonic()
@@ -494,57 +497,73 @@ class WorkerPool:
 
     def targets(self, selector: str | None = None) -> list[dict] | None:
         """The targets a healthy matching worker lists (cached for TARGETS_TTL); None if none
-        answers."""
-        listed = self._listed(selector, wait=None)
+        answers within LIST_WAIT."""
+        listed = self._listed(selector, wait=LIST_WAIT)
         return listed[0] if listed else None
 
     def lacks_target(self, selector: str | None, target: str) -> str | None:
         """What is wrong if a worker answered and its makefile has no `target`; None if it has
         it, or if no list came within TARGETS_WAIT (the worker checks the target itself when it
-        starts the job). A target an older list has is taken at once, and the list renewed
-        meanwhile; one it lacks is looked up again: it may have been added since."""
+        starts the job). A target that a list older than TARGETS_TTL (but not TARGETS_STALE) has
+        is taken at once, and the list renewed meanwhile; a target it lacks waits for the new
+        list: it may have been added since."""
         cached = self._targets_cache.get(selector)
         if cached and target in cached[1][1]:
-            if time.monotonic() - cached[0] >= TARGETS_TTL:
+            age = time.monotonic() - cached[0]
+            if age < TARGETS_TTL:
+                return None
+            if age < TARGETS_STALE:
                 self._list(selector)
-            return None
+                return None
         listed = self._listed(selector, wait=TARGETS_WAIT)
         if listed is None or target in listed[1]:
             return None
         return f"target {target} is not a target of the worker's makefile (see GET /targets)"
 
     def _listed(self, selector: str | None,
-                wait: float | None) -> tuple[list[dict], frozenset[str]] | None:
+                wait: float) -> tuple[list[dict], frozenset[str]] | None:
         cached = self._targets_cache.get(selector)
         if cached and time.monotonic() - cached[0] < TARGETS_TTL:
             return cached[1]
+        future = self._list(selector)
         try:
-            return self._list(selector).result(timeout=wait)
+            return future.result(timeout=wait) if future else None
         except FutureTimeout:
-            log.warning("no worker listed its targets within %g s; the worker will check the "
-                        "target when the job starts", wait)
+            log.warning("no worker listed its targets within %g s", wait)
+            return None
+        except Exception:  # advisory only, and logged by _listing_done
             return None
 
-    def _list(self, selector: str | None) -> Future:
-        """The listing under way for `selector`, started if there is none."""
+    def _list(self, selector: str | None) -> Future | None:
+        """The listing under way for `selector`, started if there is none (None once the pool
+        has stopped)."""
         with self.lock:
             future = self._listing.get(selector)
             if future is None:
-                future = self._listing[selector] = self._lister.submit(self._fetch, selector)
+                try:
+                    future = self._lister.submit(self._fetch, selector)
+                except RuntimeError:  # shut down
+                    return None
+                self._listing[selector] = future
+                # Under the lock, so that it runs after the line above even if already done.
+                future.add_done_callback(lambda f: self._listing_done(selector, f))
             return future
 
+    def _listing_done(self, selector: str | None, future: Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("listing the targets failed", exc_info=future.exception())
+        with self.lock:
+            if self._listing.get(selector) is future:
+                del self._listing[selector]
+
     def _fetch(self, selector: str | None) -> tuple[list[dict], frozenset[str]] | None:
-        try:
-            for worker in [w for w in self.all() if w.healthy and w.matches(selector)]:
-                try:
-                    found = self.client.targets(worker)
-                except WorkerError as exc:
-                    log.warning("cannot list targets of %s: %s", worker.url, exc)
-                    continue
-                listed = (found, frozenset(t["name"] for t in found))
-                self._targets_cache[selector] = (time.monotonic(), listed)
-                return listed
-            return None
-        finally:
-            with self.lock:  # after _list has stored this future: it holds the lock meanwhile
-                self._listing.pop(selector, None)
+        for worker in [w for w in self.all() if w.healthy and w.matches(selector)]:
+            try:
+                found = self.client.targets(worker)
+            except WorkerError as exc:
+                log.warning("cannot list targets of %s: %s", worker.url, exc)
+                continue
+            listed = (found, frozenset(t["name"] for t in found))
+            self._targets_cache[selector] = (time.monotonic(), listed)
+            return listed
+        return None
