@@ -3,6 +3,7 @@ and none of the files needs a registry or a host port for the workers. No Docker
 
 from __future__ import annotations
 
+import importlib
 import re
 
 import pytest
@@ -45,3 +46,40 @@ def test_every_service_has_an_image_tag_next_to_its_build():
 
     for name, service in services.items():
         assert "image" in service and "build" in service, name
+
+
+# What docker-compose.yml sets itself, or cannot pass on as a plain value.
+SET_BY_THE_STACK = {
+    "controller": {"TRIGGER_DB", "TRIGGER_BIND",
+                   "TRIGGER_SCHEDULE_FILE"},  # a path in the container: mounted by an override
+    "worker": {"WORKER_WORKDIR", "WORKER_STATE_DIR", "WORKER_BIND"},
+}
+
+
+def settings_read_by(package: str) -> set[str]:
+    """The environment variables a service reads: its settings table, its gunicorn config and
+    (for the images) its entrypoint."""
+    config = importlib.import_module(f"{package}.config")
+    names = {var for var, _, _ in config.SETTINGS.values()}
+    sources = [ROOT / package / "gunicorn_conf.py"]
+    names |= set(re.findall(r'environ\.get\("([A-Z][A-Z0-9_]*)"', sources[0].read_text()))
+    entrypoint = {"trigger_server": "server", "worker": "worker"}[package]
+    script = (ROOT / "docker" / f"{entrypoint}-entrypoint.sh").read_text()
+    names |= {n for n in re.findall(r"\$\{([A-Z][A-Z0-9_]*)", script)
+              if n.startswith(("TRIGGER_", "WORKER_"))}
+    return names - {"TRIGGER_WORKER_TOKEN_FILE"}
+
+
+@pytest.mark.parametrize("service,package", [("controller", "trigger_server"),
+                                             ("worker", "worker")])
+def test_every_setting_a_service_reads_can_be_set_from_env(service, package):
+    """README and .env.example: put a setting in .env and the stack uses it. A setting the
+    compose file did not hand on would be dropped without a word."""
+    environment = yaml.safe_load((ROOT / "docker-compose.yml").read_text())[
+        "services"][service]["environment"]
+    missing = settings_read_by(package) - set(environment) - SET_BY_THE_STACK[service]
+    assert not missing, f"docker-compose.yml does not pass {sorted(missing)} to {service}"
+    for name in set(environment) & settings_read_by(package):
+        value = str(environment[name])
+        if name not in ("TRIGGER_DB", "TRIGGER_WORKER_TOKEN_FILE"):
+            assert value == f"${{{name}:-}}" or value.startswith(f"${{{name}:-"), name
