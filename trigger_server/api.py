@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import select
+import socket
 import threading
 import time
 from importlib import resources
@@ -31,7 +33,8 @@ MAX_RETRIES = 10
 SOURCES = ("api", "cli")
 LOG_CHUNK = 256 * 1024
 OPENAPI = resources.files(__package__).joinpath("openapi.json").read_bytes()
-KEEPALIVE = 15.0
+KEEPALIVE = 15.0  # seconds between SSE comments while a followed log is quiet
+QUIET_CHECK = 5.0  # seconds between looks at whether the client of a quiet follow has gone
 
 
 class TooBusy(Exception):
@@ -114,6 +117,29 @@ class WaitSlots:
 
     def give(self) -> None:
         self._sem.release()
+
+
+def _hung_up(sock: socket.socket | None) -> bool:
+    """Whether the client closed the connection: a `wait` or a plain-text follow writes
+    nothing until the job ends or logs, so a client that gave up would otherwise hold its wait
+    slot (and a thread) until then. Data waiting to be read (a pipelined request) is not a
+    hang-up; a TLS socket, which cannot peek, never counts as one."""
+    if sock is None:
+        return False
+    try:
+        if not select.select([sock], [], [], 0)[0]:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except ValueError:  # ssl.SSLSocket refuses flags
+        return False
+    except OSError:  # reset
+        return True
+
+
+def _hang_up_check():
+    """A check for the current request's client having gone, usable after the request."""
+    sock = request.environ.get("gunicorn.socket")
+    return lambda: _hung_up(sock)
 
 
 # --- jobs ---------------------------------------------------------------------------------
@@ -227,7 +253,8 @@ def create_job():
                                               start_here=wait >= START_HERE_WAIT)
         status = 202
         if wait:
-            job = _dispatcher().wait_for_end(job.id, max(0.0, deadline - time.monotonic()))
+            job = _dispatcher().wait_for_end(job.id, max(0.0, deadline - time.monotonic()),
+                                             gone=_hang_up_check())
             status = WAIT_STATUS.get(job.state, 202)
     finally:
         if wait:
@@ -299,7 +326,7 @@ def job_log(job_id: int):
         return Response(data, mimetype="text/plain")
     slots = current_app.extensions["wait_slots"]
     slots.take()
-    chunks = _follow_log(job_id, int(start), sse)
+    chunks = _follow_log(job_id, int(start), sse, _hang_up_check())
     return Response(stream_with_context(_released(chunks, slots)),
                     mimetype="text/event-stream" if sse else "text/plain",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -312,18 +339,19 @@ def _released(chunks, slots: WaitSlots):
         slots.give()
 
 
-def _follow_log(job_id: int, offset: int, sse: bool):
-    """The log from `offset` as it grows, until the job has ended and all of it is sent. What
-    was just stored comes from memory (log_tail.py), the rest from the database."""
+def _follow_log(job_id: int, offset: int, sse: bool, gone):
+    """The log from `offset` as it grows, until the job has ended and all of it is sent, or
+    the client has gone. What was just stored comes from memory (log_tail.py), the rest from
+    the database."""
     tail = current_app.extensions["log_tail"]
     tail.follow(job_id)
     try:
-        yield from _follow_stored(job_id, offset, sse, tail)
+        yield from _follow_stored(job_id, offset, sse, tail, gone)
     finally:
         tail.unfollow(job_id)
 
 
-def _follow_stored(job_id: int, offset: int, sse: bool, tail):
+def _follow_stored(job_id: int, offset: int, sse: bool, tail, gone):
     store, dispatcher = _store(), _dispatcher()
     from_store = False
     while True:
@@ -354,8 +382,11 @@ def _follow_stored(job_id: int, offset: int, sse: bool, tail):
                 offset = job.log_size  # only part of a character is left at the very end
             from_store = True  # (the database is the whole truth; the tail only a help)
             continue  # the rest was stored between the read and this look: read it
-        if dispatcher.wait_logged(version, KEEPALIVE) == version and sse:
-            yield b": keepalive\n\n"
+        if dispatcher.wait_logged(version, KEEPALIVE if sse else QUIET_CHECK) == version:
+            if gone():
+                return
+            if sse:
+                yield b": keepalive\n\n"
 
 
 def _utf8_prefix(data: bytes) -> tuple[str, int]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from worker import rules
 from worker.threads import DaemonThreads
@@ -109,9 +109,11 @@ class Dispatcher:
             self.log_version += 1
             self.logged.notify_all()
 
-    def wait_for_end(self, job_id: int, seconds: float) -> Job | None:
-        """The job once it has ended, or as it is when `seconds` have passed (None if there is
-        no such job). Woken only by this job's end, which comes with the ended job."""
+    def wait_for_end(self, job_id: int, seconds: float,
+                     gone: Callable[[], bool] = lambda: False) -> Job | None:
+        """The job once it has ended, or as it is when `seconds` have passed or `gone()` (the
+        client hung up; looked at every END_RECHECK) (None if there is no such job). Woken only
+        by this job's end, which comes with the ended job."""
         waiting = _EndWait()
         with self._lock:
             self._end_waits.setdefault(job_id, []).append(waiting)
@@ -125,6 +127,8 @@ class Dispatcher:
                 if waiting.event.wait(min(left, END_RECHECK)) and waiting.job is not None:
                     return waiting.job
                 job = self.store.get_job(job_id)  # an end recorded elsewhere is seen too
+                if gone():
+                    break
             return job
         finally:
             with self._lock:

@@ -1,8 +1,11 @@
 """A trigger runs make on a real worker, and the result and log come back to the controller."""
 
 import json
+import socket
 import threading
+import time
 
+import pytest
 import requests
 
 from .procs import TOKEN, wait_for
@@ -166,3 +169,32 @@ def test_waiting_requests_are_bounded_and_refused_beyond_the_bound(stack):
     assert "waiting" in resp.json()["error"]
     assert len(stack.get("/jobs")["jobs"]) == 1  # the refused trigger made no job
     holder.join()
+
+
+def _hang_up_after_sending(port: int, request: bytes) -> None:
+    """A client that sends a request, sees it accepted, and goes (curl --max-time, a closed
+    browser tab): the connection is closed before the answer is complete."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        time.sleep(0.5)  # the server has taken the request and is waiting
+
+
+@pytest.mark.parametrize("how", ["wait", "follow"])
+def test_a_client_that_hung_up_gives_its_wait_slot_back(stack, how):
+    """A `wait` or a plain-text follow writes nothing while the job is quiet; a client that went
+    away must not hold one of the TRIGGER_MAX_WAITERS slots until the job ends (here 120 s)."""
+    server = stack.server([stack.worker(WORKER_VARS="SECS")], TRIGGER_MAX_WAITERS=2)
+    job = stack.post(json={"target": "slow", "vars": {"SECS": "120"}}).json()
+    body = json.dumps({"target": "slow", "wait": True}).encode()
+    request = {
+        "wait": b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+        "follow": b"GET /jobs/%d/log?follow=1 HTTP/1.1\r\nHost: x\r\n\r\n" % job["id"],
+    }[how]
+    for _ in range(2):
+        _hang_up_after_sending(server.port, request)
+    # While both slots were held, a trigger that waits was refused; once the server has seen
+    # the hang-ups (within seconds), it is taken again.
+    wait_for(lambda: stack.post(json={"target": "ok", "wait": 1}).status_code != 429,
+             timeout=40, what="the hung-up clients' wait slots to be given back")
+    assert stack.job(job["id"])["state"] == "running"  # long before the job has ended
