@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from worker import rules
 
@@ -69,6 +69,10 @@ def parse_line(text: str, where: str) -> Schedule:
         expr, rest = " ".join(parts[:5]), parts[5:]
         if len(parts) < 5 or not croniter.is_valid(expr):
             raise ScheduleError(f"{where}: {expr!r} is not a 5-field cron expression")
+        try:  # valid fields can still name no real date (Feb 31st): croniter finds out by looking
+            croniter(expr, datetime.now(UTC)).get_next(float)
+        except CroniterBadDateError:
+            raise ScheduleError(f"{where}: {expr!r} never fires (no such date)") from None
     if not rest:
         raise ScheduleError(f"{where}: no target after the cron expression")
     try:

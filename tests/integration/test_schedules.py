@@ -28,3 +28,14 @@ def test_a_bad_schedule_line_stops_the_controller_naming_the_line(tmp_path):
                           env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
     assert "TRIGGER_SCHEDULE line 2" in proc.stderr and "99 * * * *" in proc.stderr
+
+
+def test_a_schedule_that_never_fires_stops_the_controller_naming_the_line(tmp_path):
+    # Feb 31st passes croniter.is_valid; it used to kill the gunicorn worker at boot instead
+    env = {"PATH": "/usr/bin:/bin", "TRIGGER_DB": str(tmp_path / "db"),
+           "TRIGGER_WORKER_TOKEN": "x", "TRIGGER_BIND": "127.0.0.1:0",
+           "TRIGGER_SCHEDULE": "@daily ok\n0 0 31 2 * ok"}
+    proc = subprocess.run([sys.executable, "-c", "from trigger_server.serve import main; main()"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "TRIGGER_SCHEDULE line 2" in proc.stderr and "never fires" in proc.stderr

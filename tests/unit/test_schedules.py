@@ -41,6 +41,8 @@ def test_lines_are_parsed_with_targets_and_variables():
     ("0 3 * * *", "line 2: no target"),
     ("0 3 * * * -x", "line 2: target must not start with '-'"),
     ("0 3 * * * site SHELL=/bin/sh", "line 2: variable SHELL is always refused"),
+    ("0 0 31 2 * site", "line 2: '0 0 31 2 *' never fires"),  # valid fields, no such date
+    ("0 0 31 4,6,9,11 * site", "line 2: '0 0 31 4,6,9,11 *' never fires"),
 ])
 def test_a_bad_line_is_an_error_naming_the_line(line, message):
     with pytest.raises(ScheduleError) as err:
@@ -48,6 +50,14 @@ def test_a_bad_line_is_an_error_naming_the_line(line, message):
     assert str(err.value).startswith("TRIGGER_SCHEDULE line 2:")
     if not message.endswith("-"):
         assert message in str(err.value)
+
+
+def test_a_rare_but_real_date_is_accepted():
+    # Feb 29th fires every four years; a weekday ORs with the day (cron's rule), so it fires
+    found = parse("0 0 29 2 * leap\n0 0 31 2 mon mondays\n", "S")
+    assert [s.target for s in found] == ["leap", "mondays"]
+    assert found[0].next_after(ts("2026-03-01T00:00:00+00:00"), UTC) == \
+        ts("2028-02-29T00:00:00+00:00")
 
 
 def test_next_fire_times_follow_the_timezone():
