@@ -74,6 +74,24 @@ def require_token():
     return None
 
 
+@bp.before_app_request
+def refuse_long_bodies():
+    """A body without Content-Length (chunked) over MAX_CONTENT_LENGTH is a 413, as one with it
+    is. werkzeug stops such a stream at the limit but raises only on a read *past* it, so a
+    whole-body read ending there returns the first MAX_CONTENT_LENGTH bytes as if they were all:
+    read one byte more, into the request's cache (what get_data, get_json and form use)."""
+    limit = request.max_content_length
+    if limit is None or request.content_length is not None:
+        return None  # a Content-Length over the limit is refused by werkzeug on first read
+    request.max_content_length = limit + 1
+    try:
+        if len(request.get_data(cache=True)) > limit:
+            abort(413, f"request body over {limit} bytes (TRIGGER_MAX_BODY)")
+    finally:
+        request.max_content_length = limit
+    return None
+
+
 @bp.app_errorhandler(HTTPException)
 def http_error(exc: HTTPException):
     return error(exc.code or 500, exc.description or exc.name)
