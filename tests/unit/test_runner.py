@@ -139,8 +139,13 @@ def test_a_log_left_without_its_record_is_pruned_in_its_turn(workspace, tmp_path
         time.sleep(0.01)
         wait_done(r.start(str(i), "ok", {}, None))
         wait_recorded(r)
-    left = {p.name for p in runs.iterdir()}
-    assert "orphan.log" not in left and {"5.json", "5.log"} <= left and len(left) <= 8
+    # Each end prunes in the thread that followed the build, after its record: on a loaded
+    # machine the last of them may still be at it.
+    deadline = time.monotonic() + 10
+    while "orphan.log" in (left := {p.name for p in runs.iterdir()}):
+        assert time.monotonic() < deadline, f"the orphan log was never pruned: {sorted(left)}"
+        time.sleep(0.01)
+    assert {"5.json", "5.log"} <= left and len(left) <= 8
 
 
 @pytest.mark.parametrize("code,text", [(0, "exit status 0"), (2, "exit status 2"),
