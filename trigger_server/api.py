@@ -205,8 +205,8 @@ def _positive(key: str, value, allow_zero: bool = False) -> float:
 
 
 def _retries(value) -> int:
-    if isinstance(value, str) and value.isdigit():  # from a form
-        value = int(value)
+    if isinstance(value, str):  # from a form
+        value = rules.parse_natural(value, MAX_RETRIES)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
         abort(400, f"retries must be an integer from 0 to {MAX_RETRIES}")
     return value
@@ -287,9 +287,10 @@ def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    value = rules.parse_natural(raw, high)
+    if value is None or value < low:
         abort(400, f"{name} must be an integer from {low} to {high}")
-    return int(raw)
+    return value
 
 
 @bp.get("/jobs")
@@ -305,7 +306,7 @@ def list_jobs():
     return jsonify(jobs=[j.to_dict() for j in jobs], next_before=next_before)
 
 
-MAX_ID = 2**63 - 1  # SQLite's largest integer
+MAX_ID = 2**63 - 1  # SQLite's largest integer (and so the largest log offset too)
 
 
 def _job_or_404(job_id: int) -> Job:
@@ -335,16 +336,16 @@ def job_log(job_id: int):
     _job_or_404(job_id)
     sse = request.accept_mimetypes.best == "text/event-stream"
     start = request.headers.get("Last-Event-ID") if sse else None
-    start = start or request.args.get("offset", "0")
-    if not start.isdigit():
-        abort(400, "offset (or Last-Event-ID) must be a non-negative byte offset")
+    offset = rules.parse_natural(start or request.args.get("offset", "0"), MAX_ID)
+    if offset is None:  # checked here: once the stream has begun, an error cannot be a 400
+        abort(400, f"offset (or Last-Event-ID) must be a byte offset from 0 to {MAX_ID}")
     follow = sse or request.args.get("follow") in ("1", "true")
     if not follow:
-        data = _store().read_log(job_id, int(start), limit=1 << 62)
+        data = _store().read_log(job_id, offset, limit=1 << 62)
         return Response(data, mimetype="text/plain")
     slots = current_app.extensions["wait_slots"]
     slots.take()
-    chunks = _follow_log(job_id, int(start), sse, _hang_up_check())
+    chunks = _follow_log(job_id, offset, sse, _hang_up_check())
     return Response(stream_with_context(_released(chunks, slots)),
                     mimetype="text/event-stream" if sse else "text/plain",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -664,8 +664,8 @@ class DockerTransport:
 
     def _read_pidfile(self, attrs: dict, pidfile: str) -> int | None:
         _, out, _ = self._exec(attrs, ["sh", "-c", READ_PIDFILE, "sh", pidfile], "0")
-        text = out.decode(errors="replace").strip()
-        return int(text) if text.isdigit() and int(text) > 1 else None
+        pid = rules.parse_natural(out.decode(errors="replace").strip(), 2**31 - 1)
+        return pid if pid is not None and pid > 1 else None
 
     def _prune(self) -> None:
         """Keep the records of at most KEEP_RUNS finished runs."""

@@ -23,6 +23,7 @@ FOLLOW_POLL = 0.05
 CHUNK = 256 * 1024
 TICK = 5.0  # a followed run that printed nothing for this long gets a `tick` frame
 FRAMES_TYPE = "application/x-maketrigger-run"  # see trigger_server/worker_http.py
+MAX_OFFSET = 2**63 - 1  # the largest file offset (off_t); a file system may allow less
 
 
 def _runner():
@@ -104,9 +105,10 @@ def healthz():
             "job_timeout": cfg["JOB_TIMEOUT"], "workdir": cfg["WORKDIR"]}
     watcher = current_app.extensions["watcher"]
     if watcher.rules:
-        ack = request.args.get("ack", "0")
-        body["watch"] = {"boot": watcher.boot,
-                         "events": watcher.pending(int(ack) if ack.isdigit() else 0)}
+        ack = rules.parse_natural(request.args.get("ack", "0"), MAX_OFFSET)
+        if ack is None:
+            abort(400, f"ack must be an integer from 0 to {MAX_OFFSET} (the last seq taken)")
+        body["watch"] = {"boot": watcher.boot, "events": watcher.pending(ack)}
     return jsonify(body)
 
 
@@ -180,15 +182,19 @@ def run_log(run_id: str):
     run's final state (`follow=1` in both cases follows it as it grows)."""
     runner = _runner()
     run = runner.get(run_id)
-    offset = request.args.get("offset", "0")
-    if not offset.isdigit():
-        abort(400, "offset must be a non-negative integer")
+    offset = rules.parse_natural(request.args.get("offset", "0"), MAX_OFFSET)
+    if offset is None:
+        abort(400, f"offset must be an integer from 0 to {MAX_OFFSET}")
     follow = request.args.get("follow") in ("1", "true")
     try:
         f = open(runner.log_path(run.id), "rb", buffering=0)  # noqa: SIM115 (the stream closes it)
     except FileNotFoundError:
         abort(404, f"the log of run {run_id} is gone")
-    f.seek(int(offset))
+    try:
+        f.seek(offset)
+    except OSError:  # EINVAL: beyond the largest file this file system can hold
+        f.close()
+        abort(400, f"offset {offset} is beyond any file on this worker's file system")
     if follow and request.args.get("frames") in ("1", "true"):
         return _frames(run, lambda: f, started=False)
 

@@ -58,6 +58,19 @@ class RuleError(ValueError):
     """An input that must not reach make; the message names the rule it breaks."""
 
 
+def parse_natural(text: str, high: int) -> int | None:
+    """The number that `text` spells in ASCII digits if it is at most `high`, else None.
+    str.isdigit() alone is true for '²', which int() refuses, and int() refuses more than 4300
+    digits: a number from a URL or form goes through here (both sides use it)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(high)):
+        return None
+    value = int(digits)
+    return value if value <= high else None
+
+
 def check_target_syntax(target: object) -> str:
     """Return `target` if its spelling is acceptable to pass to make, else raise RuleError."""
     if not isinstance(target, str):

@@ -78,3 +78,84 @@ def test_after_all_that_the_canary_was_never_made_and_jobs_only_echoed(target_st
     assert not target_stack.canary.exists()
     for job in target_stack.get("/jobs?limit=500")["jobs"]:
         assert job["target"] == "show"
+
+
+# --- numbers and text that Python reads too generously -----------------------------------------
+# str.isdigit() is true for '²' (int() refuses it); Python's json takes NaN, Infinity, integers
+# beyond any float or SQLite column, lone surrogates (\ud800, which UTF-8 cannot encode) and any
+# depth of nesting. Each must be a 4xx with a JSON error, never a 500 or a run make cannot start.
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+HUGE = "9" * 23  # beyond SQLite's integers and a file offset
+
+
+@pytest.fixture(scope="module")
+def ended_job(target_stack) -> int:
+    resp = target_stack.post(json={"target": "show", "vars": {"V": "x"}, "wait": True})
+    assert resp.status_code == 200, resp.text
+    return resp.json()["id"]
+
+
+@pytest.mark.parametrize("params,headers", [
+    ({"offset": "\u00b2"}, {}),
+    ({"offset": HUGE}, {}),
+    ({"offset": HUGE, "follow": "1"}, {}),  # was refused inside the stream: an HTML 500
+    ({}, {"Accept": "text/event-stream", "Last-Event-ID": "\xb2"}),
+    ({}, {"Accept": "text/event-stream", "Last-Event-ID": HUGE}),
+], ids=["superscript", "huge", "huge-follow", "sse-superscript", "sse-huge"])
+def test_a_hostile_log_offset_is_a_json_400(target_stack, ended_job, params, headers):
+    resp = requests.get(f"{target_stack.url}/jobs/{ended_job}/log", params=params,
+                        headers=headers, timeout=30)
+    assert resp.status_code == 400, resp.text
+    assert "offset" in resp.json()["error"]
+
+
+@pytest.mark.parametrize("follow", ["0", "1"])
+def test_the_largest_log_offset_reads_nothing(target_stack, ended_job, follow):
+    resp = requests.get(f"{target_stack.url}/jobs/{ended_job}/log", timeout=30,
+                        params={"offset": str(2**63 - 1), "follow": follow})
+    assert resp.status_code == 200 and resp.content == b""
+
+
+@pytest.fixture(scope="module")
+def worker_run(target_stack) -> str:
+    url = f"{target_stack.hostile_worker.url}/runs"
+    resp = requests.post(url, json={"id": "offsets", "target": "show"}, headers=AUTH, timeout=30)
+    assert resp.status_code == 201, resp.text
+    requests.get(f"{url}/offsets/log", params={"follow": 1}, headers=AUTH, timeout=30)
+    return f"{url}/offsets/log"
+
+
+@pytest.mark.parametrize("offset", ["\u00b2", HUGE, str(2**63)],
+                         ids=["superscript", "huge", "2**63"])
+@pytest.mark.parametrize("follow", ["0", "1"])
+def test_the_worker_refuses_a_hostile_log_offset(worker_run, offset, follow):
+    resp = requests.get(worker_run, params={"offset": offset, "follow": follow, "frames": follow},
+                        headers=AUTH, timeout=30)
+    assert resp.status_code == 400, resp.text
+    assert "offset" in resp.json()["error"]
+
+
+def test_a_worker_log_offset_beyond_the_file_system_reads_nothing_or_is_refused(worker_run):
+    """lseek() takes what the file system can hold: 2**63 - 1 on tmpfs, about 2**44 on ext4."""
+    resp = requests.get(worker_run, params={"offset": str(2**63 - 1)}, headers=AUTH, timeout=30)
+    if resp.status_code == 200:
+        assert resp.content == b""
+    else:
+        assert resp.status_code == 400 and "offset" in resp.json()["error"], resp.text
+
+
+@pytest.fixture(scope="module")
+def watching_worker(target_stack):
+    ws = target_stack.workspace("watching", makefile=MAKEFILE)
+    return target_stack.worker(ws, name="watching", TRIGGER_WATCH="never/*.txt show")
+
+
+@pytest.mark.parametrize("ack", ["\u00b2", "-1", HUGE])
+def test_the_worker_refuses_a_hostile_watch_ack(watching_worker, ack):
+    resp = requests.get(f"{watching_worker.url}/healthz", params={"ack": ack}, headers=AUTH,
+                        timeout=30)
+    assert resp.status_code == 400, resp.text
+    assert "ack" in resp.json()["error"]
+    ok = requests.get(f"{watching_worker.url}/healthz", params={"ack": "0"}, headers=AUTH,
+                      timeout=30)
+    assert ok.status_code == 200 and ok.json()["watch"]["events"] == []

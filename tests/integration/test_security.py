@@ -165,6 +165,39 @@ def test_malformed_requests_get_a_json_error(guarded, kwargs, status, message):
     assert message in resp.json()["error"]
 
 
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"form": {"target": "ok", "retries": "\u00b2"}}, "retries must be an integer"),
+    ({"form": {"target": "ok", "retries": "1" * 5000}}, "retries must be an integer"),
+], ids=lambda v: str(v)[:60])
+def test_hostile_numbers_and_text_get_a_json_400(guarded, kwargs, message):
+    """Python's json takes NaN, Infinity, huge integers, lone surrogates (\\ud800) and any
+    depth; str.isdigit() takes '²'. None of it may reach the database, make or a 500."""
+    if "raw" in kwargs:
+        kwargs = {"data": kwargs["raw"].encode(), "headers": JSON}
+    else:
+        kwargs = {"data": kwargs["form"]}
+    before = guarded.get("/jobs")["jobs"]
+    resp = guarded.post(**kwargs)
+    assert resp.status_code == 400, resp.text
+    assert message in resp.json()["error"]
+    assert guarded.get("/jobs")["jobs"] == before
+
+
+@pytest.mark.parametrize("path,status", [
+    ("/jobs?limit=%C2%B2", 400),
+    ("/jobs?before=%C2%B2", 400),
+    ("/jobs?limit=%D9%A3", 400),  # ARABIC-INDIC DIGIT THREE: int() reads it, but it is no ASCII
+    ("/jobs?before=" + "9" * 30, 400),
+], ids=lambda v: v[:40] if isinstance(v, str) else str(v))
+def test_hostile_numbers_in_urls_get_a_json_4xx(guarded, path, status):
+    resp = requests.get(guarded.url + path, timeout=10)
+    assert resp.status_code == status, resp.text
+    assert "error" in resp.json()
+
+
 def test_unknown_routes_and_methods_answer_json(guarded):
     stack = guarded
     nope = requests.get(stack.url + "/nope", timeout=5)

@@ -119,6 +119,17 @@ def test_output_nobody_reads_is_dropped_after_a_while_and_said_so():
                                 b"(nobody read the log)\nok\n")
 
 
+@pytest.mark.parametrize("out,pgid", [
+    (b"1234\n", 1234), (b"1\n", None), (b"", None), (b"gone\n", None),
+    ("\u00b2\n".encode(), None),  # str.isdigit() is true for it, int() refuses it
+    (b"9" * 5000, None),  # int() refuses more than 4300 digits
+], ids=["pid", "init", "empty", "text", "superscript", "5000-digits"])
+def test_a_pidfile_is_read_as_ascii_digits(monkeypatch, out, pgid):
+    transport = dr.DockerTransport()
+    monkeypatch.setattr(transport, "_exec", lambda attrs, cmd, user: (0, out, b""))
+    assert transport._read_pidfile({}, "/tmp/run.pid") == pgid
+
+
 def test_a_missing_container_takes_a_job_only_when_no_other_worker_could():
     pool = WorkerPool([], client=None)
     agent = Worker(url="http://w:8000", name="w", configured="http://w:8000", healthy=False)

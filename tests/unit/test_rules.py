@@ -57,6 +57,17 @@ def test_it_rejects_values_that_could_execute(value):
         rules.check_var_value("V", value)
 
 
+@pytest.mark.parametrize("text,high,expected", [
+    ("0", 10, 0), ("10", 10, 10), ("007", 10, 7), (str(2**63 - 1), 2**63 - 1, 2**63 - 1),
+    ("11", 10, None), (str(2**63), 2**63 - 1, None), ("9" * 23, 2**63 - 1, None),
+    ("1" * 5000, 2**63 - 1, None),  # int() refuses more than 4300 digits
+    ("\u00b2", 10, None), ("\u0663", 10, None), ("\uff11", 10, None),  # digits, but not ASCII
+    ("", 10, None), ("-1", 10, None), ("+1", 10, None), (" 1", 10, None), ("1_0", 100, None),
+])
+def test_a_natural_number_is_ascii_digits_up_to_a_bound(text, high, expected):
+    assert rules.parse_natural(text, high) == expected
+
+
 def test_only_listed_variables_are_allowed():
     rules.check_vars_allowed({"A": "1"}, ["A", "B"])
     with pytest.raises(rules.RuleError, match="not listed in WORKER_VARS"):
