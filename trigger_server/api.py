@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import select
 import socket
 import threading
@@ -197,11 +198,17 @@ def _form_number(key: str, text: str):
 
 
 def _positive(key: str, value, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         abort(400, f"{key} must be a number of seconds")
-    if value < 0 or (value == 0 and not allow_zero):
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond any float
+        abort(400, f"{key} is too large")
+    if not math.isfinite(seconds):  # json and float() take NaN and Infinity; JSON cannot carry them
+        abort(400, f"{key} must be a finite number of seconds")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         abort(400, f"{key} must be {'>= 0' if allow_zero else '> 0'}")
-    return float(value)
+    return seconds
 
 
 def _retries(value) -> int:

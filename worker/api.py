@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 import time
 
@@ -136,8 +137,9 @@ def check_request(body: dict) -> tuple[str, dict, float | None]:
         raise rules.RuleError(f"target {target} is not defined in the workspace's makefile")
     timeout = body.get("timeout")
     if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise rules.RuleError("timeout must be a positive number of seconds")
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+                or isinstance(timeout, float) and not math.isfinite(timeout)):  # NaN: not <= 0
+            raise rules.RuleError("timeout must be a positive, finite number of seconds")
         if timeout > cfg["JOB_TIMEOUT"]:
             raise rules.RuleError(f"timeout must be at most {cfg['JOB_TIMEOUT']:g} s "
                                   "(WORKER_JOB_TIMEOUT)")

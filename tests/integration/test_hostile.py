@@ -116,6 +116,18 @@ def test_the_largest_log_offset_reads_nothing(target_stack, ended_job, follow):
     assert resp.status_code == 200 and resp.content == b""
 
 
+@pytest.mark.parametrize("body,rule", [
+    pytest.param('{"id": "n1", "target": "show", "timeout": NaN}', "finite", id="nan"),
+    pytest.param('{"id": "n2", "target": "show", "timeout": Infinity}', "finite", id="inf"),
+    pytest.param('{"id": "n3", "target": "show", "timeout": -Infinity}', "finite", id="-inf"),
+])
+def test_the_worker_refuses_hostile_numbers_and_text(target_stack, body, rule):
+    resp = requests.post(f"{target_stack.hostile_worker.url}/runs", data=body.encode(),
+                         headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+    assert resp.status_code == 400, resp.text
+    assert rule in resp.json()["error"]
+
+
 @pytest.fixture(scope="module")
 def worker_run(target_stack) -> str:
     url = f"{target_stack.hostile_worker.url}/runs"

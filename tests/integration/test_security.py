@@ -6,7 +6,7 @@ import sys
 import pytest
 import requests
 
-from .procs import TOKEN
+from .procs import TOKEN, wait_for
 
 CANARY_MAKEFILE = """\
 ok:
@@ -165,10 +165,21 @@ def test_malformed_requests_get_a_json_error(guarded, kwargs, status, message):
     assert message in resp.json()["error"]
 
 
+BIG = "1" + "0" * 400  # an integer beyond any float
 JSON = {"Content-Type": "application/json"}
 
 
 @pytest.mark.parametrize("kwargs,message", [
+    ({"raw": '{"target": "ok", "timeout": NaN}'}, "timeout must be a finite number"),
+    ({"raw": '{"target": "ok", "timeout": Infinity}'}, "timeout must be a finite number"),
+    ({"raw": '{"target": "ok", "timeout": ' + BIG + "}"}, "timeout is too large"),
+    ({"raw": '{"target": "ok", "wait": Infinity}'}, "wait must be a finite number"),
+    ({"raw": '{"target": "ok", "wait": -Infinity}'}, "wait must be a finite number"),
+    ({"raw": '{"target": "ok", "wait": NaN}'}, "wait must be a finite number"),
+    ({"raw": '{"target": "ok", "wait": ' + BIG + "}"}, "wait is too large"),
+    ({"form": {"target": "ok", "timeout": "1e999"}}, "timeout must be a finite number"),
+    ({"form": {"target": "ok", "timeout": "nan"}}, "timeout must be a finite number"),
+    ({"form": {"target": "ok", "wait": "inf"}}, "wait must be a finite number"),
     ({"form": {"target": "ok", "retries": "\u00b2"}}, "retries must be an integer"),
     ({"form": {"target": "ok", "retries": "1" * 5000}}, "retries must be an integer"),
 ], ids=lambda v: str(v)[:60])
@@ -196,6 +207,24 @@ def test_hostile_numbers_in_urls_get_a_json_4xx(guarded, path, status):
     resp = requests.get(guarded.url + path, timeout=10)
     assert resp.status_code == status, resp.text
     assert "error" in resp.json()
+
+
+def test_a_non_finite_timeout_is_refused_while_no_worker_limit_is_known(stack):
+    """Without a healthy worker the controller knows no WORKER_JOB_TIMEOUT to compare with;
+    an infinite timeout was then stored, and every list of jobs became invalid JSON."""
+    w = stack.worker()
+    stack.server([w])
+    w.kill()
+    wait_for(lambda: not any(x["healthy"] for x in stack.get("/workers")["workers"]),
+             what="the worker to be unhealthy")
+    for kwargs in ({"data": {"target": "fail", "timeout": "1e999"}},
+                   {"data": b'{"target": "fail", "timeout": Infinity}', "headers": JSON},
+                   {"data": b'{"target": "fail", "timeout": ' + BIG.encode() + b"}",
+                    "headers": JSON}):
+        resp = stack.post(**kwargs)
+        assert resp.status_code == 400, resp.text
+        assert "timeout" in resp.json()["error"]
+    assert stack.get("/jobs")["jobs"] == []
 
 
 def test_unknown_routes_and_methods_answer_json(guarded):
