@@ -165,7 +165,10 @@ def _hang_up_check():
 def _job_request() -> dict:
     """The fields of POST /jobs, from a JSON object or a form (`curl -d target=html`)."""
     if request.mimetype == "application/json":
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # nested too deep to parse (silent=True catches ValueError only)
+            body = None
         if not isinstance(body, dict):
             abort(400, "body must be a JSON object (valid UTF-8 JSON)")
         return body

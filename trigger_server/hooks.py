@@ -169,7 +169,7 @@ def _check_makefile_has(host: Host, target: str) -> None:
 def _json_object(text: bytes | str) -> dict | None:
     try:
         payload = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (nested too deep to parse)
         return None
     return payload if isinstance(payload, dict) else None
 

@@ -150,7 +150,10 @@ def check_request(body: dict) -> tuple[str, dict, float | None]:
 def start_run():
     """Start a run. With `"follow": true` the answer is the run followed to its end, as run
     frames (trigger_server/worker_http.py), so one request carries a whole job."""
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested too deep to parse (silent=True catches ValueError only)
+        body = None
     if not isinstance(body, dict):
         abort(400, "body must be a JSON object")
     run_id = body.get("id")

@@ -86,6 +86,7 @@ def test_after_all_that_the_canary_was_never_made_and_jobs_only_echoed(target_st
 # depth of nesting. Each must be a 4xx with a JSON error, never a 500 or a run make cannot start.
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HUGE = "9" * 23  # beyond SQLite's integers and a file offset
+NESTED = "[" * 20_000 + "]" * 20_000
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,7 @@ def test_the_largest_log_offset_reads_nothing(target_stack, ended_job, follow):
     pytest.param('{"id": "n1", "target": "show", "timeout": NaN}', "finite", id="nan"),
     pytest.param('{"id": "n2", "target": "show", "timeout": Infinity}', "finite", id="inf"),
     pytest.param('{"id": "n3", "target": "show", "timeout": -Infinity}', "finite", id="-inf"),
+    pytest.param(NESTED, "JSON object", id="nested"),
 ])
 def test_the_worker_refuses_hostile_numbers_and_text(target_stack, body, rule):
     resp = requests.post(f"{target_stack.hostile_worker.url}/runs", data=body.encode(),

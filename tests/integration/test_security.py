@@ -166,6 +166,7 @@ def test_malformed_requests_get_a_json_error(guarded, kwargs, status, message):
 
 
 BIG = "1" + "0" * 400  # an integer beyond any float
+NESTED = "[" * 20_000 + "]" * 20_000  # within the body limit, beyond Python's recursion limit
 JSON = {"Content-Type": "application/json"}
 
 
@@ -177,6 +178,7 @@ JSON = {"Content-Type": "application/json"}
     ({"raw": '{"target": "ok", "wait": -Infinity}'}, "wait must be a finite number"),
     ({"raw": '{"target": "ok", "wait": NaN}'}, "wait must be a finite number"),
     ({"raw": '{"target": "ok", "wait": ' + BIG + "}"}, "wait is too large"),
+    ({"raw": NESTED}, "JSON object"),
     ({"form": {"target": "ok", "timeout": "1e999"}}, "timeout must be a finite number"),
     ({"form": {"target": "ok", "timeout": "nan"}}, "timeout must be a finite number"),
     ({"form": {"target": "ok", "wait": "inf"}}, "wait must be a finite number"),

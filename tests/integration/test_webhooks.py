@@ -111,10 +111,11 @@ def gitlab_push(branch: str = "main", default_branch: str = "main", *,
 
 def send_github(url: str, payload, event: str = "push", *, delivery: str | None = None,
                 secret: str | None = SECRET, signature: str | None = None,
-                body: bytes | None = None) -> requests.Response:
+                body: bytes | None = None, content_type: str = "application/json"
+                ) -> requests.Response:
     """POST a delivery as GitHub does: the signature covers the exact bytes sent."""
     body = json.dumps(payload).encode() if body is None else body
-    headers = {"Content-Type": "application/json", "User-Agent": "GitHub-Hookshot/1f4e2a8",
+    headers = {"Content-Type": content_type, "User-Agent": "GitHub-Hookshot/1f4e2a8",
                "X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
                "X-GitHub-Hook-ID": "479393284"}
     if signature is None and secret is not None:
@@ -125,8 +126,8 @@ def send_github(url: str, payload, event: str = "push", *, delivery: str | None 
 
 
 def send_gitlab(url: str, payload, event: str = "Push Hook", *, token: str | None = GITLAB_TOKEN,
-                uuid_header: str | None = None, idempotency_key: str | None = None
-                ) -> requests.Response:
+                uuid_header: str | None = None, idempotency_key: str | None = None,
+                body: bytes | None = None) -> requests.Response:
     headers = {"Content-Type": "application/json", "User-Agent": "GitLab/17.6.0",
                "X-Gitlab-Event": event, "X-Gitlab-Instance": "https://gitlab.example.com",
                "X-Gitlab-Webhook-UUID": "2b6b1d2c-8d3a-4a7e-9b0f-0c1d2e3f4a5b",
@@ -135,8 +136,8 @@ def send_gitlab(url: str, payload, event: str = "Push Hook", *, token: str | Non
         headers["Idempotency-Key"] = idempotency_key
     if token is not None:
         headers["X-Gitlab-Token"] = token
-    return requests.post(url + "/hooks/gitlab", data=json.dumps(payload).encode(),
-                         headers=headers, timeout=30)
+    body = json.dumps(payload).encode() if body is None else body
+    return requests.post(url + "/hooks/gitlab", data=body, headers=headers, timeout=30)
 
 
 # --- fixtures and helpers -------------------------------------------------------------------
@@ -267,6 +268,22 @@ def test_malformed_json_with_a_valid_signature_is_a_400(hooked):
     before = job_ids(hooked)
     resp = send_github(hooked.url, None, body=b'{"ref": "refs/heads/main",')
     assert resp.status_code == 400 and "JSON object" in resp.json()["error"]
+    assert_nothing_queued(hooked, before)
+
+
+NESTED = b"[" * 20_000 + b"]" * 20_000  # within the body limit, beyond Python's recursion limit
+
+
+@pytest.mark.parametrize("send", [
+    lambda url: send_github(url, None, body=NESTED),
+    lambda url: send_github(url, None, body=b"payload=" + b"%5B" * 5000 + b"%5D" * 5000,
+                            content_type="application/x-www-form-urlencoded"),
+    lambda url: send_gitlab(url, None, body=NESTED),
+], ids=["github", "github-form", "gitlab"])
+def test_deeply_nested_json_is_a_400(hooked, send):
+    before = job_ids(hooked)
+    resp = send(hooked.url)
+    assert resp.status_code == 400 and "JSON object" in resp.json()["error"], resp.text
     assert_nothing_queued(hooked, before)
 
 
