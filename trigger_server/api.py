@@ -228,6 +228,7 @@ def _notify_url(value) -> str | None:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")) or any(
             c.isspace() for c in value) or len(value) > 2000:
         abort(400, "notify must be an http(s) URL")
+    rules.check_utf8("notify", value)
     try:
         requests.Request("POST", value).prepare()
     except (requests.RequestException, ValueError) as exc:
@@ -244,6 +245,8 @@ def _validate(body: dict) -> tuple[str, dict, str | None, float | None, str, flo
     selector = body.get("worker") or None
     if selector is not None and not isinstance(selector, str):
         abort(400, "worker must be a string: a worker's host name or URL")
+    if selector is not None:
+        rules.check_utf8("worker", selector)
     pool = _pool()
     if not pool.known(selector):
         abort(400, f"unknown worker {selector!r}; see GET /workers")

@@ -121,6 +121,10 @@ def test_the_largest_log_offset_reads_nothing(target_stack, ended_job, follow):
     pytest.param('{"id": "n1", "target": "show", "timeout": NaN}', "finite", id="nan"),
     pytest.param('{"id": "n2", "target": "show", "timeout": Infinity}', "finite", id="inf"),
     pytest.param('{"id": "n3", "target": "show", "timeout": -Infinity}', "finite", id="-inf"),
+    pytest.param('{"id": "n4", "target": "show\\ud800"}', "lone surrogates", id="target"),
+    pytest.param('{"id": "n5", "target": "show", "vars": {"V": "\\ud800"}}', "lone surrogates",
+                 id="value"),
+    pytest.param('{"id": "n6\\ud800", "target": "show"}', "run id", id="id"),
     pytest.param(NESTED, "JSON object", id="nested"),
 ])
 def test_the_worker_refuses_hostile_numbers_and_text(target_stack, body, rule):

@@ -1,5 +1,6 @@
 """Tokens on both sides, and every input rule enforced by the running servers."""
 
+import json
 import subprocess
 import sys
 
@@ -179,6 +180,11 @@ JSON = {"Content-Type": "application/json"}
     ({"raw": '{"target": "ok", "wait": NaN}'}, "wait must be a finite number"),
     ({"raw": '{"target": "ok", "wait": ' + BIG + "}"}, "wait is too large"),
     ({"raw": NESTED}, "JSON object"),
+    ({"json": {"target": "ok\ud800"}}, "target must not contain lone surrogates"),
+    ({"json": {"target": "show", "vars": {"V": "\ud800"}}}, "value of V must not contain lone"),
+    ({"json": {"target": "ok", "notify": "http://a/\ud800"}}, "notify must not contain lone"),
+    ({"json": {"target": "ok", "worker": "w\ud800"}}, "worker must not contain lone"),
+    ({"json": {"target": "ok", "\ud800": 1}}, "unknown field"),
     ({"form": {"target": "ok", "timeout": "1e999"}}, "timeout must be a finite number"),
     ({"form": {"target": "ok", "timeout": "nan"}}, "timeout must be a finite number"),
     ({"form": {"target": "ok", "wait": "inf"}}, "wait must be a finite number"),
@@ -190,6 +196,8 @@ def test_hostile_numbers_and_text_get_a_json_400(guarded, kwargs, message):
     depth; str.isdigit() takes '²'. None of it may reach the database, make or a 500."""
     if "raw" in kwargs:
         kwargs = {"data": kwargs["raw"].encode(), "headers": JSON}
+    elif "json" in kwargs:  # requests' own encoding refuses lone surrogates: json.dumps does not
+        kwargs = {"data": json.dumps(kwargs["json"]).encode(), "headers": JSON}
     else:
         kwargs = {"data": kwargs["form"]}
     before = guarded.get("/jobs")["jobs"]

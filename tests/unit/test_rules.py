@@ -57,6 +57,18 @@ def test_it_rejects_values_that_could_execute(value):
         rules.check_var_value("V", value)
 
 
+@pytest.mark.parametrize("check,rule", [
+    (lambda: rules.check_target_syntax("ok\ud800"), "target must not contain lone surrogates"),
+    (lambda: rules.check_var_value("V", "a\udcff"), "value of V must not contain lone surrogates"),
+    (lambda: rules.make_argv("/ws", "ok", {"V": "\ud800"}), "lone surrogates"),
+], ids=["target", "value", "argv"])
+def test_it_rejects_text_that_utf_8_cannot_encode(check, rule):
+    """A JSON \\ud800 escape decodes to a lone surrogate, which no argv or database takes."""
+    with pytest.raises(rules.RuleError) as err:
+        check()
+    assert rule in str(err.value)
+
+
 @pytest.mark.parametrize("text,high,expected", [
     ("0", 10, 0), ("10", 10, 10), ("007", 10, 7), (str(2**63 - 1), 2**63 - 1, 2**63 - 1),
     ("11", 10, None), (str(2**63), 2**63 - 1, None), ("9" * 23, 2**63 - 1, None),
