@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from worker.config import finite
+
 from . import schedules
 
 
@@ -23,14 +25,14 @@ def _bool(value: str) -> bool:
 SETTINGS = {
     "WORKERS": ("TRIGGER_WORKERS", _list, []),
     "DB": ("TRIGGER_DB", str, "maketrigger.db"),
-    "DB_BUSY_TIMEOUT": ("TRIGGER_DB_BUSY_TIMEOUT", float, 10.0),
+    "DB_BUSY_TIMEOUT": ("TRIGGER_DB_BUSY_TIMEOUT", finite, 10.0),
     "WORKER_TOKEN": ("TRIGGER_WORKER_TOKEN", str, ""),
     "API_TOKEN": ("TRIGGER_API_TOKEN", str, ""),
     "INSECURE": ("WORKER_INSECURE", _bool, False),
-    "LOST_AFTER": ("TRIGGER_LOST_AFTER", float, 30.0),
-    "RESOLVE_INTERVAL": ("TRIGGER_RESOLVE_INTERVAL", float, 2.0),
-    "HEALTH_INTERVAL": ("TRIGGER_HEALTH_INTERVAL", float, 2.0),
-    "MAX_WAIT": ("TRIGGER_MAX_WAIT", float, 3600.0),
+    "LOST_AFTER": ("TRIGGER_LOST_AFTER", finite, 30.0),
+    "RESOLVE_INTERVAL": ("TRIGGER_RESOLVE_INTERVAL", finite, 2.0),
+    "HEALTH_INTERVAL": ("TRIGGER_HEALTH_INTERVAL", finite, 2.0),
+    "MAX_WAIT": ("TRIGGER_MAX_WAIT", finite, 3600.0),
     "MAX_WAITERS": ("TRIGGER_MAX_WAITERS", int, 0),
     "THREADS": ("TRIGGER_THREADS", int, 16),
     "MAX_BODY": ("TRIGGER_MAX_BODY", int, 64 * 1024),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 
@@ -21,6 +22,15 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def finite(value: str) -> float:
+    """A number of seconds (or bytes): float() also takes 'nan' and 'inf', which every
+    comparison with a limit gets wrong and JSON cannot carry."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
+
+
 # name: (environment variable, parser, default)
 SETTINGS = {
     "WORKDIR": ("WORKER_WORKDIR", str, "/workspace"),
@@ -28,13 +38,13 @@ SETTINGS = {
     "LOCK": ("WORKER_LOCK", str, "workspace"),
     "TARGETS": ("WORKER_TARGETS", _list, []),
     "VARS": ("WORKER_VARS", _list, []),
-    "JOB_TIMEOUT": ("WORKER_JOB_TIMEOUT", float, 3600.0),
-    "KILL_GRACE": ("WORKER_KILL_GRACE", float, 10.0),
+    "JOB_TIMEOUT": ("WORKER_JOB_TIMEOUT", finite, 3600.0),
+    "KILL_GRACE": ("WORKER_KILL_GRACE", finite, 10.0),
     "KEEP_RUNS": ("WORKER_KEEP_RUNS", int, 100),
     "TOKEN": ("TRIGGER_WORKER_TOKEN", str, ""),
     "INSECURE": ("WORKER_INSECURE", _bool, False),
     "WATCH": ("TRIGGER_WATCH", str, ""),
-    "WATCH_DEBOUNCE": ("WORKER_WATCH_DEBOUNCE", float, 2.0),
+    "WATCH_DEBOUNCE": ("WORKER_WATCH_DEBOUNCE", finite, 2.0),
     "WATCH_POLLING": ("WORKER_WATCH_POLLING", _bool, False),
 }
 
