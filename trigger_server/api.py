@@ -35,7 +35,7 @@ SOURCES = ("api", "cli")
 LOG_CHUNK = 256 * 1024
 OPENAPI = resources.files(__package__).joinpath("openapi.json").read_bytes()
 KEEPALIVE = 15.0  # seconds between SSE comments while a followed log is quiet
-QUIET_CHECK = 5.0  # seconds between looks at whether the client of a quiet follow has gone
+QUIET_CHECK = 5.0  # seconds between looks at whether the client of a quiet request has gone
 
 
 class TooBusy(Exception):
@@ -80,16 +80,22 @@ def refuse_long_bodies():
     """A body without Content-Length (chunked) over MAX_CONTENT_LENGTH is a 413, as one with it
     is. werkzeug stops such a stream at the limit but raises only on a read *past* it, so a
     whole-body read ending there returns the first MAX_CONTENT_LENGTH bytes as if they were all:
-    read one byte more, into the request's cache (what get_data, get_json and form use)."""
+    read one byte more, into the request's cache (what get_data, get_json and form use). Only
+    for POST, the one method whose views read a body (a GET's is left to gunicorn)."""
     limit = request.max_content_length
-    if limit is None or request.content_length is not None:
+    if request.method != "POST" or limit is None or request.content_length is not None:
         return None  # a Content-Length over the limit is refused by werkzeug on first read
     request.max_content_length = limit + 1
     try:
-        if len(request.get_data(cache=True)) > limit:
-            abort(413, f"request body over {limit} bytes (TRIGGER_MAX_BODY)")
+        size = len(request.get_data(cache=True))
+    except HTTPException:
+        raise
+    except Exception:  # gunicorn's errors for a malformed or cut-off chunked body
+        abort(400, "malformed request body (chunked transfer encoding)")
     finally:
         request.max_content_length = limit
+    if size > limit:
+        abort(413, f"request body over {limit} bytes (TRIGGER_MAX_BODY)")
     return None
 
 
@@ -139,20 +145,20 @@ class WaitSlots:
 
 
 def _hung_up(sock: socket.socket | None) -> bool:
-    """Whether the client closed the connection: a `wait` or a plain-text follow writes
-    nothing until the job ends or logs, so a client that gave up would otherwise hold its wait
-    slot (and a thread) until then. Data waiting to be read (a pipelined request) is not a
-    hang-up; a TLS socket, which cannot peek, never counts as one."""
+    """Whether the client closed the connection (or its sending half): a `wait` or a quiet log
+    follow writes nothing until the job ends or logs, so a client that gave up would otherwise
+    hold its wait slot (and a thread) until then. Data waiting to be read (a pipelined
+    request) is not a hang-up. poll, not select: any descriptor number, and TLS sockets too."""
     if sock is None:
         return False
     try:
-        if not select.select([sock], [], [], 0)[0]:
-            return False
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except ValueError:  # ssl.SSLSocket refuses flags
-        return False
-    except OSError:  # reset
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLRDHUP)
+        events = poller.poll(0)
+    except (OSError, ValueError):  # closed already
         return True
+    return any(mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
+               for _, mask in events)
 
 
 def _hang_up_check():
@@ -206,7 +212,7 @@ def _positive(key: str, value, allow_zero: bool = False) -> float:
     try:
         seconds = float(value)
     except OverflowError:  # an integer beyond any float
-        abort(400, f"{key} is too large")
+        abort(400, f"{key} must be >= 0" if value < 0 else f"{key} is too large")
     if not math.isfinite(seconds):  # json and float() take NaN and Infinity; JSON cannot carry them
         abort(400, f"{key} must be a finite number of seconds")
     if seconds < 0 or (seconds == 0 and not allow_zero):
@@ -386,6 +392,9 @@ def _follow_log(job_id: int, offset: int, sse: bool, gone):
 def _follow_stored(job_id: int, offset: int, sse: bool, tail, gone):
     store, dispatcher = _store(), _dispatcher()
     from_store = False
+    # The wake-ups below come with any job's log or state, so the looks at the client and the
+    # keepalives keep their own clocks.
+    next_look = sent = time.monotonic()
     while True:
         version = dispatcher.log_version
         data = None if from_store else tail.read(job_id, offset, LOG_CHUNK)
@@ -398,11 +407,13 @@ def _follow_stored(job_id: int, offset: int, sse: bool, tail, gone):
                 if used:
                     offset += used
                     yield _sse_event(text, offset)
+                    sent = time.monotonic()
                     continue
                 data = b""  # only part of a character so far
             else:
                 offset += len(data)
                 yield data
+                sent = time.monotonic()
                 continue
         job = store.get_job(job_id)
         if job.state.ended and offset >= job.log_size:
@@ -414,11 +425,15 @@ def _follow_stored(job_id: int, offset: int, sse: bool, tail, gone):
                 offset = job.log_size  # only part of a character is left at the very end
             from_store = True  # (the database is the whole truth; the tail only a help)
             continue  # the rest was stored between the read and this look: read it
-        if dispatcher.wait_logged(version, KEEPALIVE if sse else QUIET_CHECK) == version:
+        dispatcher.wait_logged(version, QUIET_CHECK)
+        now = time.monotonic()
+        if now - sent >= QUIET_CHECK and now >= next_look:
             if gone():
                 return
-            if sse:
-                yield b": keepalive\n\n"
+            next_look = now + QUIET_CHECK
+        if sse and now - sent >= KEEPALIVE:
+            yield b": keepalive\n\n"
+            sent = now
 
 
 def _utf8_prefix(data: bytes) -> tuple[str, int]:

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from .procs import TOKEN, wait_for
+from .procs import MAKEFILE, TOKEN, wait_for
 
 
 def test_it_runs_a_target_and_keeps_its_log(stack):
@@ -198,3 +198,22 @@ def test_a_client_that_hung_up_gives_its_wait_slot_back(stack, how):
     wait_for(lambda: stack.post(json={"target": "ok", "wait": 1}).status_code != 429,
              timeout=40, what="the hung-up clients' wait slots to be given back")
     assert stack.job(job["id"])["state"] == "running"  # long before the job has ended
+
+
+def test_a_hung_up_follower_is_noticed_while_another_job_logs(stack):
+    """Followers wake whenever any job logs; the look at the client keeps its own clock, so a
+    busy neighbour does not keep a gone client's slot."""
+    loud = "loud:\n\t@for i in $$(seq 240); do echo line $$i; sleep 0.25; done\n"
+    worker = stack.worker(stack.workspace(makefile=MAKEFILE + loud), WORKER_LOCK="target",
+                          WORKER_VARS="SECS")
+    server = stack.server([worker], TRIGGER_MAX_WAITERS=2)
+    quiet = stack.post(json={"target": "slow", "vars": {"SECS": "120"}}).json()
+    stack.post(json={"target": "loud"})
+    wait_for(lambda: all(j["state"] == "running" for j in stack.get("/jobs")["jobs"]),
+             what="both jobs to run")
+    follow = b"GET /jobs/%d/log?follow=1 HTTP/1.1\r\nHost: x\r\n\r\n" % quiet["id"]
+    for _ in range(2):
+        _hang_up_after_sending(server.port, follow)
+    wait_for(lambda: stack.post(json={"target": "ok", "wait": 1}).status_code != 429,
+             timeout=40, what="the hung-up followers' wait slots to be given back")
+    assert stack.job(quiet["id"])["state"] == "running"

@@ -6,6 +6,7 @@ import hmac
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -192,3 +193,22 @@ def test_a_body_over_the_limit_is_a_413_chunked_or_not(stack):
     exact = post(data=chunked(b'{"target": "ok"}'.ljust(LIMIT)), headers=as_json)
     small = post(data=chunked(b"target=ok&wait=1"), headers=form)
     assert (exact.status_code, small.status_code) == (202, 200), (exact.text, small.text)
+
+
+def test_a_malformed_chunked_body_is_a_400(stack):
+    """A chunk size that is not hexadecimal: gunicorn's parse error must be the client's 400,
+    not an internal error."""
+    server = stack.server([stack.worker()])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            piece = sock.recv(4096)
+            if not piece:
+                break
+            answer += piece
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    assert "chunked" in json.loads(body)["error"]
+    assert stack.get("/jobs")["jobs"] == []
