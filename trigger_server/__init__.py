@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from . import config as config_module
-from .api import WaitSlots, bp
+from .api import bp
 from .checkpoint import Checkpointer
 from .dispatch import Dispatcher
 from .hooks import bp as hooks_bp
@@ -13,6 +13,7 @@ from .log_tail import LogTail
 from .notify import Notifier
 from .schedules import Scheduler
 from .store import Store
+from .waiting import WaitSlots
 from .workers import WorkerClient, WorkerPool
 
 

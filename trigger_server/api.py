@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import hmac
-import json
 import math
-import select
-import socket
-import threading
 import time
 from importlib import resources
 
@@ -19,6 +15,7 @@ from worker import rules
 
 from .dispatch import START_HERE_WAIT
 from .store import Job, JobState, StoreError
+from .waiting import TooBusy, follow_log, hang_up_check, released
 
 bp = Blueprint("api", __name__)
 
@@ -32,14 +29,7 @@ WAIT_STATUS = {
 JOB_FIELDS = {"target", "vars", "worker", "wait", "timeout", "source", "notify", "retries"}
 MAX_RETRIES = 10
 SOURCES = ("api", "cli")
-LOG_CHUNK = 256 * 1024
 OPENAPI = resources.files(__package__).joinpath("openapi.json").read_bytes()
-KEEPALIVE = 15.0  # seconds between SSE comments while a followed log is quiet
-QUIET_CHECK = 5.0  # seconds between looks at whether the client of a quiet request has gone
-
-
-class TooBusy(Exception):
-    """Too many requests are already holding a thread while they wait."""
 
 
 def _store():
@@ -126,45 +116,6 @@ def unexpected(exc: Exception):
     current_app.logger.error("unexpected error on %s %s", request.method, request.path,
                              exc_info=exc)
     return error(500, f"internal error: {type(exc).__name__}")
-
-
-# --- long requests ------------------------------------------------------------------------
-class WaitSlots:
-    """Bounds how many requests may hold a server thread while they wait or follow a log."""
-
-    def __init__(self, size: int):
-        self._sem = threading.BoundedSemaphore(size)
-
-    def take(self) -> None:
-        if not self._sem.acquire(blocking=False):
-            raise TooBusy("too many requests are waiting already; retry later, or poll "
-                          "GET /jobs/<id> instead of waiting")
-
-    def give(self) -> None:
-        self._sem.release()
-
-
-def _hung_up(sock: socket.socket | None) -> bool:
-    """Whether the client closed the connection (or its sending half): a `wait` or a quiet log
-    follow writes nothing until the job ends or logs, so a client that gave up would otherwise
-    hold its wait slot (and a thread) until then. Data waiting to be read (a pipelined
-    request) is not a hang-up. poll, not select: any descriptor number, and TLS sockets too."""
-    if sock is None:
-        return False
-    try:
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLRDHUP)
-        events = poller.poll(0)
-    except (OSError, ValueError):  # closed already
-        return True
-    return any(mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
-               for _, mask in events)
-
-
-def _hang_up_check():
-    """A check for the current request's client having gone, usable after the request."""
-    sock = request.environ.get("gunicorn.socket")
-    return lambda: _hung_up(sock)
 
 
 # --- jobs ---------------------------------------------------------------------------------
@@ -291,7 +242,7 @@ def create_job():
         status = 202
         if wait:
             job = _dispatcher().wait_for_end(job.id, max(0.0, deadline - time.monotonic()),
-                                             gone=_hang_up_check())
+                                             gone=hang_up_check())
             status = WAIT_STATUS.get(job.state, 202)
     finally:
         if wait:
@@ -364,92 +315,11 @@ def job_log(job_id: int):
         return Response(data, mimetype="text/plain")
     slots = current_app.extensions["wait_slots"]
     slots.take()
-    chunks = _follow_log(job_id, offset, sse, _hang_up_check())
-    return Response(stream_with_context(_released(chunks, slots)),
+    chunks = follow_log(_store(), _dispatcher(), current_app.extensions["log_tail"], job_id,
+                        offset, sse, hang_up_check())
+    return Response(stream_with_context(released(chunks, slots)),
                     mimetype="text/event-stream" if sse else "text/plain",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-
-def _released(chunks, slots: WaitSlots):
-    try:
-        yield from chunks
-    finally:
-        slots.give()
-
-
-def _follow_log(job_id: int, offset: int, sse: bool, gone):
-    """The log from `offset` as it grows, until the job has ended and all of it is sent, or
-    the client has gone. What was just stored comes from memory (log_tail.py), the rest from
-    the database."""
-    tail = current_app.extensions["log_tail"]
-    tail.follow(job_id)
-    try:
-        yield from _follow_stored(job_id, offset, sse, tail, gone)
-    finally:
-        tail.unfollow(job_id)
-
-
-def _follow_stored(job_id: int, offset: int, sse: bool, tail, gone):
-    store, dispatcher = _store(), _dispatcher()
-    from_store = False
-    # The wake-ups below come with any job's log or state, so the looks at the client and the
-    # keepalives keep their own clocks.
-    next_look = sent = time.monotonic()
-    while True:
-        version = dispatcher.log_version
-        data = None if from_store else tail.read(job_id, offset, LOG_CHUNK)
-        if data is None:
-            data = store.read_log(job_id, offset, LOG_CHUNK)
-        from_store = False
-        if data:
-            if sse:
-                text, used = _utf8_prefix(data)
-                if used:
-                    offset += used
-                    yield _sse_event(text, offset)
-                    sent = time.monotonic()
-                    continue
-                data = b""  # only part of a character so far
-            else:
-                offset += len(data)
-                yield data
-                sent = time.monotonic()
-                continue
-        job = store.get_job(job_id)
-        if job.state.ended and offset >= job.log_size:
-            if sse:
-                yield f"event: end\ndata: {json.dumps(job.to_dict())}\n\n".encode()
-            return
-        if job.state.ended:
-            if sse and job.log_size - offset < 4:
-                offset = job.log_size  # only part of a character is left at the very end
-            from_store = True  # (the database is the whole truth; the tail only a help)
-            continue  # the rest was stored between the read and this look: read it
-        dispatcher.wait_logged(version, QUIET_CHECK)
-        now = time.monotonic()
-        if now - sent >= QUIET_CHECK and now >= next_look:
-            if gone():
-                return
-            next_look = now + QUIET_CHECK
-        if sse and now - sent >= KEEPALIVE:
-            yield b": keepalive\n\n"
-            sent = now
-
-
-def _utf8_prefix(data: bytes) -> tuple[str, int]:
-    """Decode the longest prefix of whole UTF-8 characters (bad bytes become U+FFFD)."""
-    for cut in range(len(data), max(-1, len(data) - 4), -1):
-        try:
-            return data[:cut].decode("utf-8"), cut
-        except UnicodeDecodeError as exc:
-            if exc.reason != "unexpected end of data":
-                return data.decode("utf-8", "replace"), len(data)
-    return data.decode("utf-8", "replace"), len(data)
-
-
-def _sse_event(text: str, offset: int) -> bytes:
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return (f"id: {offset}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
 
 
 # --- workers and targets ---------------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""Requests that hold a server thread while a job runs (a `wait`, a followed log): the bound on
+how many may (WaitSlots), telling a client that has hung up, and following a job's log as plain
+text or server-sent events until the job ends."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import time
+
+from flask import request
+
+LOG_CHUNK = 256 * 1024
+KEEPALIVE = 15.0  # seconds between SSE comments while a followed log is quiet
+QUIET_CHECK = 5.0  # seconds between looks at whether the client of a quiet request has gone
+
+
+class TooBusy(Exception):
+    """Too many requests are already holding a thread while they wait."""
+
+
+class WaitSlots:
+    """Bounds how many requests may hold a server thread while they wait or follow a log."""
+
+    def __init__(self, size: int):
+        self._sem = threading.BoundedSemaphore(size)
+
+    def take(self) -> None:
+        if not self._sem.acquire(blocking=False):
+            raise TooBusy("too many requests are waiting already; retry later, or poll "
+                          "GET /jobs/<id> instead of waiting")
+
+    def give(self) -> None:
+        self._sem.release()
+
+
+def hung_up(sock: socket.socket | None) -> bool:
+    """Whether the client closed the connection (or its sending half): a `wait` or a quiet log
+    follow writes nothing until the job ends or logs, so a client that gave up would otherwise
+    hold its wait slot (and a thread) until then. Data waiting to be read (a pipelined
+    request) is not a hang-up. poll, not select: any descriptor number, and TLS sockets too."""
+    if sock is None:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLRDHUP)
+        events = poller.poll(0)
+    except (OSError, ValueError):  # closed already
+        return True
+    return any(mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
+               for _, mask in events)
+
+
+def hang_up_check():
+    """A check for the current request's client having gone, usable after the request."""
+    sock = request.environ.get("gunicorn.socket")
+    return lambda: hung_up(sock)
+
+
+def released(chunks, slots: WaitSlots):
+    try:
+        yield from chunks
+    finally:
+        slots.give()
+
+
+def follow_log(store, dispatcher, tail, job_id: int, offset: int, sse: bool, gone):
+    """The log from `offset` as it grows, until the job has ended and all of it is sent, or
+    the client has gone. What was just stored comes from memory (log_tail.py), the rest from
+    the database."""
+    tail.follow(job_id)
+    try:
+        yield from _follow_stored(store, dispatcher, tail, job_id, offset, sse, gone)
+    finally:
+        tail.unfollow(job_id)
+
+
+def _follow_stored(store, dispatcher, tail, job_id: int, offset: int, sse: bool, gone):
+    from_store = False
+    # The wake-ups below come with any job's log or state, so the looks at the client and the
+    # keepalives keep their own clocks.
+    next_look = sent = time.monotonic()
+    while True:
+        version = dispatcher.log_version
+        data = None if from_store else tail.read(job_id, offset, LOG_CHUNK)
+        if data is None:
+            data = store.read_log(job_id, offset, LOG_CHUNK)
+        from_store = False
+        if data:
+            if sse:
+                text, used = _utf8_prefix(data)
+                if used:
+                    offset += used
+                    yield _sse_event(text, offset)
+                    sent = time.monotonic()
+                    continue
+                data = b""  # only part of a character so far
+            else:
+                offset += len(data)
+                yield data
+                sent = time.monotonic()
+                continue
+        job = store.get_job(job_id)
+        if job.state.ended and offset >= job.log_size:
+            if sse:
+                yield f"event: end\ndata: {json.dumps(job.to_dict())}\n\n".encode()
+            return
+        if job.state.ended:
+            if sse and job.log_size - offset < 4:
+                offset = job.log_size  # only part of a character is left at the very end
+            from_store = True  # (the database is the whole truth; the tail only a help)
+            continue  # the rest was stored between the read and this look: read it
+        dispatcher.wait_logged(version, QUIET_CHECK)
+        now = time.monotonic()
+        if now - sent >= QUIET_CHECK and now >= next_look:
+            if gone():
+                return
+            next_look = now + QUIET_CHECK
+        if sse and now - sent >= KEEPALIVE:
+            yield b": keepalive\n\n"
+            sent = now
+
+
+def _utf8_prefix(data: bytes) -> tuple[str, int]:
+    """Decode the longest prefix of whole UTF-8 characters (bad bytes become U+FFFD)."""
+    for cut in range(len(data), max(-1, len(data) - 4), -1):
+        try:
+            return data[:cut].decode("utf-8"), cut
+        except UnicodeDecodeError as exc:
+            if exc.reason != "unexpected end of data":
+                return data.decode("utf-8", "replace"), len(data)
+    return data.decode("utf-8", "replace"), len(data)
+
+
+def _sse_event(text: str, offset: int) -> bytes:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return (f"id: {offset}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
