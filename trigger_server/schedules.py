@@ -106,11 +106,17 @@ def load(schedule: str, schedule_file: str) -> list[Schedule]:
 
 
 def timezone(name: str) -> tzinfo:
+    """The zone TZ names: an IANA key (`Europe/Berlin`, also as `:Europe/Berlin`), or a zone
+    file by its path, as POSIX allows (`:/etc/localtime`, which many hosts set)."""
     if not name or name == "UTC":
         return UTC
+    key = name.lstrip(":")
     try:
-        return ZoneInfo(name.lstrip(":"))
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+        if key.startswith("/"):
+            with open(key, "rb") as f:
+                return ZoneInfo.from_file(f, key=key)
+        return ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise ScheduleError(f"TZ={name!r} is not a known timezone: {exc}") from None
 
 

@@ -70,6 +70,17 @@ def test_next_fire_times_follow_the_timezone():
         timezone("Mars/Olympus")
 
 
+@pytest.mark.parametrize("tz", [":/usr/share/zoneinfo/Europe/Berlin",
+                                "/usr/share/zoneinfo/Europe/Berlin", ":Europe/Berlin"])
+def test_tz_may_name_a_zone_file_by_its_path_as_posix_allows(tz):
+    """Many hosts set TZ=:/etc/localtime; the controller must start there, not refuse it."""
+    s = Schedule("0 6 * * *", "site", {}, "0 6 * * * site")
+    assert s.next_after(ts("2026-01-10T00:00:00+00:00"), timezone(tz)) == \
+        ts("2026-01-10T06:00:00+01:00")
+    with pytest.raises(ScheduleError, match="not a known timezone"):
+        timezone(":/nonexistent/zone")
+
+
 def test_a_fire_time_is_claimed_once_even_by_two_schedulers(store):
     a, b = scheduler(store, "*/5 * * * * ok"), scheduler(store, "*/5 * * * * ok")
     now = ts("2026-11-27T10:02:00+00:00")
