@@ -15,6 +15,8 @@ from flask import request
 LOG_CHUNK = 256 * 1024
 KEEPALIVE = 15.0  # seconds between SSE comments while a followed log is quiet
 QUIET_CHECK = 5.0  # seconds between looks at whether the client of a quiet request has gone
+# Linux tells a peer's close apart from data to read; elsewhere only a full hang-up is seen.
+POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 
 
 class TooBusy(Exception):
@@ -45,11 +47,11 @@ def hung_up(sock: socket.socket | None) -> bool:
         return False
     try:
         poller = select.poll()
-        poller.register(sock.fileno(), select.POLLRDHUP)
+        poller.register(sock.fileno(), POLLRDHUP)
         events = poller.poll(0)
     except (OSError, ValueError):  # closed already
         return True
-    return any(mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
+    return any(mask & (POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
                for _, mask in events)
 
 

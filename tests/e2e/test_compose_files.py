@@ -48,6 +48,8 @@ def test_every_service_has_an_image_tag_next_to_its_build():
         assert "image" in service and "build" in service, name
 
 
+# Settings given to compose under another name than the service reads.
+RENAMED = {"TZ": "TRIGGER_TZ"}
 # What docker-compose.yml sets itself, or cannot pass on as a plain value.
 SET_BY_THE_STACK = {
     "controller": {"TRIGGER_DB", "TRIGGER_BIND",
@@ -81,5 +83,14 @@ def test_every_setting_a_service_reads_can_be_set_from_env(service, package):
     assert not missing, f"docker-compose.yml does not pass {sorted(missing)} to {service}"
     for name in set(environment) & settings_read_by(package):
         value = str(environment[name])
+        given_as = RENAMED.get(name, name)
         if name not in ("TRIGGER_DB", "TRIGGER_WORKER_TOKEN_FILE"):
-            assert value == f"${{{name}:-}}" or value.startswith(f"${{{name}:-"), name
+            assert value == f"${{{given_as}:-}}" or value.startswith(f"${{{given_as}:-"), name
+
+
+def test_the_hosts_own_timezone_does_not_reach_the_controller():
+    """Compose fills ${TZ} from the shell first: a host's TZ=:/etc/localtime would stop the
+    controller (not a zone name), a valid one would move the schedules off UTC unasked."""
+    environment = yaml.safe_load((ROOT / "docker-compose.yml").read_text())[
+        "services"]["controller"]["environment"]
+    assert environment["TZ"] == "${TRIGGER_TZ:-}"

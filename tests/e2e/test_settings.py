@@ -13,7 +13,7 @@ pytestmark = pytest.mark.docker
 
 
 def test_schedules_limits_and_watch_rules_reach_their_services(fresh):
-    fresh.up(TRIGGER_SCHEDULE="@reboot check-titles\n@yearly stats", TZ="Europe/Berlin",
+    fresh.up(TRIGGER_SCHEDULE="@reboot check-titles\n@yearly stats", TRIGGER_TZ="Europe/Berlin",
              TRIGGER_MAX_BODY="2048", TRIGGER_WATCH="pages/*.md site", WORKER_KEEP_RUNS="7")
 
     schedules = fresh.get("/schedules").json()["schedules"]
