@@ -122,11 +122,8 @@ def unexpected(exc: Exception):
 def _job_request() -> dict:
     """The fields of POST /jobs, from a JSON object or a form (`curl -d target=html`)."""
     if request.mimetype == "application/json":
-        try:
-            body = request.get_json(silent=True)
-        except RecursionError:  # nested too deep to parse (silent=True catches ValueError only)
-            body = None
-        if not isinstance(body, dict):
+        body = rules.json_object(request.get_data(cache=True))
+        if body is None:
             abort(400, "body must be a JSON object (valid UTF-8 JSON)")
         return body
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data") or (

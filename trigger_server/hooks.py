@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from dataclasses import dataclass
 from urllib.parse import parse_qs
@@ -166,14 +165,6 @@ def _check_makefile_has(host: Host, target: str) -> None:
         raise Refused(503, message)
 
 
-def _json_object(text: bytes | str) -> dict | None:
-    try:
-        payload = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # (nested too deep to parse)
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
 def _get(payload: dict, *keys: str):
     """payload[k1][k2]..., or None where the shape differs."""
     for key in keys:
@@ -245,10 +236,10 @@ def github():
     if event == "ping":
         return _answer(200, ok=True, event="ping")
     if request.mimetype == "application/x-www-form-urlencoded":  # the webhook's other format
-        payload = _json_object((parse_qs(body.decode("utf-8", "replace")).get("payload")
+        payload = rules.json_object((parse_qs(body.decode("utf-8", "replace")).get("payload")
                                 or [""])[0])
     else:
-        payload = _json_object(body)
+        payload = rules.json_object(body)
     if payload is None:
         raise Refused(400, "body must be a JSON object (content type application/json, or a "
                            "form with a `payload` field)")
@@ -268,7 +259,7 @@ def gitlab():
         raise Refused(401, "missing or wrong X-Gitlab-Token (the webhook's secret token, "
                            "TRIGGER_GITLAB_TOKEN)")
     target = _target(GITLAB)
-    payload = _json_object(request.get_data(cache=True))
+    payload = rules.json_object(request.get_data(cache=True))
     if payload is None:
         raise Refused(400, "body must be a JSON object")
     event = request.headers.get("X-Gitlab-Event", "")

@@ -7,6 +7,7 @@ import logging
 from flask import Flask
 
 from . import config as config_module
+from . import rules
 from .makefile import TargetCatalog
 from .runner import Runner
 from .watch import Watcher
@@ -17,6 +18,7 @@ def create_app(config: dict | None = None) -> Flask:
     cfg = config_module.load(config)
     app = Flask(__name__, static_folder=None)
     app.config.update(cfg)
+    app.config["MAX_CONTENT_LENGTH"] = rules.MAX_BODY
     app.json.sort_keys = False
     runner = Runner(cfg["WORKDIR"], cfg["STATE_DIR"], lock_mode=cfg["LOCK"],
                     job_timeout=cfg["JOB_TIMEOUT"], kill_grace=cfg["KILL_GRACE"],

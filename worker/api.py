@@ -150,11 +150,8 @@ def check_request(body: dict) -> tuple[str, dict, float | None]:
 def start_run():
     """Start a run. With `"follow": true` the answer is the run followed to its end, as run
     frames (trigger_server/worker_http.py), so one request carries a whole job."""
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # nested too deep to parse (silent=True catches ValueError only)
-        body = None
-    if not isinstance(body, dict):
+    body = rules.json_object(request.get_data(cache=True))
+    if body is None:
         abort(400, "body must be a JSON object")
     run_id = body.get("id")
     if not isinstance(run_id, str):

@@ -8,6 +8,7 @@ this module for its early syntax checks, so the rules live in exactly one place.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections.abc import Iterable, Mapping
 
@@ -52,6 +53,10 @@ _VALUE_FORBIDDEN = {
 MAX_TARGET_LEN = 200
 MAX_VALUE_LEN = 4096
 MAX_VARS = 64
+# The largest request body the worker reads (413 above it). The largest valid POST /runs,
+# MAX_VARS values of MAX_VALUE_LEN characters each sent as a \uXXXX\uXXXX pair (12 bytes; the
+# controller's JSON is ASCII), is about 3.2 MB.
+MAX_BODY = 8 * 1024 * 1024
 
 
 class RuleError(ValueError):
@@ -69,6 +74,17 @@ def parse_natural(text: str, high: int) -> int | None:
         return None
     value = int(digits)
     return value if value <= high else None
+
+
+def json_object(data: bytes | str) -> dict | None:
+    """`data` parsed as a JSON object, or None where it is not one: not JSON, not UTF-8, or
+    nested too deep to parse (json raises RecursionError there, which Flask's
+    get_json(silent=True) lets through as a 500). Every JSON body either side reads comes here."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def check_utf8(what: str, text: str) -> str:

@@ -7,6 +7,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from worker import rules
+
 from .procs import TOKEN
 
 MAKEFILE = """\
@@ -132,6 +134,15 @@ def test_the_worker_refuses_hostile_numbers_and_text(target_stack, body, rule):
                          headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
     assert resp.status_code == 400, resp.text
     assert rule in resp.json()["error"]
+
+
+def test_the_worker_refuses_a_body_over_its_limit(target_stack):
+    """The worker read any body whole; a run request is at most a few MB (test_rules.py)."""
+    body = b'{"id": "big", "target": "show", "pad": "' + b"x" * rules.MAX_BODY + b'"}'
+    resp = requests.post(f"{target_stack.hostile_worker.url}/runs", data=body,
+                         headers={**AUTH, "Content-Type": "application/json"}, timeout=60)
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"]
 
 
 @pytest.fixture(scope="module")

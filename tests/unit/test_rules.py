@@ -1,6 +1,7 @@
 """What may reach make's command line (worker/rules.py), as a validation matrix and as
 properties over arbitrary input."""
 
+import json
 import string
 
 import pytest
@@ -122,3 +123,27 @@ def test_nothing_outside_the_rules_ever_reaches_makes_argv(target, variables):
 @given(st.text(alphabet=st.sampled_from(sorted(SAFE_VALUE)), max_size=50))
 def test_safe_values_pass_unchanged(value):
     assert rules.check_var_value("V", value) == value
+
+
+def test_the_largest_valid_run_request_fits_the_worker_body_limit():
+    """The controller sends ASCII JSON: a value of astral characters is 12 bytes a character."""
+    value = "\U0001F600" * rules.MAX_VALUE_LEN
+    rules.check_var_value("V", value)
+    variables = {f"VARIABLE_{i}": value for i in range(rules.MAX_VARS)}
+    body = json.dumps({"id": "j" * 40, "target": "t" * rules.MAX_TARGET_LEN, "vars": variables,
+                       "timeout": 1e9, "follow": True})
+    assert len(body.encode()) < rules.MAX_BODY
+
+
+@pytest.mark.parametrize("data,expected", [
+    (b'{"a": 1}', {"a": 1}),
+    ('{"a": "\u00e9"}', {"a": "\u00e9"}),
+    (b"[1]", None),
+    (b'"text"', None),
+    (b"{", None),
+    (b"", None),
+    (b'{"a": "\xff"}', None),  # not UTF-8
+    (b"[" * 100_000 + b"]" * 100_000, None),  # RecursionError inside json
+])
+def test_json_object(data, expected):
+    assert rules.json_object(data) == expected
