@@ -15,6 +15,7 @@ and asks that worker, instead of running it again. A run the worker does not kno
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -70,6 +71,7 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._watch_lock = threading.Lock()
         self._dispatching = threading.Lock()  # one dispatch pass at a time, in any thread
         self._running: dict[int, tuple[Worker, str]] = {}  # job id -> (worker, target)
         self._cancel: set[int] = set()
@@ -529,11 +531,21 @@ class Dispatcher:
         return True
 
     def _watched(self, worker: Worker, event: dict) -> None:
-        """A worker's file watcher asks for a build: queue it for that worker's service."""
+        """A worker's file watcher asks for a build: queue it for that worker's service, unless
+        a build of it has not started yet or started after the change (replicas sharing the
+        workspace each ask for the same edit; the first request's build may already run)."""
         target = rules.check_target_syntax(event.get("target"))
-        job, coalesced = self.submit(target, {}, worker.name, "watch")
-        log.info("files changed on %s (%s): job %s%s", worker.name,
-                 ", ".join(event.get("paths", [])[:5]), job.id,
+        paths = ", ".join(event.get("paths", [])[:5])
+        changed_at = event.get("changed_at")
+        with self._watch_lock:  # health checks of several workers run in parallel
+            if isinstance(changed_at, (int, float)) and math.isfinite(changed_at):
+                covering = self.store.build_since(target, worker.name, changed_at)
+                if covering is not None:
+                    log.info("files changed on %s (%s): job %s builds them already",
+                             worker.name, paths, covering.id)
+                    return
+            job, coalesced = self.submit(target, {}, worker.name, "watch")
+        log.info("files changed on %s (%s): job %s%s", worker.name, paths, job.id,
                  " (joined the queued one)" if coalesced else "")
 
     def running_jobs(self) -> dict[int, str]:

@@ -358,6 +358,20 @@ class Store:
         self._waiting.remember(key, job, epoch)
         return job, coalesced
 
+    def build_since(self, target: str, selector: str | None, since: float,
+                    recent: int = 200) -> Job | None:
+        """A build of `target` without variables for `selector` that will see the files as
+        they were at `since`: one still queued (if handed to a worker, create_job no longer
+        joins it) or one that started at or after `since` and was not cancelled. Among the
+        target's `recent` newest jobs only: an older one cannot have started after `since`
+        unless jobs pile up, and then a second build is the safe answer."""
+        rows = self._read(
+            "SELECT * FROM (SELECT * FROM jobs WHERE target = ? ORDER BY id DESC LIMIT ?) "
+            "WHERE vars = '{}' AND selector IS ? AND (state = 'queued' OR (started_at >= ? "
+            "AND state IN ('running', 'succeeded', 'failed'))) ORDER BY id DESC LIMIT 1",
+            (target, recent, selector, since))
+        return Job.from_row(rows[0]) if rows else None
+
     def get_job(self, job_id: int) -> Job | None:
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(rows[0]) if rows else None

@@ -8,7 +8,9 @@ been quiet for `WORKER_WATCH_DEBOUNCE` seconds, so saving ten files means one bu
 while a build holds the workspace, or just after one ended, are the build's own and are ignored.
 
 The controller collects the requests through the worker's health checks (`GET /healthz?ack=N`),
-so the worker needs to know nothing about the controller.
+so the worker needs to know nothing about the controller. Each request says when its files last
+changed (`changed_at`): replicas sharing a workspace all see one edit, and the controller starts
+one build for it, not one per replica.
 """
 
 from __future__ import annotations
@@ -167,10 +169,12 @@ class Watcher:
                 quiet = [t for t, (last, _) in self._changed.items()
                          if now - last >= self.debounce]
                 for target in quiet:
-                    _, paths = self._changed.pop(target)
+                    last, paths = self._changed.pop(target)
                     self._seq += 1
+                    at = time.time()  # changed_at: the last change, on the same clock
                     self._events.append({"seq": self._seq, "target": target,
-                                         "paths": sorted(paths)[:20], "at": time.time()})
+                                         "paths": sorted(paths)[:20], "at": at,
+                                         "changed_at": at - (now - last)})
                     log.info("changes to %s: requesting %s", ", ".join(sorted(paths)[:5]), target)
                 del self._events[:-KEEP_EVENTS]
             if self._changed:

@@ -38,3 +38,22 @@ def test_a_bad_watch_line_stops_the_worker_naming_it(stack):
     w = stack.worker(start=False, TRIGGER_WATCH="src/*.txt -rf")
     with pytest.raises(RuntimeError, match="TRIGGER_WATCH line 1"):
         w.start()
+
+
+def test_replicas_sharing_a_workspace_start_one_build_per_edit(stack):
+    """Both workers see each edit and each asks for a build; the second request comes while the
+    first one's build runs (or after it), so it must not queue a second build."""
+    ws = stack.workspace(makefile=MAKEFILE.replace("sleep 0.5", "sleep 1.5"))
+    (stack.tmp / "ws" / "src").mkdir()
+    watch = {"TRIGGER_WATCH": "src/*.txt lesson", "WORKER_WATCH_DEBOUNCE": 0.5}
+    stack.server([stack.worker(ws, name="a", **watch), stack.worker(ws, name="b", **watch)])
+    time.sleep(1)
+    for edit in range(3):
+        (stack.tmp / "ws" / "src" / "episode.txt").write_text(f"edit {edit}\n")
+        wait_for(lambda n=edit + 1: len(stack.get("/jobs")["jobs"]) == n, timeout=15,
+                 what=f"the build of edit {edit}")
+        jobs = stack.get("/jobs")["jobs"]
+        stack.wait_state(jobs[0]["id"], timeout=20)
+        time.sleep(2)  # both workers' requests have been taken (health checks every 0.5 s)
+        jobs = stack.get("/jobs")["jobs"]
+        assert [(j["source"], j["state"]) for j in jobs] == [("watch", "succeeded")] * (edit + 1)

@@ -1,6 +1,7 @@
 """The SQLite store: jobs, coalescing, guarded state changes, and logs by byte offset."""
 
 import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -303,3 +304,36 @@ def test_dispatchable_passes_over_the_targets_being_built(store):
     assert [j.target for j in store.dispatchable(skip_targets=["html"], limit=2)] == ["pdf",
                                                                                       "site"]
     assert store.dispatchable(after=max(ids), skip_targets={"html"}) == []
+
+
+def test_build_since_finds_a_build_that_sees_the_change(store):
+    """What a file-watch request from a second replica joins (dispatch.Dispatcher._watched)."""
+    job, _ = store.create_job("html", {}, "worker", "watch")
+    assert store.build_since("html", "worker", time.time()).id == job.id  # queued
+    assert store.claim(job.id, "http://w:8000")
+    assert store.build_since("html", "worker", time.time()).id == job.id  # handed over
+    store.mark_running(job.id)
+    started = store.get_job(job.id).started_at
+    assert store.build_since("html", "worker", started).id == job.id
+    assert store.build_since("html", "worker", started + 0.001) is None  # changed after
+    assert store.build_since("html", "other", started) is None
+    assert store.build_since("pdf", "worker", started) is None
+    store.finish(job.id, JobState.FAILED, 2)
+    assert store.build_since("html", "worker", started).id == job.id
+    cancelled, _ = store.create_job("html", {}, "worker", "watch")
+    store.claim(cancelled.id, "http://w:8000")
+    store.mark_running(cancelled.id)
+    store.finish(cancelled.id, JobState.CANCELLED)
+    assert store.build_since("html", "worker", started).id == job.id  # not the cancelled one
+    store.create_job("pdf", {"A": "1"}, "worker", "api")
+    assert store.build_since("pdf", "worker", 0) is None
+
+
+def test_build_since_looks_at_the_targets_recent_jobs_only(store):
+    old, _ = store.create_job("html", {}, "worker", "watch")
+    store.claim(old.id, "http://w:8000")
+    store.mark_running(old.id)
+    for i in range(3):
+        store.create_job("html", {"N": str(i)}, "worker", "api")
+    assert store.build_since("html", "worker", 0, recent=4).id == old.id
+    assert store.build_since("html", "worker", 0, recent=3) is None
