@@ -237,11 +237,14 @@ class Dispatcher:
                     worker = self.pool.pick(job.selector, job.target)
                     if worker is None:
                         continue
+                    with self._lock:  # before the claim: a cancel finds it in one or the other
+                        self._running[job.id] = (worker, job.target)
                     if not self.store.claim(job.id, worker.url):
+                        with self._lock:
+                            self._running.pop(job.id, None)
+                            self._cancel.discard(job.id)
                         continue  # cancelled meanwhile
                     worker.jobs[job.id] = job.target
-                with self._lock:
-                    self._running[job.id] = (worker, job.target)
                 busy_targets.add(job.target)
                 yield job, worker
                 if not self.pool.has_room():
@@ -324,7 +327,7 @@ class Dispatcher:
         except WorkerBusy as exc:
             log.info("job %s: %s is busy (%s); requeued", job.id, worker.url, exc)
             worker.blocked_until = time.monotonic() + BUSY_BACKOFF
-            self.store.unclaim(job.id)
+            self._unclaim(job)
             return False, None
         except WorkerRejected as exc:
             self._end(job.id, JobState.FAILED, error=f"rejected by the worker: {exc}")
@@ -348,6 +351,28 @@ class Dispatcher:
                 events.close()
             raise
 
+    def _cancel_waiting(self, job_id: int) -> bool:
+        """End a job that no worker was asked to start, as cancelled."""
+        ended = self.store.finish(job_id, JobState.CANCELLED, error="cancelled before it started",
+                                  only_waiting=True)
+        if ended:
+            self._tell_ended(ended)
+            self.ended(ended)
+            self.notify()
+        return ended is not None
+
+    def _unclaim(self, job: Job) -> None:
+        """A start the worker did not take: the job waits in the queue again, or ends now if it
+        was cancelled while the start was on its way. Unclaimed in the store before it leaves
+        `_running`, so a cancel finds it in one or the other."""
+        self.store.unclaim(job.id)
+        with self._lock:
+            self._running.pop(job.id, None)
+            cancelled = job.id in self._cancel
+            self._cancel.discard(job.id)
+        if cancelled:
+            self._cancel_waiting(job.id)
+
     def _requeue(self, job: Job, worker: Worker, exc: WorkerError) -> bool:
         """A start the worker did not take: queued again, or failed after MAX_START_FAILURES."""
         failures = self._start_failures.get(job.id, 0) + 1
@@ -358,7 +383,7 @@ class Dispatcher:
             return False
         log.warning("job %s: cannot start on %s: %s; requeued", job.id, worker.url, exc)
         worker.healthy, worker.last_error = False, str(exc)
-        self.store.unclaim(job.id)
+        self._unclaim(job)
         return False
 
     def _started(self, job: Job) -> bool:
@@ -374,7 +399,7 @@ class Dispatcher:
         try:
             self.client.get_run(worker, self.store.run_id(job))
         except RunUnknown:
-            self.store.unclaim(job.id)  # it never started: dispatch it again
+            self._unclaim(job)  # it never started: dispatch it again
             return False
         except WorkerError as exc:
             self._end(job.id, JobState.LOST, error=f"cannot ask {worker.url} whether it "
@@ -509,19 +534,19 @@ class Dispatcher:
         return job, coalesced
 
     def cancel(self, job: Job) -> bool:
-        """Cancel a queued job at once, or ask the worker to stop a running one."""
-        ended = job.state is JobState.QUEUED and self.store.finish(
-            job.id, JobState.CANCELLED, error="cancelled before it started", only_queued=True)
-        if ended:
-            self._tell_ended(ended)
-            self.ended(ended)
-            self.notify()
-            return True
-        with self._lock:
-            assigned = self._running.get(job.id)
-            if assigned is None:
-                return False
-            self._cancel.add(job.id)
+        """Cancel a job waiting in the queue at once, or ask the worker to stop one that is
+        running or being started (a start on its way may already have reached make: the worker
+        gets the cancel once the start is through, and the job ends as the run did)."""
+        for _ in range(3):  # a claim or an unclaim may come between the two looks
+            with self._lock:
+                assigned = self._running.get(job.id)
+                if assigned is not None:
+                    self._cancel.add(job.id)
+                    break
+            if self._cancel_waiting(job.id):
+                return True
+        else:
+            return False
         try:
             self.client.cancel_run(assigned[0], self.store.run_id(job))
         except RunUnknown:

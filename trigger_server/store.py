@@ -459,11 +459,12 @@ class Store:
         return cur.rowcount == 1
 
     def finish(self, job_id: int, state: JobState, exit_code: int | None = None,
-               error: str | None = None, *, only_queued: bool = False) -> Job | None:
+               error: str | None = None, *, only_waiting: bool = False) -> Job | None:
         """Move a queued (or running) job to an end state: the ended job, or None if it was not
-        in one of those states."""
+        in one of those states. `only_waiting`: only a queued job no worker was asked to start
+        (a claimed one may already run make)."""
         assert state.ended
-        states = "('queued')" if only_queued else "('queued', 'running')"
+        states = "('queued') AND worker IS NULL" if only_waiting else "('queued', 'running')"
         with self._waiting.moving(job_id), self._tx() as db:
             cur = db.execute(
                 "UPDATE jobs SET state = ?, exit_code = ?, error = ?, finished_at = ? "

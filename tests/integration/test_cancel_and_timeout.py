@@ -1,10 +1,12 @@
 """Cancel and time limits stop the whole build: make and everything it started."""
 
+import os
 import threading
+import time
 
 import requests
 
-from .procs import pids_of, wait_for
+from .procs import MAKEFILE, pids_of, wait_for
 
 # The `tree` target's sleeps, by durations nothing else on the machine uses (pgrep sees all).
 TREE_SLEEPS = r"^sleep 30[01]\.25$"
@@ -34,6 +36,32 @@ def test_a_queued_job_is_cancelled_before_it_starts(stack):
     assert stack.wait_state(running)["state"] == "cancelled"
     again = requests.delete(f"{stack.url}/jobs/{running}", timeout=10)
     assert again.status_code == 409 and "already ended" in again.json()["error"]
+
+
+def test_a_cancel_during_the_start_never_reports_a_build_that_ran_as_not_started(stack):
+    """A DELETE right after the trigger lands while the job is queued, while its start is on
+    its way to the worker, or after make started. The job was recorded "cancelled before it
+    started" in the second case too, although make ran (and often finished)."""
+    makefile = MAKEFILE + "quick:\n\t@touch ran-$(N)\n"
+    ws = stack.workspace("quickws", makefile=makefile)
+    stack.server([stack.worker(ws, WORKER_VARS="N")])
+    jobs = {}
+    for n in range(60):
+        job = stack.trigger("quick", vars={"N": str(n)})
+        cancel = requests.delete(f"{stack.url}/jobs/{job['id']}", timeout=10)
+        assert cancel.status_code in (202, 409), cancel.text
+        jobs[n] = job["id"]
+    time.sleep(1)  # a start on its way has reached make, and make is done
+    not_started = 0
+    for n, job_id in jobs.items():
+        job = stack.wait_state(job_id)
+        ran = os.path.exists(os.path.join(ws, f"ran-{n}"))
+        if job["error"] == "cancelled before it started":
+            not_started += 1
+            assert not ran and job["started_at"] is None, job
+        else:
+            assert ran or job["state"] == "cancelled", job
+    assert not_started  # the queued case was exercised too
 
 
 def test_a_request_waiting_for_a_queued_job_hears_of_its_cancel(stack):

@@ -54,7 +54,7 @@ def _retried(store, job_id):
 @pytest.mark.parametrize("move, joined_again", [
     (lambda store, job_id: store.claim(job_id, "http://w"), False),
     (lambda store, job_id: store.mark_running(job_id), False),
-    (lambda store, job_id: store.finish(job_id, JobState.CANCELLED, only_queued=True), False),
+    (lambda store, job_id: store.finish(job_id, JobState.CANCELLED, only_waiting=True), False),
     (lambda store, job_id: store.finish(job_id, JobState.LOST), False),
     (_retried, True),  # queued again, not yet handed to a worker: it is joined again
     (lambda store, job_id: store.retry(job_id, "lost"), True),  # joined as it now is
@@ -89,7 +89,7 @@ def test_a_job_moved_on_while_a_trigger_read_it_is_not_joined_later(store, monke
 @pytest.mark.parametrize("move", [
     lambda store, job_id: store.claim(job_id, "http://w"),
     lambda store, job_id: store.mark_running(job_id),
-    lambda store, job_id: store.finish(job_id, JobState.CANCELLED, only_queued=True),
+    lambda store, job_id: store.finish(job_id, JobState.CANCELLED, only_waiting=True),
 ], ids=["claimed", "marked-running", "cancelled"])
 def test_a_trigger_right_after_a_move_committed_does_not_join_the_job(store, monkeypatch, move):
     """Two triggers: one in another thread while the move's transaction is still open (it
@@ -152,7 +152,7 @@ def test_a_trigger_that_read_during_a_move_does_not_remember_the_job_after_it(st
 
     monkeypatch.setattr(store, "_tx", tx_with_reader)
     monkeypatch.setattr(store._waiting, "remember", remember_late)
-    assert store.finish(job.id, JobState.CANCELLED, only_queued=True)
+    assert store.finish(job.id, JobState.CANCELLED, only_waiting=True)
     monkeypatch.setattr(store, "_tx", tx)
     cancelled.set()
     reader.join(5)
@@ -185,9 +185,18 @@ def test_state_changes_are_guarded(store):
 
 def test_a_cancelled_queued_job_can_no_longer_be_started(store):
     job, _ = store.create_job("html", {}, None, "api")
-    assert store.claim(job.id, "http://w")
-    assert store.finish(job.id, JobState.CANCELLED, only_queued=True)
+    assert store.finish(job.id, JobState.CANCELLED, only_waiting=True)
+    assert not store.claim(job.id, "http://w")
     assert not store.mark_running(job.id)
+
+
+def test_a_job_being_started_is_not_ended_as_waiting(store):
+    """A claimed job's start is on its way to the worker: make may already run."""
+    job, _ = store.create_job("html", {}, None, "api")
+    assert store.claim(job.id, "http://w")
+    assert store.finish(job.id, JobState.CANCELLED, only_waiting=True) is None
+    assert store.unclaim(job.id)
+    assert store.finish(job.id, JobState.CANCELLED, only_waiting=True).state is JobState.CANCELLED
 
 
 def test_an_unaccepted_claim_goes_back_to_the_queue(store):
