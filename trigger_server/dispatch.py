@@ -269,39 +269,61 @@ class Dispatcher:
     def _run(self, job: Job, worker: Worker, how: str, events: Iterable | None = None) -> None:
         """Start and follow one job to its end. `how`: "start" (a claimed job), "start here"
         (the same, but following it is handed to a follower thread once it started), "recover"
-        (left by a previous controller), "follow" (started: `events` is the run as it goes on).
+        (left by a previous controller), "follow" (started: `events` is the run as it goes on),
+        "reconcile" (a store error came between: find out where the job is, as "recover" does).
         """
         handed_over = False
         try:
-            if how in ("start", "start here"):
-                job.worker = worker.url
-                started, events = self._start(job, worker)
-                if not started:
-                    return
-                if how == "start here":
-                    self._followers.submit(self._run, job, worker, "follow", events)
-                    handed_over = True
-                    return
-            elif how == "recover" and job.state is JobState.QUEUED and not self._reclaim(
-                    job, worker):
-                return
             while True:
                 try:
-                    self._follow(job, worker, events)
+                    handed_over = self._drive(job, worker, how, events)
                     return
-                except StoreError as exc:  # the worker keeps the log: catch up once it works
-                    events = None
-                    log.error("job %s: %s; following again shortly", job.id, exc)
+                except StoreError as exc:  # the worker may run it: never leave it unfollowed
+                    events = None  # (_start closed a start's stream)
+                    if how == "start here":  # a request's thread: a follower takes it on
+                        log.error("job %s: %s; reconciling it in a follower", job.id, exc)
+                        self._followers.submit(self._run, job, worker, "reconcile")
+                        handed_over = True
+                        return
+                    log.error("job %s: %s; reconciling it shortly", job.id, exc)
                     if self._stop.wait(2.0):
                         return
-        except StoreError as exc:
-            log.error("job %s: %s; it will be reconciled on the next start", job.id, exc)
+                    how = "reconcile"
         except Exception as exc:
             log.exception("job %s: follower failed", job.id)
             self._end(job.id, JobState.LOST, error=f"the controller lost track of it: {exc}")
         finally:
             if not handed_over:
                 self._release(job, worker)
+
+    def _drive(self, job: Job, worker: Worker, how: str, events: Iterable | None) -> bool:
+        """One go at `_run`; True once following the job is handed to a follower thread."""
+        if how == "reconcile":
+            job = self.store.get_job(job.id) or job
+            if job.state.ended or (job.state is JobState.QUEUED and job.worker is None):
+                return False  # ended, or waits in the queue again
+            if job.state is JobState.QUEUED and not self._reclaim(job, worker):
+                return False
+        elif how in ("start", "start here"):
+            job.worker = worker.url
+            started, events = self._start(job, worker)
+            if not started:
+                return False
+            if how == "start here":
+                self._followers.submit(self._run, job, worker, "follow", events)
+                return True
+        elif how == "recover" and job.state is JobState.QUEUED and not self._reclaim(
+                job, worker):
+            return False
+        while True:
+            try:
+                self._follow(job, worker, events)
+                return False
+            except StoreError as exc:  # the worker keeps the log: catch up once it works
+                events = None
+                log.error("job %s: %s; following again shortly", job.id, exc)
+                if self._stop.wait(2.0):
+                    return False
 
     def _release(self, job: Job, worker: Worker) -> None:
         """The job no longer occupies its worker: what waits for the worker may go."""

@@ -15,6 +15,8 @@ import time
 import pytest
 import requests
 
+from .procs import wait_for
+
 BIG = """\
 big: ## print about 200 MB
 \t@head -c 198000000 /dev/zero | tr '\\\\0' 'x' | fold -w 99
@@ -103,6 +105,35 @@ def test_a_locked_database_answers_503_and_recovers(stack):
     ok = stack.post(json={"target": "ok", "wait": True})
     assert ok.status_code == 200
     assert len(stack.get("/jobs")["jobs"]) == 1  # the refused trigger left nothing behind
+
+
+SLOW_START = """\
+PARSED := $(shell sleep 2)
+work:
+\t@echo working; sleep 1; echo worked
+"""
+
+
+def test_a_database_locked_when_the_worker_accepts_a_start_does_not_strand_the_job(stack):
+    """The worker takes 2 s to read this makefile, so a start is on its way that long; the
+    database is locked over the moment it is accepted. The job stayed queued, unfollowed, while
+    make ran, until the controller restarted: it is followed once the database works again."""
+    ws = stack.workspace("slowstart", makefile=SLOW_START)
+    stack.server([stack.worker(ws)], TRIGGER_DB_BUSY_TIMEOUT=0.5)
+    stack.get("/targets")  # listed: the trigger need not wait for a listing
+    os.utime(os.path.join(ws, "Makefile"))  # the worker reads it again, inside the start
+    job_id = stack.trigger("work")["id"]
+    wait_for(lambda: stack.job(job_id)["worker"], timeout=10, what="the job to be claimed")
+    db = sqlite3.connect(stack.tmp / "trigger.db", isolation_level=None, timeout=5)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        time.sleep(3.5)  # the worker accepted the start meanwhile (2 s)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    job = stack.wait_state(job_id, timeout=30)
+    assert job["state"] == "succeeded", job
+    assert "worked" in stack.log(job_id)
 
 
 MEGABYTE = """\
