@@ -186,6 +186,7 @@ class Runner:
         self.host = socket.gethostname()
         self._lock = threading.Lock()
         self._active: dict[str, Run] = {}
+        self._unsaved: dict[str, Run] = {}  # ended runs whose end is not on disk yet (_save_end)
         self._stopping = False
         self.last_end = 0.0  # when a build of this worker last ended (time.time())
         self._ends = 0  # runs ended since the run folder was last pruned
@@ -229,6 +230,44 @@ class Runner:
             _write_all(fd, b"\n" + line)
         finally:
             os.close(fd)
+
+    def _save_end(self, run: Run) -> bool:
+        """Write the ended run's record; False if that fails (a full or broken state folder).
+        The run has ended all the same: `_finish` keeps it in `_unsaved`, where get() finds it,
+        and `_save_unsaved` writes it at a later end or at shutdown. A worker that dies before
+        that leaves the record `running`, and the next one's recover() reports the run `lost`,
+        as any run whose end it cannot know."""
+        try:
+            self._save(run)
+            return True
+        except OSError as exc:
+            log.error("run %s: ended %s, but its record cannot be written (%s); kept in memory "
+                      "and written once it can be", run.id, run.state.value, exc)
+            return False
+
+    def _save_unsaved(self) -> None:
+        """Write the records that could not be written when their runs ended (`_save_end`);
+        those that still fail wait for the next try."""
+        with self._lock:
+            runs = list(self._unsaved.values())
+        for run in runs:
+            try:
+                self._save(run)
+            except OSError as exc:
+                log.debug("run %s: its record still cannot be written: %s", run.id, exc)
+                return
+            with self._lock:
+                self._unsaved.pop(run.id, None)
+            log.info("run %s: its record (%s) is written now", run.id, run.state.value)
+
+    def _note(self, run: Run, text: str) -> None:
+        """Add maketrigger's word on the run's end to its log. Without it (a full disk), the
+        run ends all the same: its `error` says the same."""
+        try:
+            with open(self.log_path(run.id), "ab") as f:
+                f.write(text.encode())
+        except OSError as exc:
+            log.error("run %s: cannot add its end to its log: %s", run.id, exc)
 
     def _load(self, run_id: str) -> Run | None:
         try:
@@ -343,14 +382,19 @@ class Runner:
                 self._stop(run, RunState.FAILED, f"timed out after {run.timeout:g} s")
             code = proc.wait()
             kill_group(proc.pid, signal.SIGKILL)  # what make left behind in its group
-            self._finish(run, code)
-            self._prune()
         except Exception:
             log.exception("run %s: lost track of make", run.id)
             self._finish(run, None, RunState.LOST, "the worker lost track of make")
+        else:  # not in the try: a run that has ended must not end again as `lost`
+            self._finish(run, code)
+        self._save_unsaved()
+        self._prune()
 
     def _finish(self, run: Run, code: int | None, state: RunState | None = None,
                 error: str | None = None) -> None:
+        """End the run in memory, then on disk. What cannot be written (a full state folder)
+        is logged, not raised: a run left in `_active` would keep the worker busy, its
+        followers waiting and its process group id signalled at shutdown, for ever."""
         run.exit_code = code if code is not None and code >= 0 else None
         if state is None:
             if run.end_state is not None:
@@ -361,14 +405,15 @@ class Runner:
                 state, error = RunState.FAILED, f"make ended with {describe_exit(code)}"
         run.state, run.error, run.finished_at = state, error, time.time()
         if state is not RunState.SUCCEEDED:
-            with open(self.log_path(run.id), "ab") as f:
-                f.write(f"*** maketrigger: {state.value}: {error}\n".encode())
+            self._note(run, f"*** maketrigger: {state.value}: {error}\n")
         with self._lock:
             self.last_end = time.time()
         run.done.set()  # its followers answer now; the record is written meanwhile
-        self._save(run)
+        saved = self._save_end(run)
         with self._lock:
             self._active.pop(run.id, None)  # from here on, get() reads the saved record
+            if not saved:
+                self._unsaved[run.id] = run  # ... or this one, until it is saved
         log.info("run %s: make %s %s (%s)", run.id, run.target, state.value, error or "ok")
 
     def _stop(self, run: Run, state: RunState, reason: str) -> None:
@@ -393,7 +438,7 @@ class Runner:
 
     def get(self, run_id: str) -> Run:
         with self._lock:
-            run = self._active.get(run_id)
+            run = self._active.get(run_id) or self._unsaved.get(run_id)
         if run is None and RUN_ID_RE.fullmatch(run_id):
             run = self._load(run_id)
         if run is None:
@@ -441,6 +486,7 @@ class Runner:
         deadline = time.monotonic() + linger
         while runs and not all(r.reported for r in runs) and time.monotonic() < deadline:
             time.sleep(0.05)
+        self._save_unsaved()  # a last try, or the next worker reports them `lost`
 
     def _prune(self) -> None:
         """Keep the records and logs of about `keep_runs` finished runs: once there are a tenth
@@ -463,7 +509,8 @@ class Runner:
                 runs[stem] = os.path.join(self.runs_dir, name)
         if len(runs) <= self.keep_runs + max(1, self.keep_runs // 10):
             return
-        active = {r.id for r in self.active()}
+        with self._lock:
+            active = set(self._active) | set(self._unsaved)  # an unsaved record stays for now
         oldest = sorted((path for run_id, path in runs.items() if run_id not in active),
                         key=_mtime)
         for path in oldest[: max(0, len(runs) - self.keep_runs)]:

@@ -1,10 +1,15 @@
 """The worker's runner on its own: locks, records, pruning, readable ends."""
 
+import errno
+import json
+import os
 import signal
 import time
+import types
 
 import pytest
 
+from worker import runner as runner_module
 from worker.runner import Busy, RunExists, Runner, RunState, describe_exit
 
 
@@ -146,6 +151,98 @@ def test_a_log_left_without_its_record_is_pruned_in_its_turn(workspace, tmp_path
         assert time.monotonic() < deadline, f"the orphan log was never pruned: {sorted(left)}"
         time.sleep(0.01)
     assert {"5.json", "5.log"} <= left and len(left) <= 8
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """While `.on`, the runner's state folder is full: every record and log write it makes
+    fails with ENOSPC (reads work)."""
+    disk = types.SimpleNamespace(on=False)
+    write_all, real_open = runner_module._write_all, open
+
+    def enospc():
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_write_all(fd, data):
+        if disk.on:
+            raise enospc()
+        write_all(fd, data)
+
+    def full_open(path, mode="r", *args, **kwargs):
+        if disk.on and set(mode) & set("wax+"):
+            raise enospc()
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "_write_all", full_write_all)
+    monkeypatch.setattr(runner_module, "open", full_open, raising=False)
+    return disk
+
+
+def saved_state(tmp_path, run_id):
+    """The run's state as its record on disk says (as a restarted worker would read it)."""
+    lines = (tmp_path / "s" / "runs" / f"{run_id}.json").read_text().split("\n")
+    return json.loads([line for line in lines if line.strip()][-1])["state"]
+
+
+def eventually(check, what):
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def sleepy(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "Makefile").write_text("quick:\n\t@sleep 0.3\nbroken:\n\t@sleep 0.3; exit 2\n"
+                                 "ok:\n\t@echo ok\n")
+    return ws
+
+
+@pytest.mark.parametrize("target,state", [("quick", RunState.SUCCEEDED),
+                                          ("broken", RunState.FAILED)])
+def test_a_run_whose_end_cannot_be_written_ends_all_the_same(sleepy, tmp_path, full_disk,
+                                                            target, state):
+    r = Runner(str(sleepy), str(tmp_path / "s"), kill_grace=1)
+    run = r.start("1", target, {}, None)
+    full_disk.on = True  # the state folder fills up while make runs
+    wait_done(run)
+    wait_recorded(r)  # the worker is not busy with it for ever
+    assert r.get("1").state is state  # its real end, not the `running` its record still says
+    assert saved_state(tmp_path, "1") == "running"
+    full_disk.on = False
+    wait_done(r.start("2", "ok", {}, None))  # the workspace lock went with make
+    eventually(lambda: saved_state(tmp_path, "1") == state.value,  # written at the next end
+               "the record that could not be written was not written later")
+    assert Runner(str(sleepy), str(tmp_path / "s")).get("1").state is state
+
+
+def test_a_run_that_ended_unrecorded_is_not_signalled_at_shutdown(sleepy, tmp_path, full_disk,
+                                                                  monkeypatch):
+    r = Runner(str(sleepy), str(tmp_path / "s"), kill_grace=1)
+    run = r.start("1", "broken", {}, None)
+    full_disk.on = True
+    wait_done(run)
+    full_disk.on = False
+    signalled = []
+    monkeypatch.setattr(runner_module, "kill_group", lambda pgid, sig: signalled.append(pgid))
+    r.shutdown(linger=0)
+    assert run.pid not in signalled  # its group id may be another process's by now
+    assert saved_state(tmp_path, "1") == "failed"  # shutdown's last try wrote it
+
+
+def test_a_worker_starting_on_a_full_disk_reports_what_it_found_lost(sleepy, tmp_path,
+                                                                     full_disk):
+    runs = tmp_path / "s" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "1.log").write_text("+ make\n")
+    (runs / "1.json").write_text(json.dumps({"id": "1", "target": "quick", "vars": {},
+                                             "state": "running", "host": "elsewhere"}) + "\n")
+    full_disk.on = True
+    r = Runner(str(sleepy), str(tmp_path / "s"))
+    r.recover()  # does not fail the worker's start
+    assert r.get("1").state is RunState.LOST and r.active() == []
 
 
 @pytest.mark.parametrize("code,text", [(0, "exit status 0"), (2, "exit status 2"),
