@@ -224,6 +224,8 @@ def test_a_run_that_ended_unrecorded_is_not_signalled_at_shutdown(sleepy, tmp_pa
     run = r.start("1", "broken", {}, None)
     full_disk.on = True
     wait_done(run)
+    wait_recorded(r)  # or tried to: the disk was full
+    assert saved_state(tmp_path, "1") == "running"
     full_disk.on = False
     signalled = []
     monkeypatch.setattr(runner_module, "kill_group", lambda pgid, sig: signalled.append(pgid))
