@@ -1,8 +1,11 @@
 """gunicorn settings for the controller: one process (gthread), because the dispatcher and the
 jobs it follows are in-process state. The dispatcher thread starts after the fork."""
 
+import logging
 import os
+import sys
 
+from trigger_server import db_lock
 from worker.serving import setup_logging, tune_interpreter
 
 bind = os.environ.get("TRIGGER_BIND") or "0.0.0.0:8080"
@@ -19,8 +22,14 @@ setup_logging(loglevel)
 
 
 def post_worker_init(worker):
-    """Start the dispatcher, the scheduler, the checkpointer and (if anything is to be sent)
-    the notifier in the serving process (threads do not survive a fork)."""
+    """Take the database (one controller each), then start the dispatcher, the scheduler, the
+    checkpointer and (if anything is to be sent) the notifier in the serving process (threads
+    do not survive a fork)."""
+    try:
+        worker.wsgi.extensions["db_lock"] = db_lock.hold(worker.wsgi.config["DB"])
+    except db_lock.DatabaseInUse as exc:
+        logging.getLogger("trigger_server").error("cannot serve: %s", exc)
+        sys.exit(3)  # gunicorn's "failed to boot": the master stops too, not retrying
     tune_interpreter()
     worker.wsgi.extensions["checkpointer"].start()
     worker.wsgi.extensions["notifier"].start_if_pending()

@@ -5,7 +5,9 @@ import shutil
 import signal
 import time
 
-from .procs import pids_of, wait_for
+import pytest
+
+from .procs import Proc, pids_of, wait_for
 
 
 def test_a_worker_killed_mid_build_ends_the_job_lost_and_the_next_job_runs(stack):
@@ -79,6 +81,25 @@ def test_a_restarted_controller_keeps_history_and_resumes_its_work(stack):
     assert stack.wait_state(queued)["state"] == "succeeded"
     # nothing ran twice: one run per job on the worker
     assert len([j for j in stack.get("/jobs?limit=500")["jobs"]]) == 3
+
+
+def test_a_second_controller_on_the_same_database_refuses_to_serve(stack):
+    """Two dispatchers on one database started, cancelled and joined jobs behind each other's
+    backs (a cancel through one was a 202 that did nothing). The second waits for the first to
+    stop, then gives up naming it; the first serves on."""
+    w = stack.worker()
+    first = stack.server([w])
+    second = Proc("trigger_server", {**first.env}, str(stack.tmp / "second.log"))
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="in use by another controller"):
+        second.start()
+    assert second.proc.returncode == 3 and time.monotonic() - started >= 14
+    assert stack.post(json={"target": "ok", "wait": True}).status_code == 200
+    first.stop()
+    second.start()  # the database is free once its controller stopped
+    stack.url = second.url
+    assert stack.post(json={"target": "ok", "wait": True}).status_code == 200
+    second.stop()
 
 
 def test_a_job_whose_run_the_worker_forgot_ends_lost_after_a_controller_restart(stack):

@@ -1,0 +1,61 @@
+"""One controller per database.
+
+The dispatcher's state (what is being started, followed, cancelled) lives in its process, so a
+second controller on the same database would start, cancel and join jobs behind the first one's
+back. The serving process holds an exclusive lock on `<database>.lock` for as long as it runs;
+another waits for it a while (a restarting controller's predecessor may still be finishing its
+requests), then gives up naming the holder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+
+log = logging.getLogger(__name__)
+
+WAIT = 15.0  # more than gunicorn's graceful_timeout: a predecessor shutting down lets go
+
+
+class DatabaseInUse(RuntimeError):
+    """Another controller serves from this database (or its lock file cannot be made)."""
+
+
+def hold(db_path: str, wait: float = WAIT) -> int:
+    """Lock the database for this process and return the lock's fd (keep it open: closing it,
+    or the process ending, lets go). Raises DatabaseInUse after `wait` seconds."""
+    path = db_path + ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise DatabaseInUse(f"cannot create {path}: {exc.strerror}") from None
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = _holder(fd)
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise DatabaseInUse(f"database {db_path} is in use by another controller "
+                                    f"(pid {holder} on its host); one controller per database"
+                                    ) from None
+            if not told:
+                log.warning("database %s is in use by another controller (pid %s); waiting "
+                            "up to %g s for it to stop", db_path, holder, wait)
+                told = True
+            time.sleep(0.2)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode().strip() or "?"
+    except (OSError, UnicodeDecodeError):
+        return "?"
