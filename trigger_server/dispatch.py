@@ -555,6 +555,15 @@ class Dispatcher:
             self._dispatch_here(job.id if start_here else None)
         return job, coalesced
 
+    def fire(self, key: str, fire_time: float, target: str,
+             variables: dict) -> tuple[Job, bool] | None:
+        """A schedule's fire: its time claimed with its job (Store.fire_schedule), then started
+        if it can start now. None if that fire time was claimed already."""
+        fired = self.store.fire_schedule(key, fire_time, target, variables)
+        if fired is not None and not fired[1]:
+            self._dispatch_here()
+        return fired
+
     def cancel(self, job: Job) -> bool:
         """Cancel a job waiting in the queue at once, or ask the worker to stop one that is
         running or being started (a start on its way may already have reached make: the worker

@@ -164,11 +164,11 @@ class Scheduler:
             self._next[s.key] = s.next_after(max(now, latest), self.tz)
 
     def _fire(self, s: Schedule, fire_time: float) -> None:
-        """Queue the schedule's job if this process is the one that claims `fire_time`."""
-        if not self.store.claim_fire(s.key, fire_time):
-            return  # another thread or process fired it
-        job, coalesced = self.dispatcher.submit(s.target, s.vars, None, "schedule")
-        self.store.set_schedule_job(s.key, job.id)
+        """Queue the schedule's job, unless `fire_time` was claimed (fired) already."""
+        fired = self.dispatcher.fire(s.key, fire_time, s.target, s.vars)
+        if fired is None:
+            return
+        job, coalesced = fired
         log.info("schedule %r fired: job %s%s", s.line, job.id,
                  " (joined the queued one)" if coalesced else "")
 
@@ -183,8 +183,10 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 self.run_due(time.time())
-            except Exception:
-                log.exception("schedules: firing failed; retrying")
+            except Exception:  # a fire not recorded is tried again (not every 10 ms)
+                log.exception("schedules: firing failed; retrying in 2 s")
+                self._stop.wait(2.0)
+                continue
             upcoming = [t for t in self._next.values() if t is not None]
             wait = min(upcoming) - time.time() if upcoming else 3600
             self._stop.wait(min(max(wait, 0.01), 60))  # wake at least each minute: clock jumps

@@ -82,6 +82,9 @@ CREATE TABLE IF NOT EXISTS log_chunks (
 """
 # Log pieces of up to 1 MiB are rows much larger than a page: in a rowid table they are stored
 # once, in overflow pages, and a WITHOUT ROWID table (as in older versions) wrote them 25% slower.
+# The job a trigger joins: queued and not yet handed to a worker, same target, vars, selector.
+SAME_WAITING = ("SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL AND target = ? "
+                "AND vars = ? AND selector IS ? ORDER BY id LIMIT 1")
 LOG_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS log_chunks"):]
 # Pages written to the WAL before a checkpoint copies them into the database (and syncs):
 # 40 MB rather than SQLite's 4 MB, so a big log is not held up by a checkpoint every 4 MB.
@@ -338,25 +341,29 @@ class Store:
         job, epoch = self._waiting.get(key)
         if job is not None:
             return job, True
-        same = ("SELECT * FROM jobs WHERE state = 'queued' AND worker IS NULL AND target = ? "
-                "AND vars = ? AND selector IS ? ORDER BY id LIMIT 1")
-        rows = self._read(same, key)  # no write lock for a repeat
+        rows = self._read(SAME_WAITING, key)  # no write lock for a repeat
         coalesced = bool(rows)
         if not coalesced:
             with self._tx() as db:
-                rows = [db.execute(same, key).fetchone()]  # again, locked
-                coalesced = rows[0] is not None
-                if not coalesced:
-                    cur = db.execute(
-                        "INSERT INTO jobs (target, vars, selector, state, source, timeout, "
-                        "created_at, notify, retries) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                        (target, vars_json, selector, source, timeout, time.time(), notify,
-                         retries))
-                    rows = [db.execute("SELECT * FROM jobs WHERE id = ?",
-                                       (cur.lastrowid,)).fetchone()]
+                row, coalesced = self._queue(db, key, source, timeout, notify, retries)
+                rows = [row]
         job = Job.from_row(rows[0])
         self._waiting.remember(key, job, epoch)
         return job, coalesced
+
+    @staticmethod
+    def _queue(db: sqlite3.Connection, key: tuple, source: str, timeout: float | None = None,
+               notify: str | None = None, retries: int = 0) -> tuple[sqlite3.Row, bool]:
+        """In a write transaction: the waiting job for `key` (target, vars JSON, selector), or a
+        new one; True if it was there already."""
+        row = db.execute(SAME_WAITING, key).fetchone()  # again, locked
+        if row is not None:
+            return row, True
+        cur = db.execute(
+            "INSERT INTO jobs (target, vars, selector, state, source, timeout, created_at, "
+            "notify, retries) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            (*key, source, timeout, time.time(), notify, retries))
+        return db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone(), False
 
     def build_since(self, target: str, selector: str | None, since: float,
                     recent: int = 200) -> Job | None:
@@ -517,18 +524,31 @@ class Store:
         return (rows[0][0], rows[0][1]) if rows else (None, None)
 
     def claim_fire(self, key: str, fire_time: float) -> bool:
-        """Record `fire_time` as the schedule's last; False if it (or a later one) was already:
-        whoever claims a fire time first is the only one to queue its job."""
+        """Record `fire_time` as the schedule's last, without a job (a fire time skipped);
+        False if it (or a later one) was already."""
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO schedule_state (key) VALUES (?)", (key,))
-            cur = db.execute("UPDATE schedule_state SET last_fire = ? WHERE key = ? "
-                             "AND (last_fire IS NULL OR last_fire < ?)",
-                             (fire_time, key, fire_time))
-            return cur.rowcount == 1
+            return self._claim_fire(db, key, fire_time)
 
-    def set_schedule_job(self, key: str, job_id: int) -> None:
+    @staticmethod
+    def _claim_fire(db: sqlite3.Connection, key: str, fire_time: float) -> bool:
+        db.execute("INSERT OR IGNORE INTO schedule_state (key) VALUES (?)", (key,))
+        cur = db.execute("UPDATE schedule_state SET last_fire = ? WHERE key = ? "
+                         "AND (last_fire IS NULL OR last_fire < ?)", (fire_time, key, fire_time))
+        return cur.rowcount == 1
+
+    def fire_schedule(self, key: str, fire_time: float, target: str,
+                      variables: dict) -> tuple[Job, bool] | None:
+        """Claim the schedule's `fire_time` and queue its job (or join the identical waiting
+        one) in one transaction: a fire time is never recorded without its job, so a database
+        error or a crash between the two cannot lose it, and never queued twice. None if it
+        (or a later one) was claimed already."""
+        key_of_job = (target, json.dumps(variables, sort_keys=True), None)
         with self._tx() as db:
-            db.execute("UPDATE schedule_state SET last_job = ? WHERE key = ?", (job_id, key))
+            if not self._claim_fire(db, key, fire_time):
+                return None
+            row, coalesced = self._queue(db, key_of_job, "schedule")
+            db.execute("UPDATE schedule_state SET last_job = ? WHERE key = ?", (row["id"], key))
+        return Job.from_row(row), coalesced
 
     # --- webhook deliveries ---------------------------------------------------------------
     def record_delivery(self, provider: str, delivery: str) -> bool:

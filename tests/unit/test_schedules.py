@@ -1,12 +1,13 @@
 """Schedules: parsing, exactly-once fire times, catch-up and no pile-up, on a real store."""
 
+import sqlite3
 from datetime import datetime
 
 import pytest
 
 from trigger_server.dispatch import Dispatcher
 from trigger_server.schedules import Schedule, ScheduleError, Scheduler, parse, timezone
-from trigger_server.store import Store
+from trigger_server.store import Store, StoreError
 from trigger_server.workers import WorkerClient, WorkerPool
 
 UTC = timezone("UTC")
@@ -132,3 +133,21 @@ def test_the_listing_shows_next_fire_and_last_job(store):
     assert row["last_fire"] == "2026-11-27T03:00:00.000Z"
     assert row["next_fire"] == "2026-11-28T03:00:00.000Z"
     assert row["last_job"]["source"] == "schedule"
+
+
+def test_a_fire_whose_job_could_not_be_queued_is_fired_again(store, tmp_path):
+    """The fire time was recorded in one transaction and its job queued in the next: a database
+    error (or a crash) between the two lost the fire, as the retry found it claimed."""
+    s = scheduler(store, "* * * * * site")
+    s.catch_up(ts("2026-11-27T10:00:30+00:00"))
+    refuse = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    refuse.execute("CREATE TRIGGER full BEFORE INSERT ON jobs BEGIN "
+                   "SELECT RAISE(ABORT, 'database or disk is full'); END")
+    with pytest.raises(StoreError):
+        s.run_due(ts("2026-11-27T10:01:00+00:00"))
+    assert store.list_jobs() == []
+    refuse.execute("DROP TRIGGER full")
+    refuse.close()
+    s.run_due(ts("2026-11-27T10:01:01+00:00"))  # the scheduler's loop tries again
+    assert [(j.target, j.source) for j in store.list_jobs()] == [("site", "schedule")]
+    assert store.schedule_state(s.schedules[0].key)[1] == store.list_jobs()[0].id
