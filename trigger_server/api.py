@@ -216,7 +216,7 @@ def _validate(body: dict) -> tuple[str, dict, str | None, float | None, str, flo
     wait = body.get("wait") or 0
     max_wait = current_app.config["MAX_WAIT"]
     wait = max_wait if wait is True else min(_positive("wait", wait, allow_zero=True), max_wait)
-    missing = pool.lacks_target(selector, target)
+    missing = pool.lacks_target(selector, target) or pool.refuses_vars(selector, variables)
     if missing:
         abort(400, missing)
     return target, variables, selector, timeout, source, wait

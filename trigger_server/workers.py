@@ -22,6 +22,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from worker import rules
+
 from . import worker_http
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class Worker:
     last_error: str | None = None
     lock: str = "workspace"
     job_timeout: float | None = None
+    vars: frozenset[str] | None = None  # its WORKER_VARS, once it said (health checks)
     checked_at: float | None = None
     gone: bool = False
     blocked_until: float = 0.0
@@ -402,6 +405,8 @@ class WorkerPool:
             worker.healthy, worker.last_error = True, None
             worker.lock = info.get("lock", "workspace")
             worker.job_timeout = info.get("job_timeout")
+            allowed = info.get("vars")
+            worker.vars = frozenset(allowed) if isinstance(allowed, list) else None
             self._take_watch_events(worker, info.get("watch"))
             if not was_healthy:
                 log.info("worker %s healthy", worker.url)
@@ -495,6 +500,22 @@ class WorkerPool:
                       if w.matches(selector) and w.healthy and w.job_timeout]
         return min(limits) if limits else None
 
+    def refuses_vars(self, selector: str | None, variables: dict) -> str | None:
+        """Why a healthy worker for `selector` would refuse `variables` (its WORKER_VARS), in
+        the worker's words: the job may be handed to any of them. None if all that said take
+        them."""
+        if not variables:
+            return None
+        with self.lock:
+            lists = [w.vars for w in self._workers.values()
+                     if w.matches(selector) and w.healthy and w.vars is not None]
+        try:
+            for allowed in lists:
+                rules.check_vars_allowed(variables, allowed)
+        except rules.RuleError as exc:
+            return str(exc)
+        return None
+
     def targets(self, selector: str | None = None) -> list[dict] | None:
         """The targets a healthy matching worker lists (cached for TARGETS_TTL); None if none
         answers within LIST_WAIT."""
@@ -518,7 +539,8 @@ class WorkerPool:
         listed = self._listed(selector, wait=TARGETS_WAIT)
         if listed is None or target in listed[1]:
             return None
-        return f"target {target} is not a target of the worker's makefile (see GET /targets)"
+        return (f"target {target} is not a target the worker offers: not in its makefile, or "
+                "not allowed by its WORKER_TARGETS (see GET /targets)")
 
     def _listed(self, selector: str | None,
                 wait: float) -> tuple[list[dict], frozenset[str]] | None:

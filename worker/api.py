@@ -103,7 +103,8 @@ def healthz():
     cfg = current_app.config
     runs = _runner().active()
     body = {"ok": True, "busy": bool(runs), "runs": [r.id for r in runs], "lock": cfg["LOCK"],
-            "job_timeout": cfg["JOB_TIMEOUT"], "workdir": cfg["WORKDIR"]}
+            "job_timeout": cfg["JOB_TIMEOUT"], "workdir": cfg["WORKDIR"],
+            "vars": list(cfg["VARS"])}
     watcher = current_app.extensions["watcher"]
     if watcher.rules:
         ack = rules.parse_natural(request.args.get("ack", "0"), MAX_OFFSET)

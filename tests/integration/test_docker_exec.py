@@ -191,7 +191,7 @@ def test_the_input_rules_of_workers_hold(stack, workspace, containers):
     assert "variable MSG refused" in refused.json()["error"]
     assert "vars=" in refused.json()["error"]
     assert listed.status_code == 400
-    assert "not a target of the worker's makefile" in listed.json()["error"]
+    assert "not a target the worker offers" in listed.json()["error"]
     assert not (Path(workspace) / "marker.txt").exists()
 
 

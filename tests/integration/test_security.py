@@ -133,10 +133,26 @@ def test_the_worker_checks_everything_itself(stack):
 
 
 def test_no_variables_are_accepted_unless_the_worker_lists_them(stack):
+    """Refused at the trigger, as a bad target is: the workers' lists come with their health."""
     stack.server([stack.worker(stack.workspace(makefile=CANARY_MAKEFILE))])
     resp = stack.post(json={"target": "show", "vars": {"V": "x"}, "wait": True})
-    assert resp.status_code == 422
+    assert resp.status_code == 400
     assert "WORKER_VARS is empty" in resp.json()["error"]
+    assert stack.get("/jobs")["jobs"] == []
+
+
+def test_variables_are_checked_against_every_worker_the_job_may_go_to(stack):
+    """Workers with different lists: a job may be handed to any worker its `worker` selects."""
+    ws = stack.workspace(makefile=CANARY_MAKEFILE)
+    taking = stack.worker(ws, name="v", WORKER_VARS="V")
+    stack.server([stack.worker(ws, name="plain"), taking])
+    resp = stack.post(json={"target": "show", "vars": {"V": "x"}})
+    assert resp.status_code == 400 and "WORKER_VARS is empty" in resp.json()["error"]
+    resp = stack.post(json={"target": "show", "vars": {"V": "x"}, "worker": taking.url,
+                            "wait": True})
+    assert resp.status_code == 200, resp.text
+    resp = stack.post(json={"target": "show", "vars": {"OTHER": "x"}, "worker": taking.url})
+    assert resp.status_code == 400 and "not listed in WORKER_VARS" in resp.json()["error"]
 
 
 def test_values_reach_make_as_literal_text(stack):

@@ -388,8 +388,8 @@ def test_a_target_the_makefile_lacks_is_refused_and_not_recorded(stack):
     before = job_ids(stack)
     delivery = str(uuid.uuid4())
     resp = send_github(stack.url, github_push("main"), delivery=delivery)
-    message = ("TRIGGER_GITHUB_TARGET: target nosuch is not a target of the worker's makefile "
-               "(see GET /targets)")
+    message = ("TRIGGER_GITHUB_TARGET: target nosuch is not a target the worker offers: not in "
+               "its makefile, or not allowed by its WORKER_TARGETS (see GET /targets)")
     assert resp.status_code == 503 and resp.json() == {"error": message}
     assert_nothing_queued(stack, before)
     assert delivery not in deliveries(stack, "github")
