@@ -9,7 +9,7 @@ from importlib import resources
 
 import requests
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from worker import rules
 
@@ -91,6 +91,11 @@ def refuse_long_bodies():
 
 @bp.app_errorhandler(HTTPException)
 def http_error(exc: HTTPException):
+    if isinstance(exc, RequestEntityTooLarge) and request.max_content_length is not None:
+        # werkzeug's own words ("The data value transmitted exceeds the capacity limit.") for
+        # a Content-Length over the limit; ours, as for a chunked body (refuse_long_bodies)
+        return error(413, f"request body over {request.max_content_length} bytes "
+                          "(TRIGGER_MAX_BODY)")
     return error(exc.code or 500, exc.description or exc.name)
 
 

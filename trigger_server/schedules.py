@@ -3,8 +3,8 @@
 `TRIGGER_SCHEDULE` (and the file named by `TRIGGER_SCHEDULE_FILE`) hold one schedule a line:
 `<cron expression> <target> [NAME=VALUE ...]`, with standard 5-field expressions or `@hourly`,
 `@daily`, `@weekly`, `@monthly`, `@yearly`, `@reboot`, evaluated in the timezone `TZ` (UTC by
-default) with croniter. Each fire time is claimed in the database before its job is queued, so
-it fires once even across threads and restarts; missed fire times run once on start
+default) with croniter. Each fire time is claimed in the database in one transaction with its
+job, so it fires once even across threads and restarts; missed fire times run once on start
 (`TRIGGER_SCHEDULE_CATCHUP=once`) or not at all (`none`).
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 from worker import rules
 
@@ -67,8 +67,20 @@ def parse_line(text: str, where: str) -> Schedule:
                                 f"{', '.join((*MACROS, REBOOT))})")
     else:
         expr, rest = " ".join(parts[:5]), parts[5:]
-        if len(parts) < 5 or not croniter.is_valid(expr):
+        if len(parts) < 5:
             raise ScheduleError(f"{where}: {expr!r} is not a 5-field cron expression")
+        try:
+            croniter(expr)
+        except (CroniterError, ValueError) as exc:
+            why = str(exc).replace(f"[{expr}] ", "")
+            if "range" in why or "bands" in why:
+                why = ("a value is out of its field's range: minute 0-59, hour 0-23, day 1-31, "
+                       "month 1-12, weekday 0-7")
+            elif "step" not in why:  # a word where a number belongs: a field short, or a typo
+                raise ScheduleError(f"{where}: {expr!r} is not a 5-field cron expression"
+                                    ) from None
+            raise ScheduleError(f"{where}: {expr!r} is not a valid cron expression ({why})"
+                                ) from None
         try:  # valid fields can still name no real date (Feb 31st): croniter finds out by looking
             croniter(expr, datetime.now(UTC)).get_next(float)
         except CroniterBadDateError:

@@ -35,7 +35,11 @@ def test_lines_are_parsed_with_targets_and_variables():
 
 
 @pytest.mark.parametrize("line,message", [
-    ("61 * * * * site", "line 2: '61 * * * *' is not a 5-field cron expression"),
+    ("61 * * * * site", "line 2: '61 * * * *' is not a valid cron expression (a value is out "
+                        "of its field's range: minute 0-59"),
+    ("1-70 * * * * site", "out of its field's range"),
+    ("*/0 * * * * site", "line 2: '*/0 * * * *' is not a valid cron expression (step '0'"),
+    ("a b c d e site", "line 2: 'a b c d e' is not a 5-field cron expression"),
     ("* * * * site", "line 2: '* * * * site' is not a 5-field cron expression"),
     ("0 0 * * * * site", "line 2: -"),  # six fields: the sixth is read as the target
     ("@often site", "line 2: unknown macro '@often'"),
