@@ -70,6 +70,7 @@ class Dispatcher:
         self.log_version = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._closing = threading.Event()  # the server is stopping: waits answer at once
         self._lock = threading.Lock()
         self._watch_lock = threading.Lock()
         self._dispatching = threading.Lock()  # one dispatch pass at a time, in any thread
@@ -101,6 +102,21 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def close_waits(self) -> None:
+        """The server is stopping: requests waiting for a job's end answer now, with the job as
+        it is, and log follows end, so that the process need not outlive them (a wait may last
+        an hour). The jobs go on: the worker keeps them, the next controller follows them."""
+        self._closing.set()
+        with self._lock:
+            waits = [w for ws in self._end_waits.values() for w in ws]
+        for waiting in waits:
+            waiting.event.set()
+        self.notify_log()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
     def notify(self) -> None:
         """A job's state changed: its log followers look again (they end with the job)."""
         self.notify_log()
@@ -122,7 +138,7 @@ class Dispatcher:
         try:
             deadline = time.monotonic() + seconds
             job = self.store.get_job(job_id)
-            while job is not None and not job.state.ended:
+            while job is not None and not job.state.ended and not self.closing:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -4,6 +4,8 @@ jobs it follows are in-process state. The dispatcher thread starts after the for
 import logging
 import os
 import sys
+import threading
+import time
 
 from trigger_server import db_lock
 from worker.serving import setup_logging, tune_interpreter
@@ -31,10 +33,22 @@ def post_worker_init(worker):
         logging.getLogger("trigger_server").error("cannot serve: %s", exc)
         sys.exit(3)  # gunicorn's "failed to boot": the master stops too, not retrying
     tune_interpreter()
+    threading.Thread(target=_answer_waits_on_stop, args=(worker,), name="stop-watch",
+                     daemon=True).start()
     worker.wsgi.extensions["checkpointer"].start()
     worker.wsgi.extensions["notifier"].start_if_pending()
     worker.wsgi.extensions["dispatcher"].start()
     worker.wsgi.extensions["scheduler"].start()
+
+
+def _answer_waits_on_stop(worker):
+    """Once gunicorn stops this process (SIGTERM, or its master gone), requests waiting for a
+    job's end answer with the job as it is, and log follows end: gunicorn waits for open
+    requests (graceful_timeout, then cuts them off without an answer), and a process whose
+    master was killed outlives its requests, holding the port and the database."""
+    while worker.alive and worker.ppid == os.getppid():
+        time.sleep(0.5)
+    worker.wsgi.extensions["dispatcher"].close_waits()
 
 
 def worker_exit(server, worker):

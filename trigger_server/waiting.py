@@ -115,6 +115,8 @@ def _follow_stored(store, dispatcher, tail, job_id: int, offset: int, sse: bool,
             from_store = True  # (the database is the whole truth; the tail only a help)
             continue  # the rest was stored between the read and this look: read it
         dispatcher.wait_logged(version, QUIET_CHECK)
+        if dispatcher.closing:
+            return  # the server is stopping (the job goes on: follow again from `offset`)
         now = time.monotonic()
         if now - sent >= QUIET_CHECK and now >= next_look:
             if gone():

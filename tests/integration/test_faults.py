@@ -3,9 +3,11 @@
 import os
 import shutil
 import signal
+import threading
 import time
 
 import pytest
+import requests
 
 from .procs import Proc, pids_of, wait_for
 
@@ -100,6 +102,54 @@ def test_a_second_controller_on_the_same_database_refuses_to_serve(stack):
     stack.url = second.url
     assert stack.post(json={"target": "ok", "wait": True}).status_code == 200
     second.stop()
+
+
+def _waiting_for_a_build(stack) -> tuple[threading.Thread, list, int]:
+    """A request that triggers `slow` (30 s) and waits for it, in a thread; its job running."""
+    answers: list = []
+
+    def wait():
+        try:
+            answers.append(stack.post(json={"target": "slow", "wait": 300}))
+        except requests.RequestException as exc:
+            answers.append(exc)
+    thread = threading.Thread(target=wait)
+    thread.start()
+    job = wait_for(lambda: (jobs := stack.get("/jobs")["jobs"]) and jobs[0], what="the job")
+    stack.wait_state(job["id"], "running")
+    time.sleep(0.5)
+    return thread, answers, job["id"]
+
+
+def test_a_stopping_controller_answers_its_waiting_requests(stack):
+    """SIGTERM: gunicorn waited graceful_timeout (10 s) for the open requests, then cut them
+    off without an answer. They are answered at once, with the job as it is."""
+    server = stack.server([stack.worker()])
+    thread, answers, _ = _waiting_for_a_build(stack)
+    started = time.monotonic()
+    os.kill(server.proc.pid, signal.SIGTERM)
+    thread.join(30)
+    assert time.monotonic() - started < 5, answers
+    assert answers[0].status_code == 202 and answers[0].json()["state"] == "running", answers
+    server.proc.wait(30)
+    assert time.monotonic() - started < 8
+
+
+def test_a_controller_whose_master_was_killed_frees_the_port_and_database(stack):
+    """SIGKILL to the gunicorn master alone: its serving process stayed for as long as a request
+    waited (up to TRIGGER_MAX_WAIT), holding the port and the database, so a controller started
+    again could not serve."""
+    server = stack.server([stack.worker()])
+    child = server.children()[0]
+    thread, answers, job_id = _waiting_for_a_build(stack)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    thread.join(30)
+    assert answers[0].status_code == 202, answers
+    wait_for(lambda: not os.path.exists(f"/proc/{child}"), timeout=10,
+             what="the orphaned serving process to exit")
+    server.start()  # the same port and database
+    assert stack.job(job_id)["state"] == "running"  # followed again
 
 
 def test_a_job_whose_run_the_worker_forgot_ends_lost_after_a_controller_restart(stack):
