@@ -300,6 +300,11 @@ def cancel_job(job_id: int):
         job = _job_or_404(job_id)
         if job.state.ended:
             abort(409, f"job {job_id} has already ended ({job.state.value})")
+        resp = jsonify(error=f"job {job_id} is changing hands (being started or queued "
+                             "again); retry")  # never a 202 for a cancel nobody carries out
+        resp.status_code = 503
+        resp.headers["Retry-After"] = "1"
+        return resp
     return jsonify(_job_or_404(job_id).to_dict()), 202
 
 

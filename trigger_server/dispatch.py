@@ -255,10 +255,14 @@ class Dispatcher:
                         continue
                     with self._lock:  # before the claim: a cancel finds it in one or the other
                         self._running[job.id] = (worker, job.target)
-                    if not self.store.claim(job.id, worker.url):
-                        with self._lock:
-                            self._running.pop(job.id, None)
-                            self._cancel.discard(job.id)
+                    try:
+                        claimed = self.store.claim(job.id, worker.url)
+                    except BaseException:  # (a StoreError): it still waits in the queue
+                        if self._drop(job.id, worker):
+                            self._cancel_waiting_logged(job.id)
+                        raise
+                    if not claimed:
+                        self._drop(job.id, worker)
                         continue  # cancelled meanwhile
                     worker.jobs[job.id] = job.target
                 busy_targets.add(job.target)
@@ -342,16 +346,28 @@ class Dispatcher:
                     return False
 
     def _release(self, job: Job, worker: Worker) -> None:
-        """The job no longer occupies its worker: what waits for the worker may go."""
+        """The job no longer occupies its worker: what waits for the worker may go. A cancel
+        that came while it was lost and queued again (retries) ends it now."""
         with self.pool.lock:
             worker.jobs.pop(job.id, None)
             for w in self.pool.all():
                 w.blocked_until = 0.0  # whatever locked them may have been this job
-        with self._lock:
-            self._running.pop(job.id, None)
-            self._cancel.discard(job.id)
+        if self._drop(job.id, worker):
+            self._cancel_waiting_logged(job.id)
         self.notify()
         self._dispatch_here()  # the next job, without waking the dispatcher thread for it
+
+    def _drop(self, job_id: int, worker: Worker) -> bool:
+        """Forget that `worker` has the job, unless it has been handed to another worker since
+        (then that one's entry stays); True if a cancel was asked while `worker` had it."""
+        with self._lock:
+            assigned = self._running.get(job_id)
+            if assigned is None or assigned[0] is not worker:
+                return False
+            del self._running[job_id]
+            cancelled = job_id in self._cancel
+            self._cancel.discard(job_id)
+        return cancelled
 
     def _start(self, job: Job, worker: Worker) -> tuple[bool, Iterable | None]:
         """Ask the worker to start the job: (False, None) if it did not (requeued or ended);
@@ -365,7 +381,7 @@ class Dispatcher:
         except WorkerBusy as exc:
             log.info("job %s: %s is busy (%s); requeued", job.id, worker.url, exc)
             worker.blocked_until = time.monotonic() + BUSY_BACKOFF
-            self._unclaim(job)
+            self._unclaim(job, worker)
             return False, None
         except WorkerRejected as exc:
             self._end(job.id, JobState.FAILED, error=f"rejected by the worker: {exc}")
@@ -389,6 +405,12 @@ class Dispatcher:
                 events.close()
             raise
 
+    def _cancel_waiting_logged(self, job_id: int) -> None:
+        try:
+            self._cancel_waiting(job_id)
+        except StoreError as exc:
+            log.error("job %s: the cancel asked for cannot be recorded: %s", job_id, exc)
+
     def _cancel_waiting(self, job_id: int) -> bool:
         """End a job that no worker was asked to start, as cancelled."""
         ended = self.store.finish(job_id, JobState.CANCELLED, error="cancelled before it started",
@@ -399,16 +421,12 @@ class Dispatcher:
             self.notify()
         return ended is not None
 
-    def _unclaim(self, job: Job) -> None:
+    def _unclaim(self, job: Job, worker: Worker) -> None:
         """A start the worker did not take: the job waits in the queue again, or ends now if it
         was cancelled while the start was on its way. Unclaimed in the store before it leaves
         `_running`, so a cancel finds it in one or the other."""
         self.store.unclaim(job.id)
-        with self._lock:
-            self._running.pop(job.id, None)
-            cancelled = job.id in self._cancel
-            self._cancel.discard(job.id)
-        if cancelled:
+        if self._drop(job.id, worker):
             self._cancel_waiting(job.id)
 
     def _requeue(self, job: Job, worker: Worker, exc: WorkerError) -> bool:
@@ -421,7 +439,7 @@ class Dispatcher:
             return False
         log.warning("job %s: cannot start on %s: %s; requeued", job.id, worker.url, exc)
         worker.healthy, worker.last_error = False, str(exc)
-        self._unclaim(job)
+        self._unclaim(job, worker)
         return False
 
     def _started(self, job: Job) -> bool:
@@ -433,17 +451,24 @@ class Dispatcher:
         return True
 
     def _reclaim(self, job: Job, worker: Worker) -> bool:
-        """A previous controller was starting this job: did the worker get it?"""
-        try:
-            self.client.get_run(worker, self.store.run_id(job))
-        except RunUnknown:
-            self._unclaim(job)  # it never started: dispatch it again
-            return False
-        except WorkerError as exc:
-            self._end(job.id, JobState.LOST, error=f"cannot ask {worker.url} whether it "
-                                                   f"started: {exc}")
-            return False
-        return self._started(job)
+        """A previous controller (or this one, before a store error) was starting this job: did
+        the worker get it? A worker that does not answer is asked again for lost_after."""
+        deadline = time.monotonic() + self.lost_after
+        while True:
+            try:
+                self.client.get_run(worker, self.store.run_id(job))
+                return self._started(job)
+            except RunUnknown:
+                self._unclaim(job, worker)  # it never started: dispatch it again
+                return False
+            except WorkerError as exc:
+                if self._stop.is_set():
+                    return False  # left claimed: the next controller asks again
+                if exc.gone or time.monotonic() >= deadline:
+                    self._end(job.id, JobState.LOST, error=f"cannot ask {worker.url} whether "
+                                                           f"it started: {exc}")
+                    return False
+                self._stop.wait(1.0)
 
     def _follow(self, job: Job, worker: Worker, events: Iterable | None = None) -> None:
         """Copy the run's log as it grows and record its end. Ends `lost` if the worker is gone
@@ -542,7 +567,9 @@ class Dispatcher:
 
     def _end(self, job_id: int, state: JobState, exit_code: int | None = None,
              error: str | None = None) -> None:
-        if state is JobState.LOST and self.store.retry(job_id, error or "lost"):
+        with self._lock:
+            cancelled = job_id in self._cancel  # asked for: not to be run again
+        if state is JobState.LOST and not cancelled and self.store.retry(job_id, error or "lost"):
             log.warning("job %s: lost (%s); queued again (retries)", job_id, error)
             self.notify()
             return  # the follower dispatches it again when it lets go of the job

@@ -84,7 +84,7 @@ def _follow_stored(store, dispatcher, tail, job_id: int, offset: int, sse: bool,
     # The wake-ups below come with any job's log or state, so the looks at the client and the
     # keepalives keep their own clocks.
     next_look = sent = time.monotonic()
-    while True:
+    while not dispatcher.closing:  # the server is stopping (the job goes on: follow again)
         version = dispatcher.log_version
         data = None if from_store else tail.read(job_id, offset, LOG_CHUNK)
         if data is None:
@@ -115,8 +115,6 @@ def _follow_stored(store, dispatcher, tail, job_id: int, offset: int, sse: bool,
             from_store = True  # (the database is the whole truth; the tail only a help)
             continue  # the rest was stored between the read and this look: read it
         dispatcher.wait_logged(version, QUIET_CHECK)
-        if dispatcher.closing:
-            return  # the server is stopping (the job goes on: follow again from `offset`)
         now = time.monotonic()
         if now - sent >= QUIET_CHECK and now >= next_look:
             if gone():

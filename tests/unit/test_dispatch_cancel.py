@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from trigger_server.dispatch import Dispatcher
-from trigger_server.store import JobState, Store
+from trigger_server.store import JobState, Store, StoreError
 from trigger_server.workers import RunUnknown, Worker, WorkerBusy, WorkerClient, WorkerPool
 
 
@@ -63,3 +63,82 @@ def test_a_start_the_worker_refused_after_a_cancel_ends_the_job_cancelled(handin
     ended = store.get_job(job.id)
     assert (ended.state, ended.error) == (JobState.CANCELLED, "cancelled before it started")
     assert not dispatcher._running and not dispatcher._cancel
+
+
+# --- the bookkeeping around a claim, a refused start and a retry (review of the above) -------
+class NoRuns(WorkerClient):
+    def __init__(self):
+        super().__init__("token")
+
+    def cancel_run(self, worker, run_id):
+        raise RunUnknown(f"no run {run_id}")
+
+
+def _worker(name: str) -> Worker:
+    return Worker(url=f"http://{name}:8000", name=name, configured=f"http://{name}:8000",
+                  healthy=True)
+
+
+@pytest.fixture
+def idle(tmp_path):
+    """A dispatcher that is never started, with worker `a` in its pool (and `b` at hand)."""
+    store = Store(str(tmp_path / "t.db"))
+    client = NoRuns()
+    pool = WorkerPool([], client)
+    a = _worker("a")
+    pool._workers[a.url] = a
+    return store, Dispatcher(store, pool, client), a, _worker("b")
+
+
+def test_a_claim_the_database_refused_leaves_the_job_waiting_and_its_target_free(idle,
+                                                                                 monkeypatch):
+    store, dispatcher, a, _ = idle
+    job, _ = store.create_job("html", {}, None, "api")
+
+    def locked(job_id, worker):
+        raise StoreError("database unavailable: database is locked")
+    monkeypatch.setattr(store, "claim", locked)
+    assert list(dispatcher._dispatch_logged() or []) == []  # logged, not raised
+    assert dispatcher.running_jobs() == {}  # no phantom run holding `html` busy
+    assert [j.id for j in store.dispatchable()] == [job.id]
+
+
+def test_a_follower_letting_go_late_leaves_a_newer_assignment_alone(idle):
+    """A's start was refused (busy) and the job went back to the queue; B claimed it before
+    A's follower let go of it."""
+    store, dispatcher, a, b = idle
+    job, _ = store.create_job("html", {}, None, "api")
+    dispatcher._running[job.id] = (a, job.target)
+    assert store.claim(job.id, a.url)
+    dispatcher._unclaim(job, a)
+    dispatcher._running[job.id] = (b, job.target)
+    assert store.claim(job.id, b.url)
+    dispatcher._release(job, a)
+    assert dispatcher.running_jobs() == {job.id: b.url}
+    assert dispatcher.cancel(job)  # found: B's follower sends it once the run started
+    assert dispatcher._cancel == {job.id}
+
+
+def test_a_lost_job_cancelled_before_its_retry_is_not_run_again(idle):
+    store, dispatcher, a, _ = idle
+    job, _ = store.create_job("html", {}, None, "api", retries=1)
+    dispatcher._running[job.id] = (a, job.target)
+    assert store.claim(job.id, a.url) and store.mark_running(job.id)
+    assert dispatcher.cancel(job)
+    dispatcher._end(job.id, JobState.LOST, error="worker gone")
+    dispatcher._release(job, a)
+    assert store.get_job(job.id).state is JobState.LOST
+
+
+def test_a_cancel_while_a_lost_job_waits_to_run_again_ends_it(idle):
+    store, dispatcher, a, _ = idle
+    job, _ = store.create_job("html", {}, None, "api", retries=1)
+    dispatcher._running[job.id] = (a, job.target)
+    assert store.claim(job.id, a.url) and store.mark_running(job.id)
+    dispatcher._end(job.id, JobState.LOST, error="worker gone")  # queued again (retries)
+    assert store.get_job(job.id).state is JobState.QUEUED
+    assert dispatcher.cancel(job)  # before the follower let go of it
+    dispatcher._release(job, a)
+    ended = store.get_job(job.id)
+    assert (ended.state, ended.error) == (JobState.CANCELLED, "cancelled before it started")
+    assert store.dispatchable() == []
