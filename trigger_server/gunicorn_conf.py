@@ -43,16 +43,14 @@ def post_worker_init(worker):
 
 def _answer_waits_on_stop(worker):
     """Once gunicorn stops this process (SIGTERM, or its master gone), requests waiting for a
-    job's end answer with the job as it is, and log follows end: gunicorn waits for open
-    requests (graceful_timeout, then cuts them off without an answer), and a process whose
-    master was killed outlives its requests, holding the port and the database."""
+    job's end answer with the job as it is, log follows end, and nothing new is started, fired
+    or sent: gunicorn waits for open requests (graceful_timeout, then cuts them off without an
+    answer), and a process whose master was killed outlives its requests, holding the port and
+    the database. (gunicorn's own worker_exit hook runs in the master, not here.) What is queued
+    stays queued in the database for the next controller; what runs goes on in its worker."""
     while worker.alive and worker.ppid == os.getppid():
         time.sleep(0.5)
-    worker.wsgi.extensions["dispatcher"].close_waits()
-
-
-def worker_exit(server, worker):
-    extensions = worker.wsgi.extensions if getattr(worker, "wsgi", None) else {}
-    for name in ("scheduler", "dispatcher", "checkpointer", "notifier"):
-        if name in extensions:
-            extensions[name].stop()
+    extensions = worker.wsgi.extensions
+    extensions["dispatcher"].close_waits()
+    for name in ("scheduler", "dispatcher", "notifier", "checkpointer"):
+        extensions[name].stop()

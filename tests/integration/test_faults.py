@@ -133,6 +133,7 @@ def test_a_stopping_controller_answers_its_waiting_requests(stack):
     assert answers[0].status_code == 202 and answers[0].json()["state"] == "running", answers
     server.proc.wait(30)
     assert time.monotonic() - started < 8
+    assert "Traceback" not in server.output()  # the stop-watch stopped every thread cleanly
 
 
 def test_a_controller_whose_master_was_killed_frees_the_port_and_database(stack):
