@@ -15,7 +15,7 @@ from worker import rules
 
 from .dispatch import START_HERE_WAIT
 from .store import Job, JobState, StoreError
-from .waiting import TooBusy, follow_log, hang_up_check, released
+from .waiting import LOG_CHUNK, TooBusy, follow_log, hang_up_check, released, stored_log
 
 bp = Blueprint("api", __name__)
 
@@ -310,17 +310,22 @@ def cancel_job(job_id: int):
 
 @bp.get("/jobs/<int:job_id>/log")
 def job_log(job_id: int):
-    _job_or_404(job_id)
+    job = _job_or_404(job_id)
     sse = request.accept_mimetypes.best == "text/event-stream"
     start = request.headers.get("Last-Event-ID") if sse else None
     offset = rules.parse_natural(start or request.args.get("offset", "0"), MAX_ID)
     if offset is None:  # checked here: once the stream has begun, an error cannot be a 400
         abort(400, f"offset (or Last-Event-ID) must be a byte offset from 0 to {MAX_ID}")
     follow = sse or request.args.get("follow") in ("1", "true")
-    if not follow:
-        data = _store().read_log(job_id, offset, limit=1 << 62)
-        return Response(data, mimetype="text/plain")
     slots = current_app.extensions["wait_slots"]
+    if not follow:  # the log as stored now; a big one in pieces, holding a slot meanwhile
+        end = job.log_size
+        data = _store().read_log(job_id, offset, limit=min(LOG_CHUNK, max(0, end - offset)))
+        if offset + len(data) >= end:
+            return Response(data, mimetype="text/plain")
+        slots.take()
+        chunks = stored_log(_store(), job_id, offset, end, data)
+        return Response(stream_with_context(released(chunks, slots)), mimetype="text/plain")
     slots.take()
     chunks = follow_log(_store(), _dispatcher(), current_app.extensions["log_tail"], job_id,
                         offset, sse, hang_up_check())

@@ -68,6 +68,18 @@ def released(chunks, slots: WaitSlots):
         slots.give()
 
 
+def stored_log(store, job_id: int, offset: int, end: int, first: bytes):
+    """The stored log from `offset` up to `end`, in pieces of LOG_CHUNK (`first` read already):
+    a client reading a 100 MB log slowly holds one piece in memory, not the whole log."""
+    data = first
+    while data:
+        yield data
+        offset += len(data)
+        if offset >= end:
+            return
+        data = store.read_log(job_id, offset, min(LOG_CHUNK, end - offset))
+
+
 def follow_log(store, dispatcher, tail, job_id: int, offset: int, sse: bool, gone):
     """The log from `offset` as it grows, until the job has ended and all of it is sent, or
     the client has gone. What was just stored comes from memory (log_tail.py), the rest from

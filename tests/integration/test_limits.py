@@ -58,6 +58,20 @@ def test_a_200_mb_log_streams_with_bounded_memory_and_a_capped_store(stack):
     tail = requests.get(f"{stack.url}/jobs/{job_id}/log", params={"offset": 19_999_000},
                         timeout=30).text
     assert "log truncated here" in tail
+    # Plain reads of the whole stored log by clients that read slowly: the controller held the
+    # whole log (twice) per request; it holds a piece at a time.
+    quiet = rss_kib(spid)
+    readers = [requests.get(f"{stack.url}/jobs/{job_id}/log", stream=True, timeout=30)
+               for _ in range(6)]
+    try:
+        for resp in readers:
+            assert resp.status_code == 200 and len(next(resp.iter_content(1 << 16))) == 1 << 16
+        time.sleep(0.5)
+        held = rss_kib(spid) - quiet
+    finally:
+        for resp in readers:
+            resp.close()
+    assert held < 30 * 1024, f"6 slow plain reads of a 20 MB log grew the controller {held} KiB"
     growth = {k: (peak[k] - before[k]) // 1024 for k in peak}
     print(f"\n200 MB log: {took:.1f} s end to end ({200 / took:.0f} MB/s); RSS growth "
           f"worker {growth['worker']} MiB, controller {growth['controller']} MiB")
