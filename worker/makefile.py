@@ -9,6 +9,8 @@ import subprocess
 import threading
 from dataclasses import dataclass
 
+from . import rules
+
 log = logging.getLogger(__name__)
 
 # `## target: description` on a line of its own, or `target: deps ## description`.
@@ -37,7 +39,7 @@ def read_database(workdir: str, timeout: float = 30) -> str:
         proc = subprocess.run(
             ["make", "-C", workdir, "-pRrq", "--", ":"], stdin=subprocess.DEVNULL,
             capture_output=True, timeout=timeout, check=False,
-            env={**os.environ, "LC_ALL": "C"})  # make's messages, untranslated
+            env=rules.build_environ(os.environ, LC_ALL="C"))  # make's messages, untranslated
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise MakefileError(f"could not run make: {exc}") from exc
     return check_database(proc.stdout, proc.stderr)

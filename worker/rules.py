@@ -35,6 +35,25 @@ REFUSED_VARS = frozenset({
     "GNUMAKEFLAGS", "MAKEOVERRIDES", "VPATH", ".RECIPEPREFIX",
 })
 
+# Names make passes on to the recipes' environment, where they change what the shell and every
+# program it starts do (which program a name runs, which code is loaded first): refused even
+# when WORKER_VARS lists them.
+ENVIRONMENT_VARS = frozenset({
+    "PATH", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "CDPATH", "GLOBIGNORE",
+    "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PERL5OPT", "PERL5LIB", "RUBYOPT",
+    "NODE_OPTIONS", "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER", "R_LIBS",
+    "R_LIBS_USER",
+})
+_ENVIRONMENT_PREFIXES = ("LD_", "BASH_FUNC_")
+
+# The secrets maketrigger is given, kept out of make's environment (build_environ).
+_SECRET_NAME = re.compile(r"TRIGGER_\w*(TOKEN|SECRET)")
+
+# A word of a value (values are split at whitespace by a recipe that uses them unquoted, as
+# most do) that starts with '-' would be read as an option by the program it is passed to:
+# `find $(DIR)` with DIR=". -exec rm {} +".
+_OPTION_WORD = re.compile(r"(?:^|\s)-")
+
 _VALUE_FORBIDDEN = {
     "$": "'$' (a $(shell ...) value executes)",
     "`": "backticks",
@@ -136,6 +155,9 @@ def check_var_name(name: object) -> str:
         raise RuleError(f"variable name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
     if name in REFUSED_VARS or name.startswith((".", "MAKE")):
         raise RuleError(f"variable {name} is always refused (it changes how make runs commands)")
+    if name in ENVIRONMENT_VARS or name.startswith(_ENVIRONMENT_PREFIXES):
+        raise RuleError(f"variable {name} is always refused (make exports it to the recipes, "
+                        "where it changes what the shell and the programs they run do)")
     return name
 
 
@@ -151,6 +173,9 @@ def check_var_value(name: str, value: object) -> str:
             raise RuleError(f"value of {name} must not contain {why}")
     if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
         raise RuleError(f"value of {name} must not contain control characters")
+    if _OPTION_WORD.search(value):
+        raise RuleError(f"value of {name} must not start a word with '-' (a recipe that passes "
+                        "it on would give the program an option)")
     return value
 
 
@@ -175,6 +200,15 @@ def check_vars_allowed(variables: Mapping[str, str], allowed: Iterable[str],
                 raise RuleError(f"variable {name} refused: this worker accepts no variables "
                                 f"({setting} is empty)")
             raise RuleError(f"variable {name} refused: not listed in {setting}")
+
+
+def build_environ(environ: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """The environment make runs in: the agent's own, less the secrets maketrigger was given
+    (the worker token above all), so that a recipe that prints its environment does not put
+    them in a log any API client can read."""
+    env = {k: v for k, v in environ.items() if not _SECRET_NAME.match(k)}
+    env.update(extra)
+    return env
 
 
 def make_argv(workdir: str, target: str, variables: Mapping[str, str]) -> list[str]:

@@ -354,7 +354,8 @@ class Runner:
                 os.write(logfd, ("+ " + " ".join(argv) + "\n").encode())
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=logfd, stderr=subprocess.STDOUT,
-                    cwd=self.workdir, start_new_session=True, pass_fds=tuple(fds), close_fds=True)
+                    cwd=self.workdir, start_new_session=True, pass_fds=tuple(fds), close_fds=True,
+                    env=rules.build_environ(os.environ))
             finally:
                 os.close(logfd)
             run = Run(id=run_id, target=target, vars=variables, started_at=time.time(),

@@ -96,6 +96,8 @@ def test_the_controller_rejects_a_bad_target_naming_the_rule(guarded, target, ru
     ({"V": "a;b"}, "';'"),
     ({"V": "a>b"}, "'>'"),
     ({"V": "a\nb"}, "newlines"),
+    ({"V": ". -exec touch canary {} +"}, "start a word with '-'"),
+    ({"PATH": "/tmp"}, "exports it to the recipes"),
     ({"V": 3}, "must be a string"),
     ("V=1", "object"),
 ])
@@ -122,6 +124,8 @@ def test_the_worker_checks_everything_itself(stack):
         ({"target": "show", "vars": {"OTHER": "1"}}, "not listed in WORKER_VARS"),
         ({"target": "show", "vars": {"SHELL": "/bin/sh"}}, "always refused"),
         ({"target": "show", "vars": {"V": "$(shell touch canary)"}}, "'$'"),
+        ({"target": "show", "vars": {"V": "x --force"}}, "start a word with '-'"),
+        ({"target": "show", "vars": {"LD_PRELOAD": "/x.so"}}, "exports it to the recipes"),
         ({"target": "show", "timeout": -1}, "positive"),
     ]
     for body, rule in cases:
@@ -130,6 +134,18 @@ def test_the_worker_checks_everything_itself(stack):
         assert rule in resp.json()["error"], (body, resp.json())
     assert not (stack.tmp / "ws" / "canary").exists()
     assert _worker_start(w, target="show", vars={"V": "fine value"}).status_code == 201
+
+
+def test_builds_do_not_get_the_worker_token(stack):
+    """A recipe that prints its environment (a common debugging line) put the token in a log
+    that any API client can read. The rest of the environment is the build's as before."""
+    ws = stack.workspace(makefile="env:\n\t@env\n")
+    stack.server([stack.worker(ws, TOOLCHAIN_SETTING="kept")])
+    resp = stack.post(json={"target": "env", "wait": True})
+    assert resp.status_code == 200, resp.text
+    log = stack.log(resp.json()["id"])
+    assert "TOOLCHAIN_SETTING=kept" in log and "PATH=" in log
+    assert TOKEN not in log and "TRIGGER_WORKER_TOKEN" not in log
 
 
 def test_no_variables_are_accepted_unless_the_worker_lists_them(stack):

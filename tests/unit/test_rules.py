@@ -58,6 +58,39 @@ def test_it_rejects_values_that_could_execute(value):
         rules.check_var_value("V", value)
 
 
+@pytest.mark.parametrize("value", ["-x", "--delete", ". -exec touch pwned {} +", "a\t-b", "-",
+                                   "a  --force"])
+def test_it_refuses_values_that_a_recipe_would_pass_on_as_options(value):
+    """Recipes mostly use $(V) unquoted, so the shell splits it into words: a word starting
+    with '-' reaches the program as an option (`find $(DIR)` runs DIR=". -exec ...")."""
+    with pytest.raises(rules.RuleError) as err:
+        rules.check_var_value("V", value)
+    assert "start a word with '-'" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["x-y", "a=-b", "1-2 3", "lesson-01", "a b", ""])
+def test_a_dash_inside_a_word_is_fine(value):
+    assert rules.check_var_value("V", value) == value
+
+
+@pytest.mark.parametrize("name", sorted(rules.ENVIRONMENT_VARS) + ["LD_PRELOAD", "LD_AUDIT",
+                                                                   "BASH_FUNC_x"])
+def test_it_always_refuses_variables_that_change_the_recipes_environment(name):
+    """make exports command-line variables to the recipes: PATH= or LD_PRELOAD= there picks
+    the programs and code they run."""
+    with pytest.raises(rules.RuleError) as err:
+        rules.check_var_name(name)
+    assert "exports it to the recipes" in str(err.value)
+
+
+def test_builds_get_the_environment_without_maketriggers_secrets():
+    env = {"HOME": "/h", "R_HOME": "/r", "WORKER_VARS": "V", "TRIGGER_WORKER_TOKEN": "s1",
+           "TRIGGER_WORKER_TOKEN_FILE": "/run/t", "TRIGGER_API_TOKEN": "s2",
+           "TRIGGER_GITHUB_SECRET": "s3", "TRIGGER_GITLAB_TOKEN": "s4"}
+    assert rules.build_environ(env, LC_ALL="C") == {
+        "HOME": "/h", "R_HOME": "/r", "WORKER_VARS": "V", "LC_ALL": "C"}
+
+
 @pytest.mark.parametrize("check,rule", [
     (lambda: rules.check_target_syntax("ok\ud800"), "target must not contain lone surrogates"),
     (lambda: rules.check_var_value("V", "a\udcff"), "value of V must not contain lone surrogates"),
@@ -117,10 +150,13 @@ def test_nothing_outside_the_rules_ever_reaches_makes_argv(target, variables):
         name, _, value = arg.partition("=")
         assert rules.VAR_NAME_RE.fullmatch(name)
         assert name not in rules.REFUSED_VARS and not name.startswith("MAKE")
+        assert name not in rules.ENVIRONMENT_VARS and not name.startswith("LD_")
         assert not set(value) & set("$`'\";|&<>\n\r\0")
+        assert not any(word.startswith("-") for word in value.split())
 
 
-@given(st.text(alphabet=st.sampled_from(sorted(SAFE_VALUE)), max_size=50))
+@given(st.text(alphabet=st.sampled_from(sorted(SAFE_VALUE)), max_size=50).filter(
+    lambda v: not any(word.startswith("-") for word in v.split())))
 def test_safe_values_pass_unchanged(value):
     assert rules.check_var_value("V", value) == value
 
