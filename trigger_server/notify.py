@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from urllib.parse import urlsplit
 
 import requests
 
@@ -28,6 +29,31 @@ RETRY_DELAYS = (1.0, 4.0, 15.0)  # after the first try: four attempts in about 2
 IDLE_WAIT = 60.0  # the longest the sender sleeps without being woken (a backstop)
 STORE_RETRY = 5.0  # after the database failed the sender
 MAX_STUCK = 8  # POSTs past their deadline that may still hold a thread each
+
+
+def where(url: str) -> str:
+    """A receiver's URL as logs show it: scheme, host and port. Its path and query may be its
+    secret (a Slack or Teams webhook URL is one), and so may a user:password."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unusable URL)"
+    host = parts.netloc.rpartition("@")[2]  # without user:password
+    return f"{parts.scheme}://{host}" + ("/…" if parts.path not in ("", "/") or parts.query
+                                         else "")
+
+
+def _redacted(text: str, url: str) -> str:
+    """An error's text without the URL's secret parts (requests' messages repeat the path)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text
+    for secret in (url, parts.path + ("?" + parts.query if parts.query else ""), parts.path,
+                   parts.password or ""):
+        if len(secret) > 1:
+            text = text.replace(secret, "…")
+    return text
 
 
 def describe(job: Job) -> str:
@@ -140,17 +166,20 @@ class Notifier:
             self._record(notification_id, None)
             return
         attempts += 1
-        outcome, problem = self.post(url, {**job.to_dict(), "text": describe(job)})
+        payload = {**job.to_dict(), "text": describe(job)}
+        del payload["notify"]  # a job's own receiver's URL is not for the others (secret)
+        outcome, problem = self.post(url, payload)
+        shown, problem = where(url), _redacted(problem, url)
         if outcome == "failed" and attempts <= len(self.delays):
-            log.warning("notification of job %s to %s failed (attempt %s): %s", job_id, url,
+            log.warning("notification of job %s to %s failed (attempt %s): %s", job_id, shown,
                         attempts, problem)
             self._record(notification_id, (attempts, time.time() + self.delays[attempts - 1]))
             return
         if outcome == "refused":
-            log.error("notification of job %s to %s refused (%s)", job_id, url, problem)
+            log.error("notification of job %s to %s refused (%s)", job_id, shown, problem)
         elif outcome == "failed":
             log.error("notification of job %s to %s given up after %s attempts: %s", job_id,
-                      url, attempts, problem)
+                      shown, attempts, problem)
         self._record(notification_id, None)
 
     def _record(self, notification_id: int, later: tuple[int, float] | None) -> None:

@@ -1,6 +1,7 @@
 """Notifications to a real local HTTP receiver: when, what, retries, and that they are queued
 in the database with the job's end, so a restarted controller still sends them."""
 
+import logging
 import socket
 import threading
 import time
@@ -119,6 +120,30 @@ def test_a_delivery_is_given_up_after_its_retries(store):
         assert len(down.received) == 3 and pending(store) == []
     finally:
         down.close()
+
+
+def test_receivers_urls_stay_out_of_logs_and_other_receivers(store, caplog):
+    """A receiver's URL may be its secret (a Slack webhook's path, a user:password): logs show
+    its scheme and host only, and one receiver is not sent another's URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    own = f"http://user:PASSWORD@127.0.0.1:{closed}/hooks/JOB-SECRET?key=KEY"
+    flaky = Receiver(statuses=[500])
+    try:
+        notifier = Notifier(store, flaky.url + "/services/GLOBAL-SECRET", "always",
+                            delays=(0.0,))
+        ended(store, "site", JobState.FAILED, notify=own)
+        with caplog.at_level(logging.WARNING, logger="trigger_server"):
+            notifier.send_due()
+            notifier.send_due()
+        assert [g["status"] for g in flaky.received] == [500, 200]
+        assert all("notify" not in g["json"] for g in flaky.received)
+        assert f"127.0.0.1:{closed}/…" in caplog.text and flaky.url + "/…" in caplog.text
+        for secret in ("PASSWORD", "JOB-SECRET", "KEY", "GLOBAL-SECRET", "/hooks", "/services"):
+            assert secret not in caplog.text
+    finally:
+        flaky.close()
 
 
 def test_a_refused_delivery_is_not_retried(store):
