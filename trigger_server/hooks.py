@@ -52,7 +52,8 @@ class Push:
     ref: object
     deleted: bool
     default_branch: object
-    delivery: str | None
+    delivery: str | None  # the host's delivery id (GitHub's is not signed)
+    signed: str | None = None  # a digest of the signed body: a replay is refused by it too
 
 
 class Misconfigured(Exception):
@@ -204,17 +205,23 @@ def on_push(host: Host, target: str, push: Push):
         raise Refused(400, f"delivery id longer than {MAX_DELIVERY_ID} characters")
     _check_makefile_has(host, target)
     store = current_app.extensions["store"]
-    if push.delivery is not None and not store.record_delivery(host.name, push.delivery):
-        log.info("%s delivery %s seen before: not queued again", host.title, push.delivery)
-        return _ignored(f"duplicate delivery {push.delivery}")
+    keys = [key for key in (push.delivery, push.signed) if key is not None]
+    new = [key for key in keys if store.record_delivery(host.name, key)]
+    if len(new) < len(keys):  # the same delivery id, or the same signed body, as before
+        for key in new:
+            store.forget_delivery(host.name, key)
+        replayed = push.delivery is None or push.delivery in new
+        shown = "with the same signed body as an earlier one" if replayed else push.delivery
+        log.info("%s delivery %s seen before: not queued again", host.title, shown)
+        return _ignored(f"duplicate delivery {shown}")
     try:
         job, coalesced = current_app.extensions["dispatcher"].submit(target, {}, None, SOURCE)
     except StoreError:
-        if push.delivery is not None:  # let the host's redelivery try again
-            store.forget_delivery(host.name, push.delivery)
+        for key in keys:  # let the host's redelivery try again
+            store.forget_delivery(host.name, key)
         raise
-    if push.delivery is not None:
-        store.delivery_job(host.name, push.delivery, job.id)
+    for key in keys:
+        store.delivery_job(host.name, key, job.id)
     log.info("%s push to %s (delivery %s): job %s%s", host.title, branch, push.delivery,
              job.id, " (coalesced)" if coalesced else "")
     resp = jsonify({**job.to_dict(), "coalesced": coalesced})
@@ -249,7 +256,8 @@ def github():
         ref=payload.get("ref"),
         deleted=payload.get("deleted") is True or payload.get("after") == ZERO_SHA,
         default_branch=_get(payload, "repository", "default_branch"),
-        delivery=_delivery("X-GitHub-Delivery")))
+        delivery=_delivery("X-GitHub-Delivery"),
+        signed="sha256:" + hashlib.sha256(body).hexdigest()))
 
 
 @bp.post("/gitlab")

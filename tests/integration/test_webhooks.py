@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import sqlite3
 import uuid
@@ -18,6 +19,7 @@ SECRET = "It's a Secret to Everybody"
 GITLAB_TOKEN = "gitlab-webhook-token"
 OLD_SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
 NEW_SHA = "59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5"
+PUSHED_AT = itertools.count(1795800602)  # each push GitHub sends has its own time
 ZERO_SHA = "0" * 40
 
 
@@ -50,7 +52,7 @@ def github_push(branch: str = "main", default_branch: str = "main", *, ref: str 
             "html_url": "https://github.com/octo-org/site",
             "clone_url": "https://github.com/octo-org/site.git",
             "default_branch": default_branch, "master_branch": default_branch,
-            "pushed_at": 1795800602,
+            "pushed_at": next(PUSHED_AT),
         },
         "pusher": {"name": "octocat", "email": "mona@github.com"},
         "sender": {"login": "octocat", "id": 583231, "type": "User"},

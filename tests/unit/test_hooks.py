@@ -10,6 +10,7 @@ import pytest
 
 from tests.integration.test_webhooks import GITLAB_TOKEN, SECRET, github_push, gitlab_push, sign
 from trigger_server import create_app, hooks
+from trigger_server.store import JobState
 
 
 # --- signatures and tokens --------------------------------------------------------------------
@@ -101,6 +102,22 @@ def test_a_form_encoded_delivery_is_read_from_its_payload_field(app, client):
 
 def test_a_push_without_a_delivery_id_still_queues(app, client):
     assert github(client, github_push("main"), delivery=None).status_code == 202
+
+
+@pytest.mark.parametrize("replay_id", ["d-2", None])
+def test_a_replayed_signed_body_is_refused_whatever_its_delivery_id(app, client, replay_id):
+    """X-GitHub-Delivery is not signed: whoever captured one signed push could send it again
+    under new ids (or none) for ever. The signed body itself is remembered too."""
+    body = json.dumps(github_push("main")).encode()
+    first = github(client, None, body=body, delivery="d-1")
+    assert first.status_code == 202
+    app.extensions["store"].finish(first.json["id"], JobState.SUCCEEDED, 0, None)
+    again = github(client, None, body=body, delivery=replay_id)
+    assert again.status_code == 200 and "same signed body" in again.json["ignored"]
+    assert len(jobs(app)) == 1
+    assert github(client, github_push("main"), delivery="d-3").status_code == 202  # a new push
+    assert len(jobs(app)) == 2
+    assert github(client, github_push("main"), delivery="d-4").json.get("coalesced") is True
 
 
 def test_the_branch_setting_overrides_the_default_branch(tmp_path):
