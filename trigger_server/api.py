@@ -185,7 +185,7 @@ def _notify_url(value) -> str | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str) or not value.startswith(("http://", "https://")) or any(
-            c.isspace() for c in value) or len(value) > 2000:
+            c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value) or len(value) > 2000:
         abort(400, "notify must be an http(s) URL")
     rules.check_utf8("notify", value)
     try:
@@ -195,13 +195,19 @@ def _notify_url(value) -> str | None:
     return value
 
 
+def _or_default(value, default):
+    """A field's value, or `default` for one left out, null, "" or false; never for {} or []
+    (refused by the field's own check, not read as "left out")."""
+    return default if value is None or value == "" or value is False else value
+
+
 def _validate(body: dict) -> tuple[str, dict, str | None, float | None, str, float]:
     unknown = set(body) - JOB_FIELDS
     if unknown:
         abort(400, f"unknown field(s): {', '.join(sorted(unknown))}")
     target = rules.check_target_syntax(body.get("target"))
     variables = rules.check_vars_syntax(body.get("vars"))
-    selector = body.get("worker") or None
+    selector = _or_default(body.get("worker"), None)
     if selector is not None and not isinstance(selector, str):
         abort(400, "worker must be a string: a worker's host name or URL")
     if selector is not None:
@@ -215,10 +221,10 @@ def _validate(body: dict) -> tuple[str, dict, str | None, float | None, str, flo
         limit = pool.max_timeout(selector)
         if limit and timeout > limit:
             abort(400, f"timeout must be at most {limit:g} s (the worker's WORKER_JOB_TIMEOUT)")
-    source = body.get("source") or "api"
+    source = _or_default(body.get("source"), "api")
     if source not in SOURCES:
         abort(400, f"source must be one of {', '.join(SOURCES)}")
-    wait = body.get("wait") or 0
+    wait = _or_default(body.get("wait"), 0)
     max_wait = current_app.config["MAX_WAIT"]
     wait = max_wait if wait is True else min(_positive("wait", wait, allow_zero=True), max_wait)
     missing = pool.lacks_target(selector, target) or pool.refuses_vars(selector, variables)

@@ -189,6 +189,11 @@ def test_values_reach_make_as_literal_text(stack):
     ({"json": {"target": "ok", "timeout": 0}}, 400, "timeout"),
     ({"json": {"target": "ok", "source": "webhook"}}, 400, "source"),
     ({"json": {"target": "ok", "worker": 5}}, 400, "worker"),
+    ({"json": {"target": "ok", "worker": {}}}, 400, "worker must be a string"),  # not "any"
+    ({"json": {"target": "ok", "source": {}}}, 400, "source must be one of"),
+    ({"json": {"target": "ok", "wait": []}}, 400, "wait must be a number"),
+    ({"json": {"target": "ok", "notify": "http://\u0000x/"}}, 400, "notify must be"),
+    ({"json": {"target": "ok", "notify": "http://a\u007fb/"}}, 400, "notify must be"),
     ({"data": b"x", "headers": {"Content-Type": "text/plain"}}, 415, "application/json"),
     ({"json": {"target": "ok", "vars": {"V": "x" * 70000}}}, 413, ""),
 ])
