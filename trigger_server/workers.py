@@ -40,6 +40,8 @@ TARGETS_TTL = 5.0  # seconds a worker's list of targets is taken as current
 TARGETS_WAIT = 3.0
 TARGETS_STALE = 60.0  # an older list is not trusted even for a target it has
 LIST_WAIT = 35.0  # GET /targets waits this long for a list (a listing's own limit is 30 s)
+# A worker's targets, their names, and whether they may be out of date (see WorkerClient.targets).
+Listed = tuple[list[dict], frozenset[str], bool]
 DOCKER_SCHEME = "docker://"
 MANY = 1 << 30  # room of a worker that locks only targets: it takes any number of jobs
 
@@ -210,11 +212,14 @@ class WorkerClient:
         return self._json(self._call("GET", worker, "/healthz", params={"ack": worker.watch_ack},
                                      timeout=HEALTH_TIMEOUT), worker)
 
-    def targets(self, worker: Worker) -> list[dict]:
+    def targets(self, worker: Worker) -> tuple[list[dict], bool]:
+        """The worker's targets, and whether they may be out of date (a build held its
+        workspace when its makefile had changed: a target added since is not listed yet)."""
         if worker.url.startswith(DOCKER_SCHEME):
-            return self.docker.targets(worker)
-        return self._json(self._call("GET", worker, "/targets",
-                                     timeout=(CONNECT_TIMEOUT, 30)), worker)["targets"]
+            return self.docker.targets(worker), False
+        body = self._json(self._call("GET", worker, "/targets",
+                                     timeout=(CONNECT_TIMEOUT, 30)), worker)
+        return body["targets"], body.get("stale") is True
 
     def start_run(self, worker: Worker, run_id: str, target: str, variables: dict,
                   timeout: float | None) -> Followed | None:
@@ -321,7 +326,7 @@ class WorkerPool:
         self._stop = threading.Event()
         self._checks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
         self._targets_cache: dict[str | None,
-                                 tuple[float, tuple[list[dict], frozenset[str]]]] = {}
+                                 tuple[float, Listed]] = {}
         # Listings under way, one per selector, in threads of their own: a slow makefile
         # neither holds a trigger longer than TARGETS_WAIT nor delays the health checks.
         self._listing: dict[str | None, Future] = {}
@@ -526,8 +531,9 @@ class WorkerPool:
         """What is wrong if a worker answered and its makefile has no `target`; None if it has
         it, or if no list came within TARGETS_WAIT (the worker checks the target itself when it
         starts the job). A target that a list older than TARGETS_TTL (but not TARGETS_STALE) has
-        is taken at once, and the list renewed meanwhile; a target it lacks waits for the new
-        list: it may have been added since."""
+        is taken at once, and the list renewed meanwhile; a target it lacks waits for a new
+        list, however young the one it lacks it from: it may have been added since (a makefile
+        edited, then triggered at once)."""
         cached = self._targets_cache.get(selector)
         if cached and target in cached[1][1]:
             age = time.monotonic() - cached[0]
@@ -536,17 +542,16 @@ class WorkerPool:
             if age < TARGETS_STALE:
                 self._list(selector)
                 return None
-        listed = self._listed(selector, wait=TARGETS_WAIT)
-        if listed is None or target in listed[1]:
+        listed = self._listed(selector, wait=TARGETS_WAIT, cached=False)
+        if listed is None or target in listed[1] or listed[2]:  # stale: the worker decides
             return None
         return (f"target {target} is not a target the worker offers: not in its makefile, or "
                 "not allowed by its WORKER_TARGETS (see GET /targets)")
 
-    def _listed(self, selector: str | None,
-                wait: float) -> tuple[list[dict], frozenset[str]] | None:
-        cached = self._targets_cache.get(selector)
-        if cached and time.monotonic() - cached[0] < TARGETS_TTL:
-            return cached[1]
+    def _listed(self, selector: str | None, wait: float, cached: bool = True) -> Listed | None:
+        known = self._targets_cache.get(selector) if cached else None
+        if known and time.monotonic() - known[0] < TARGETS_TTL:
+            return known[1]
         future = self._list(selector)
         try:
             return future.result(timeout=wait) if future else None
@@ -578,14 +583,15 @@ class WorkerPool:
             if self._listing.get(selector) is future:
                 del self._listing[selector]
 
-    def _fetch(self, selector: str | None) -> tuple[list[dict], frozenset[str]] | None:
+    def _fetch(self, selector: str | None) -> Listed | None:
         for worker in [w for w in self.all() if w.healthy and w.matches(selector)]:
             try:
-                found = self.client.targets(worker)
+                found, stale = self.client.targets(worker)
             except WorkerError as exc:
                 log.warning("cannot list targets of %s: %s", worker.url, exc)
                 continue
-            listed = (found, frozenset(t["name"] for t in found))
-            self._targets_cache[selector] = (time.monotonic(), listed)
+            listed = (found, frozenset(t["name"] for t in found), stale)
+            if not stale:
+                self._targets_cache[selector] = (time.monotonic(), listed)
             return listed
         return None

@@ -114,16 +114,17 @@ def healthz():
     return jsonify(body)
 
 
-def allowed_targets() -> dict[str, str]:
-    """Buildable targets (after WORKER_TARGETS) with their descriptions."""
+def _allowed(listed) -> dict[str, str]:
+    """Of the listed targets, the buildable ones (after WORKER_TARGETS), with descriptions."""
     patterns = current_app.config["TARGETS"]
-    return {t.name: t.description for t in current_app.extensions["catalog"].targets()
-            if rules.target_allowed(t.name, patterns)}
+    return {t.name: t.description for t in listed if rules.target_allowed(t.name, patterns)}
 
 
 @bp.get("/targets")
 def targets():
-    return jsonify(targets=[{"name": n, "description": d} for n, d in allowed_targets().items()])
+    listed, stale = current_app.extensions["catalog"].read()
+    return jsonify(targets=[{"name": n, "description": d} for n, d in _allowed(listed).items()],
+                   stale=stale)
 
 
 def check_request(body: dict) -> tuple[str, dict, float | None]:
@@ -134,7 +135,11 @@ def check_request(body: dict) -> tuple[str, dict, float | None]:
     rules.check_vars_allowed(variables, cfg["VARS"])
     if not rules.target_allowed(target, cfg["TARGETS"]):
         raise rules.RuleError(f"target {target} is not allowed by WORKER_TARGETS")
-    if target not in allowed_targets():
+    listed, stale = current_app.extensions["catalog"].read()
+    if target not in _allowed(listed):
+        if stale:  # perhaps added since: read again once the build holding the workspace ends
+            raise Busy("the workspace is busy with another build, and its makefile changed "
+                       "since its targets were read")
         raise rules.RuleError(f"target {target} is not defined in the workspace's makefile")
     timeout = body.get("timeout")
     if timeout is not None:

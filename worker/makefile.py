@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import subprocess
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import rules
@@ -18,6 +22,9 @@ _DOC_LINE = re.compile(r"^##\s*([^\s:#=]+)\s*:\s*(.*?)\s*$")
 _DOC_INLINE = re.compile(r"^([^\s:#=][^:#=]*?)\s*::?(?!=)[^#=]*?##\s*(.*?)\s*$")
 _RULE = re.compile(r"^([^#\s:=][^:=]*?)::?(?:\s|$)")
 _MAKEFILE_LIST = re.compile(r"^MAKEFILE_LIST :?= (.*)$")
+
+
+QUIET_WAIT = 5.0  # seconds a first reading of the targets waits for a build to end
 
 
 class MakefileError(RuntimeError):
@@ -124,10 +131,23 @@ class TargetCatalog:
 
     def targets(self) -> list[Target]:
         """All buildable targets, with descriptions; raises MakefileError if make cannot read."""
+        return self.read()[0]
+
+    def read(self) -> tuple[list[Target], bool]:
+        """The targets, and whether they may be stale: while a build holds the workspace, a
+        list read before it stays in use even if a makefile changed."""
         with self._lock:
             if self._key is not None and self._key == self._stamp(self._makefiles):
-                return self._targets
-            names, makefiles = parse_targets(read_database(self.workdir))
+                return self._targets, False
+            with self._quiet_workspace(wait=0 if self._key is not None else QUIET_WAIT) as held:
+                if not held and self._key is not None:
+                    return self._targets, True
+                if not held:
+                    log.warning("reading the makefile while a build runs (none read before, "
+                                "and the workspace stayed busy for %g s): make may remake "
+                                "included makefiles beside that build", QUIET_WAIT)
+                database = read_database(self.workdir)
+            names, makefiles = parse_targets(database)
             docs: dict[str, str] = {}
             for path in makefiles:
                 try:
@@ -140,4 +160,28 @@ class TargetCatalog:
             self._targets = [Target(n, docs.get(n, "")) for n in names]
             self._makefiles = makefiles
             self._key = self._stamp(makefiles)
-            return self._targets
+            return self._targets, False
+
+    @contextmanager
+    def _quiet_workspace(self, wait: float) -> Iterator[bool]:
+        """Hold the workspace's build lock while make reads the makefile; yields whether it is
+        held. GNU make remakes included makefiles that have rules (`-include $(DEPS)` with a
+        `%.d:` rule) before anything else, even with -q, so reading the targets runs those
+        recipes, which must not run beside a build. Exclusive, so in either WORKER_LOCK mode
+        no build runs meanwhile (a build that starts then is refused as busy and retried)."""
+        fd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        held = False
+                        break
+                    time.sleep(0.05)
+            yield held
+        finally:
+            os.close(fd)  # lets go of the lock

@@ -217,3 +217,43 @@ def test_a_hung_up_follower_is_noticed_while_another_job_logs(stack):
     wait_for(lambda: stack.post(json={"target": "ok", "wait": 1}).status_code != 429,
              timeout=40, what="the hung-up followers' wait slots to be given back")
     assert stack.job(quiet["id"])["state"] == "running"
+
+
+REMAKING = """\
+deps.mk: Makefile
+\t@echo remade >> remade.log; echo '# deps' > deps.mk
+-include deps.mk
+slow:
+\t@echo start; sleep 3; echo done
+"""
+
+
+def test_reading_the_targets_never_remakes_included_makefiles_beside_a_build(stack):
+    """GNU make remakes an included makefile that has a rule (`-include $(DEPS)`) even when
+    only asked for its database (-pRrq): reading the targets while a build ran ran that recipe
+    beside it, outside any job. A makefile changed meanwhile is read again once the build ends,
+    and a target added to it is accepted meanwhile and built then."""
+    ws = stack.workspace(makefile=REMAKING)
+    w = stack.worker(ws)
+    stack.server([w])
+    remade = stack.tmp / "ws" / "remade.log"
+    job_id = stack.trigger("slow")["id"]
+    stack.wait_state(job_id, "running")
+    wait_for(lambda: "start" in stack.log(job_id), what="make to start")
+    before = remade.read_text()
+    with open(f"{ws}/Makefile", "a") as f:  # a new target: the makefile is newer than deps.mk
+        f.write("fresh:\n\t@echo fresh built\n")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    listed = requests.get(f"{w.url}/targets", headers=auth, timeout=30).json()
+    assert remade.read_text() == before, "deps.mk was remade while the build ran"
+    assert listed["stale"] is True and "slow" in [t["name"] for t in listed["targets"]]
+    refused = requests.post(f"{w.url}/runs", headers=auth, timeout=30,
+                            json={"id": "direct", "target": "fresh"})
+    assert refused.status_code == 409 and refused.json()["reason"] == "busy", refused.text
+    fresh = stack.post(json={"target": "fresh", "wait": 30})  # taken: the worker decides
+    assert fresh.status_code == 200, fresh.text
+    assert stack.job(job_id)["state"] == "succeeded"
+    assert "fresh built" in stack.log(fresh.json()["id"])
+    assert remade.read_text().count("remade") == before.count("remade") + 1  # after the build
+    listed = requests.get(f"{w.url}/targets", headers=auth, timeout=30).json()
+    assert listed["stale"] is False and "fresh" in [t["name"] for t in listed["targets"]]
