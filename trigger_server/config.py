@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
-from worker.config import finite
+from worker.config import finite, log_level_problem
 
 from . import schedules
 
@@ -37,6 +38,7 @@ SETTINGS = {
     "THREADS": ("TRIGGER_THREADS", int, 16),
     "MAX_BODY": ("TRIGGER_MAX_BODY", int, 64 * 1024),
     "MAX_LOG_BYTES": ("TRIGGER_MAX_LOG_BYTES", int, 100 * 1024 * 1024),
+    "LOG_LEVEL": ("TRIGGER_LOG_LEVEL", str, "info"),
     # schedules (trigger_server/schedules.py)
     "SCHEDULE": ("TRIGGER_SCHEDULE", str, ""),
     "SCHEDULE_FILE": ("TRIGGER_SCHEDULE_FILE", str, ""),
@@ -54,6 +56,12 @@ SETTINGS = {
     "GITLAB_TARGET": ("TRIGGER_GITLAB_TARGET", str, ""),
 }
 SECRETS = ("WORKER_TOKEN", "API_TOKEN", "GITHUB_SECRET", "GITLAB_TOKEN")
+# The least each number may be, and whether that least itself is allowed.
+LOWEST = {
+    "DB_BUSY_TIMEOUT": (0, True), "LOST_AFTER": (0, False), "RESOLVE_INTERVAL": (0, False),
+    "HEALTH_INTERVAL": (0, False), "MAX_WAIT": (0, True), "MAX_WAITERS": (0, True),
+    "THREADS": (1, True), "MAX_BODY": (1024, True), "MAX_LOG_BYTES": (0, True),
+}
 
 
 def _secret(environ, var: str) -> str | None:
@@ -62,9 +70,11 @@ def _secret(environ, var: str) -> str | None:
     if not value and path:
         try:
             with open(path, encoding="utf-8") as f:
-                return f.read().strip()
+                value = f.read().strip()
         except OSError as exc:
             raise ConfigError(f"{var}_FILE: cannot read {path}: {exc}") from exc
+        if not value:  # a secret that failed to be made must not turn its check off
+            raise ConfigError(f"{var}_FILE: {path} is empty")
     return value
 
 
@@ -79,6 +89,15 @@ def load(overrides: dict | None = None, environ=None) -> dict:
         except ValueError as exc:
             raise ConfigError(f"{var}={raw!r}: {exc}") from None
     cfg.update(overrides or {})
+    for key, (low, inclusive) in LOWEST.items():
+        if cfg[key] < low or cfg[key] == low and not inclusive:
+            raise ConfigError(f"{SETTINGS[key][0]} must be {'>=' if inclusive else '>'} {low}, "
+                              f"not {cfg[key]!r}")
+    problem = log_level_problem(SETTINGS["LOG_LEVEL"][0], cfg["LOG_LEVEL"])
+    if problem:
+        raise ConfigError(problem)
+    for entry in cfg["WORKERS"]:
+        _check_worker_entry(entry)
     if not cfg["WORKER_TOKEN"] and not cfg["INSECURE"]:
         raise ConfigError("no worker token: set TRIGGER_WORKER_TOKEN (or TRIGGER_WORKER_TOKEN_FILE)"
                           ", or WORKER_INSECURE=1 to talk to workers without one")
@@ -96,3 +115,23 @@ def load(overrides: dict | None = None, environ=None) -> dict:
     if not cfg["MAX_WAITERS"]:
         cfg["MAX_WAITERS"] = max(1, cfg["THREADS"] - 4)
     return cfg
+
+
+def _check_worker_entry(entry: str) -> None:
+    """A TRIGGER_WORKERS entry must at least be well formed; whether it answers is for later."""
+    if entry.startswith("docker://"):
+        from . import docker_workers  # the Docker SDK, only when a docker:// worker is configured
+        try:
+            docker_workers.parse_entry(entry)
+        except ValueError as exc:
+            raise ConfigError(f"TRIGGER_WORKERS: {exc}") from None
+        return
+    try:
+        parts = urlsplit(entry.rstrip("/"))
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError as exc:
+        raise ConfigError(f"TRIGGER_WORKERS: worker URL {entry!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or \
+            parts.query or parts.fragment:
+        raise ConfigError(f"TRIGGER_WORKERS: worker URL {entry!r} must be http(s)://HOST[:PORT] "
+                          "or docker://NAME")

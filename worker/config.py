@@ -46,7 +46,16 @@ SETTINGS = {
     "WATCH": ("TRIGGER_WATCH", str, ""),
     "WATCH_DEBOUNCE": ("WORKER_WATCH_DEBOUNCE", finite, 2.0),
     "WATCH_POLLING": ("WORKER_WATCH_POLLING", _bool, False),
+    "THREADS": ("WORKER_THREADS", int, 16),
+    "LOG_LEVEL": ("WORKER_LOG_LEVEL", str, "info"),
 }
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def log_level_problem(var: str, value: str) -> str | None:
+    if value.lower() not in LOG_LEVELS:
+        return f"{var} must be one of {', '.join(LOG_LEVELS)}, not {value!r}"
+    return None
 
 
 def read_secret(environ, name: str) -> str:
@@ -59,6 +68,8 @@ def read_secret(environ, name: str) -> str:
                 value = f.read().strip()
         except OSError as exc:
             raise ConfigError(f"{name}_FILE: cannot read {path}: {exc}") from exc
+        if not value:  # a token that failed to be made must not pass for "no token"
+            raise ConfigError(f"{name}_FILE: {path} is empty")
     return value
 
 
@@ -83,6 +94,12 @@ def load(overrides: dict | None = None, environ=None) -> dict:
                           ", or WORKER_INSECURE=1 to run without one")
     if cfg["JOB_TIMEOUT"] <= 0 or cfg["KILL_GRACE"] < 0:
         raise ConfigError("WORKER_JOB_TIMEOUT must be > 0 and WORKER_KILL_GRACE >= 0")
+    if cfg["KEEP_RUNS"] < 1 or cfg["THREADS"] < 1 or cfg["WATCH_DEBOUNCE"] < 0:
+        raise ConfigError("WORKER_KEEP_RUNS and WORKER_THREADS must be >= 1, "
+                          "WORKER_WATCH_DEBOUNCE >= 0")
+    problem = log_level_problem("WORKER_LOG_LEVEL", cfg["LOG_LEVEL"])
+    if problem:
+        raise ConfigError(problem)
     try:
         cfg["WATCH_RULES"] = watch.parse(cfg["WATCH"])
     except watch.WatchError as exc:

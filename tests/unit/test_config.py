@@ -38,3 +38,59 @@ def test_finite_numbers_are_taken(tmp_path):
     controller = controller_config.load(environ={"TRIGGER_WORKER_TOKEN": "t",
                                                  "TRIGGER_MAX_WAIT": "1e3"})
     assert controller["MAX_WAIT"] == 1000
+
+
+@pytest.mark.parametrize("var,value", [
+    ("TRIGGER_MAX_BODY", "-1"), ("TRIGGER_MAX_BODY", "100"), ("TRIGGER_MAX_WAIT", "-1"),
+    ("TRIGGER_DB_BUSY_TIMEOUT", "-1"), ("TRIGGER_LOST_AFTER", "-5"), ("TRIGGER_LOST_AFTER", "0"),
+    ("TRIGGER_HEALTH_INTERVAL", "-1"), ("TRIGGER_RESOLVE_INTERVAL", "0"),
+    ("TRIGGER_THREADS", "0"), ("TRIGGER_MAX_WAITERS", "-1"), ("TRIGGER_MAX_LOG_BYTES", "-1"),
+    ("TRIGGER_LOG_LEVEL", "bogus"),
+    ("TRIGGER_WORKERS", "ftp://x"), ("TRIGGER_WORKERS", "notaurl"),
+    ("TRIGGER_WORKERS", "http://127.0.0.1:99999"), ("TRIGGER_WORKERS", "http://w:8000/path"),
+    ("TRIGGER_WORKERS", "http://ok:8000,http://"),
+])
+def test_the_controller_refuses_a_value_out_of_range_naming_it(var, value):
+    """Taken before, such values made every POST a 413 (MAX_BODY=-1), every wait return at
+    once (MAX_WAIT=-1), a traceback at boot (THREADS=0) or jobs queued for ever (a bad URL)."""
+    with pytest.raises(controller_config.ConfigError, match=var):
+        controller_config.load(environ={"TRIGGER_WORKER_TOKEN": "t", var: value})
+
+
+@pytest.mark.parametrize("var,value", [
+    ("WORKER_THREADS", "0"), ("WORKER_KEEP_RUNS", "0"), ("WORKER_WATCH_DEBOUNCE", "-1"),
+    ("WORKER_LOG_LEVEL", "bogus"),
+])
+def test_the_worker_refuses_a_value_out_of_range_naming_it(tmp_path, var, value):
+    environ = {"WORKER_WORKDIR": str(tmp_path), "TRIGGER_WORKER_TOKEN": "t", var: value}
+    with pytest.raises(worker_config.ConfigError, match=var):
+        worker_config.load(environ=environ)
+
+
+def test_the_edges_of_the_ranges_are_taken():
+    cfg = controller_config.load(environ={
+        "TRIGGER_WORKER_TOKEN": "t", "TRIGGER_MAX_WAIT": "0", "TRIGGER_MAX_BODY": "1024",
+        "TRIGGER_THREADS": "1", "TRIGGER_MAX_LOG_BYTES": "0", "TRIGGER_LOG_LEVEL": "DEBUG",
+        "TRIGGER_WORKERS": "http://worker:8000, https://[::1]:9/,docker://rbuilder"})
+    assert cfg["MAX_WAIT"] == 0 and cfg["THREADS"] == 1 and cfg["MAX_WAITERS"] == 1
+    assert len(cfg["WORKERS"]) == 3
+
+
+@pytest.mark.parametrize("var", ["TRIGGER_WORKER_TOKEN", "TRIGGER_API_TOKEN",
+                                 "TRIGGER_GITHUB_SECRET", "TRIGGER_GITLAB_TOKEN"])
+def test_an_empty_secret_file_stops_the_controller(tmp_path, var):
+    """An empty TRIGGER_API_TOKEN_FILE (a secret that failed to be made) turned the API's
+    authentication off without a word."""
+    (tmp_path / "secret").write_text("\n")
+    environ = {"TRIGGER_WORKER_TOKEN": "t"}
+    environ.pop(var, None)  # the file is read only when the variable itself is not set
+    environ[f"{var}_FILE"] = str(tmp_path / "secret")
+    with pytest.raises(controller_config.ConfigError, match=f"{var}_FILE: .* is empty"):
+        controller_config.load(environ=environ)
+
+
+def test_an_empty_token_file_stops_the_worker(tmp_path):
+    (tmp_path / "secret").write_text("")
+    with pytest.raises(worker_config.ConfigError, match="TRIGGER_WORKER_TOKEN_FILE: .* is empty"):
+        worker_config.load(environ={"WORKER_WORKDIR": str(tmp_path),
+                                    "TRIGGER_WORKER_TOKEN_FILE": str(tmp_path / "secret")})
