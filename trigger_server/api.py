@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from worker import rules
 
+from . import hooks
 from .dispatch import START_HERE_WAIT
 from .store import Job, JobState, StoreError
 from .waiting import LOG_CHUNK, TooBusy, follow_log, hang_up_check, released, stored_log
@@ -72,6 +73,9 @@ def refuse_long_bodies():
     whole-body read ending there returns the first MAX_CONTENT_LENGTH bytes as if they were all:
     read one byte more, into the request's cache (what get_data, get_json and form use). Only
     for POST, the one method whose views read a body (a GET's is left to gunicorn)."""
+    hook = hooks.body_limit(request.path, current_app.config)
+    if hook is not None:
+        request.max_content_length = hook[0]
     limit = request.max_content_length
     if request.method != "POST" or limit is None or request.content_length is not None:
         return None  # a Content-Length over the limit is refused by werkzeug on first read
@@ -85,8 +89,13 @@ def refuse_long_bodies():
     finally:
         request.max_content_length = limit
     if size > limit:
-        abort(413, f"request body over {limit} bytes (TRIGGER_MAX_BODY)")
+        abort(413, _too_large(limit))
     return None
+
+
+def _too_large(limit: int) -> str:
+    hook = hooks.body_limit(request.path, current_app.config)
+    return f"request body over {limit} bytes ({hook[1] if hook else 'TRIGGER_MAX_BODY'})"
 
 
 @bp.app_errorhandler(HTTPException)
@@ -94,8 +103,7 @@ def http_error(exc: HTTPException):
     if isinstance(exc, RequestEntityTooLarge) and request.max_content_length is not None:
         # werkzeug's own words ("The data value transmitted exceeds the capacity limit.") for
         # a Content-Length over the limit; ours, as for a chunked body (refuse_long_bodies)
-        return error(413, f"request body over {request.max_content_length} bytes "
-                          "(TRIGGER_MAX_BODY)")
+        return error(413, _too_large(request.max_content_length))
     return error(exc.code or 500, exc.description or exc.name)
 
 

@@ -37,6 +37,7 @@ SETTINGS = {
     "MAX_WAITERS": ("TRIGGER_MAX_WAITERS", int, 0),
     "THREADS": ("TRIGGER_THREADS", int, 16),
     "MAX_BODY": ("TRIGGER_MAX_BODY", int, 64 * 1024),
+    "MAX_HOOK_BODY": ("TRIGGER_MAX_HOOK_BODY", int, 10 * 1024 * 1024),
     "MAX_LOG_BYTES": ("TRIGGER_MAX_LOG_BYTES", int, 100 * 1024 * 1024),
     "LOG_LEVEL": ("TRIGGER_LOG_LEVEL", str, "info"),
     # schedules (trigger_server/schedules.py)
@@ -60,7 +61,8 @@ SECRETS = ("WORKER_TOKEN", "API_TOKEN", "GITHUB_SECRET", "GITLAB_TOKEN")
 LOWEST = {
     "DB_BUSY_TIMEOUT": (0, True), "LOST_AFTER": (0, False), "RESOLVE_INTERVAL": (0, False),
     "HEALTH_INTERVAL": (0, False), "MAX_WAIT": (0, True), "MAX_WAITERS": (0, True),
-    "THREADS": (1, True), "MAX_BODY": (1024, True), "MAX_LOG_BYTES": (0, True),
+    "THREADS": (1, True), "MAX_BODY": (1024, True), "MAX_HOOK_BODY": (1024, True),
+    "MAX_LOG_BYTES": (0, True),
 }
 
 

@@ -43,6 +43,18 @@ class Host:
 
 GITHUB = Host("github", "GitHub", "GITHUB_SECRET", "GITHUB_BRANCH", "GITHUB_TARGET")
 GITLAB = Host("gitlab", "GitLab", "GITLAB_TOKEN", "GITLAB_BRANCH", "GITLAB_TARGET")
+HOSTS = {f"/hooks/{h.name}": h for h in (GITHUB, GITLAB)}
+
+
+def body_limit(path: str, config) -> tuple[int, str] | None:
+    """The body limit of a webhook endpoint that is on, and its setting's name (None for any
+    other path): a push lists its commits and their files, far beyond TRIGGER_MAX_BODY (GitHub
+    sends up to 25 MB). An endpoint that is off keeps the small limit: nobody is asked for
+    a big body before a secret exists to check it with."""
+    host = HOSTS.get(path)
+    if host is None or not config.get(host.secret):
+        return None
+    return config["MAX_HOOK_BODY"], "TRIGGER_MAX_HOOK_BODY"
 
 
 @dataclass(frozen=True)

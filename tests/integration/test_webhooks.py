@@ -289,11 +289,17 @@ def test_deeply_nested_json_is_a_400(hooked, send):
     assert_nothing_queued(hooked, before)
 
 
-def test_a_body_over_the_limit_is_a_413(hooked):
+def test_a_big_push_is_taken_and_one_over_the_hook_limit_is_a_413(hooked):
+    """A push lists its commits and their files: 1 MB is an ordinary big push, which the API's
+    own limit (TRIGGER_MAX_BODY, 64 KiB) refused. TRIGGER_MAX_HOOK_BODY (10 MiB) applies."""
     payload = github_push("main")
-    payload["padding"] = "x" * 70_000
+    payload["head_commit"]["modified"] = [f"pages/lesson-{i:05d}/index.md" for i in range(40_000)]
+    assert len(json.dumps(payload)) > 1_000_000
     resp = send_github(hooked.url, payload)
-    assert resp.status_code == 413 and "error" in resp.json()
+    assert resp.status_code == 202, resp.text
+    payload["padding"] = "x" * (10 * 1024 * 1024)
+    resp = send_github(hooked.url, payload)
+    assert resp.status_code == 413 and "TRIGGER_MAX_HOOK_BODY" in resp.json()["error"]
 
 
 def test_no_secret_or_signature_reaches_the_log(hooked):

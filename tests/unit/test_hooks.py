@@ -100,6 +100,21 @@ def test_a_form_encoded_delivery_is_read_from_its_payload_field(app, client):
     assert resp.status_code == 202 and resp.json["target"] == "site"
 
 
+def test_webhooks_have_their_own_body_limit_and_the_api_keeps_its_own(tmp_path):
+    app = make_app(tmp_path, MAX_HOOK_BODY=500_000, GITLAB_TOKEN="")
+    client = app.test_client()
+    payload = github_push("main")
+    payload["head_commit"]["modified"] = ["x" * 100] * 1000  # about 200 KB (in two places)
+    assert github(client, payload).status_code == 202
+    payload["head_commit"]["modified"] *= 3
+    resp = github(client, payload, delivery="d-2")
+    assert resp.status_code == 413 and "TRIGGER_MAX_HOOK_BODY" in resp.json["error"]
+    resp = client.post("/jobs", json={"target": "site", "pad": "x" * 100_000})
+    assert resp.status_code == 413 and "(TRIGGER_MAX_BODY)" in resp.json["error"]
+    resp = client.post("/hooks/gitlab", data=b"x" * 100_000)  # off: no big body for anyone
+    assert resp.status_code in (404, 413)
+
+
 def test_a_push_without_a_delivery_id_still_queues(app, client):
     assert github(client, github_push("main"), delivery=None).status_code == 202
 
