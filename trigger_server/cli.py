@@ -7,7 +7,8 @@ script tells a failed build from a failed trigger:
     N    with --wait: make's own exit status when the build failed
     64   usage error (bad options or arguments)
     65   rejected by the server (bad target, variable, token...)
-    69   server unreachable, or it answered with a server error
+    69   server unreachable, or it answered with a server error or as too busy (429); while
+         following a job (--wait, --follow) only once that has lasted GIVE_UP seconds
     124  timed out (--timeout elapsed, or the job hit its own time limit)
     125  the job was cancelled or lost, or failed without an exit status
 """
@@ -24,12 +25,15 @@ import requests
 from worker import rules
 
 EXIT_USAGE, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_ENDED = 64, 65, 69, 124, 125
+GIVE_UP = 120.0  # seconds a follow keeps trying to reach the server (a restart takes a few)
+BACKOFF = (0.5, 5.0)  # first and longest pause between those tries
 
 
 class Abort(Exception):
-    def __init__(self, message: str, code: int):
+    def __init__(self, message: str, code: int, retry_after: float | None = None):
         super().__init__(message)
         self.code = code
+        self.retry_after = retry_after  # the server was too busy (429): try again after this
 
 
 class Api:
@@ -59,6 +63,12 @@ class Api:
             message = resp.json().get("error", resp.reason)
         except (ValueError, AttributeError):
             message = resp.text.strip()[:200] or resp.reason
+        if resp.status_code == 429:  # a temporary state of the server, not a refusal
+            try:
+                after = min(max(float(resp.headers.get("Retry-After", "")), 0.5), 30.0)
+            except ValueError:
+                after = 5.0
+            raise Abort(f"server said 429: {message}", EXIT_UNREACHABLE, retry_after=after)
         code = EXIT_UNREACHABLE if resp.status_code >= 500 else EXIT_REJECTED
         raise Abort(f"server said {resp.status_code}: {message}", code)
 
@@ -81,28 +91,62 @@ def job_exit(job: dict) -> int:
 
 
 def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
-    """Stream the job's log (printing it if `echo`) until it ends; the job's final JSON."""
+    """Stream the job's log (printing it if `echo`) until it ends; the job's final JSON. A
+    stream that breaks or goes quiet is taken up again at once from where it was; a server that
+    cannot be reached, fails or is too busy to stream is tried again with growing pauses, its
+    job looked at meanwhile, until GIVE_UP seconds of that (or the deadline) end the follow."""
     offset = 0
+    trouble_since: float | None = None
+    pause = BACKOFF[0]
     while True:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise Abort(f"job {job_id} still running after --timeout", EXIT_TIMEOUT)
         read_timeout = 20 if left is None else max(0.1, min(left, 20))
         try:
-            with api.call("GET", f"/jobs/{job_id}/log", timeout=read_timeout, stream=True,
-                          params={"offset": offset, "follow": 1}) as resp:
-                for chunk in resp.iter_content(chunk_size=None):
-                    offset += len(chunk)
-                    if echo:
-                        sys.stdout.buffer.write(chunk)
-                        sys.stdout.flush()
-        except (Abort, requests.RequestException) as exc:
-            if isinstance(exc, Abort) and exc.code != EXIT_UNREACHABLE:
+            resp = api.call("GET", f"/jobs/{job_id}/log", timeout=read_timeout, stream=True,
+                            params={"offset": offset, "follow": 1})
+            began, start = time.monotonic(), offset
+            with resp:
+                try:
+                    for chunk in resp.iter_content(chunk_size=None):
+                        offset += len(chunk)
+                        if echo:
+                            sys.stdout.buffer.write(chunk)
+                            sys.stdout.flush()
+                except requests.RequestException as exc:
+                    # A quiet build (no byte for 20 s) or a dropped link: again, at once,
+                    # unless it broke straight away with nothing sent (then as any trouble).
+                    if offset > start or time.monotonic() - began >= 1.0:
+                        continue
+                    raise Abort(f"the log stream broke: {exc}", EXIT_UNREACHABLE) from None
+            job = api.json("GET", f"/jobs/{job_id}")
+        except Abort as exc:
+            if exc.code != EXIT_UNREACHABLE:
                 raise
-            continue  # quiet build or a dropped link: reconnect from `offset`
-        job = api.json("GET", f"/jobs/{job_id}")
+            job = _look(api, job_id) if exc.retry_after is not None else None
+            if job is not None and job["state"] not in ("queued", "running"):
+                return job  # (its log's end unprinted: the server had no room to send it)
+            now = time.monotonic()
+            trouble_since = trouble_since or now
+            if now - trouble_since >= GIVE_UP:
+                raise Abort(f"{exc} (for {GIVE_UP:g} s; the job goes on: trigger status "
+                            f"{job_id})", EXIT_UNREACHABLE) from None
+            wait = exc.retry_after or pause
+            pause = min(pause * 2, BACKOFF[1])
+            time.sleep(wait if left is None else max(0.0, min(wait, left)))
+            continue
+        trouble_since, pause = None, BACKOFF[0]
         if job["state"] not in ("queued", "running"):
             return job
+
+
+def _look(api: Api, job_id: int) -> dict | None:
+    """The job, if the server answers at all."""
+    try:
+        return api.json("GET", f"/jobs/{job_id}")
+    except Abort:
+        return None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,6 +157,9 @@ def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
 @click.pass_context
 def cli(ctx: click.Context, url: str, token: str) -> None:
     """Trigger `make` builds on maketrigger workers and follow them."""
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r} must start with http:// or https://",
+                                 param_hint="--url / TRIGGER_URL")
     ctx.obj = Api(url, token)
 
 

@@ -3,8 +3,10 @@
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
+import requests
 
 from .procs import free_port
 
@@ -110,3 +112,46 @@ def test_status_log_workers_and_targets_print_what_the_api_says(cli_stack):
     assert "healthy" in trigger(cli_stack, "workers").stdout
     targets = trigger(cli_stack, "targets").stdout
     assert "ok" in targets and "succeed quickly" in targets
+
+
+def test_a_url_without_its_scheme_is_a_usage_error(cli_stack):
+    out = trigger(cli_stack, "status", url=cli_stack.url.removeprefix("http://"))
+    assert out.returncode == 64 and "must start with http://" in out.stderr
+
+
+def test_following_an_unreachable_server_backs_off_then_exits_69(monkeypatch, capsys):
+    """It retried without a pause (about 500 requests a second) and never ended."""
+    from trigger_server import cli
+
+    calls = []
+    real = cli.Api.call
+
+    def counted(self, *args, **kw):
+        calls.append(args[1])
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(cli.Api, "call", counted)
+    monkeypatch.setattr(cli, "GIVE_UP", 3.0)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--url", f"http://127.0.0.1:{free_port()}", "log", "7", "--follow"])
+    assert exit_.value.code == 69
+    assert "for 3 s; the job goes on: trigger status 7" in capsys.readouterr().err
+    assert 3 <= len(calls) <= 6  # tries after 0.5, 1, 2 s of pause; not hundreds
+
+
+def test_a_server_too_busy_to_stream_the_log_is_waited_for_not_a_refusal(module_stack):
+    """Every wait slot taken: the log follow of `--wait` is answered 429. That exited 65
+    ("rejected") for a job that had been accepted and then succeeded."""
+    ws = module_stack.workspace("busy")
+    server = module_stack.server([module_stack.worker(ws, name="busy", WORKER_VARS="SECS")],
+                                 db=str(module_stack.tmp / "busy.db"), TRIGGER_MAX_WAITERS=1)
+    holder = threading.Thread(target=lambda: requests.post(
+        f"{server.url}/jobs", json={"target": "slow", "vars": {"SECS": "2"}, "wait": 60},
+        timeout=60))
+    holder.start()
+    try:
+        out = trigger(module_stack, "run", "ok", "--wait", url=server.url)
+        assert out.returncode == 0, out.stderr
+        assert "succeeded" in out.stderr
+    finally:
+        holder.join(60)
