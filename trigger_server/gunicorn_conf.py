@@ -33,12 +33,27 @@ def post_worker_init(worker):
         logging.getLogger("trigger_server").error("cannot serve: %s", exc)
         sys.exit(3)  # gunicorn's "failed to boot": the master stops too, not retrying
     tune_interpreter()
+    _warn_if_open(worker.cfg.bind, worker.wsgi.config["API_TOKEN"])
     threading.Thread(target=_answer_waits_on_stop, args=(worker,), name="stop-watch",
                      daemon=True).start()
     worker.wsgi.extensions["checkpointer"].start()
     worker.wsgi.extensions["notifier"].start_if_pending()
     worker.wsgi.extensions["dispatcher"].start()
     worker.wsgi.extensions["scheduler"].start()
+
+
+def _warn_if_open(binds: list[str], api_token: str) -> None:
+    """Without TRIGGER_API_TOKEN anyone who reaches the API queues builds: fine on loopback
+    (or behind compose's 127.0.0.1-only port), worth a word anywhere else."""
+    if api_token:
+        return
+    for bind in binds:
+        host = bind.rpartition(":")[0].strip("[]") if ":" in bind else bind
+        if bind.startswith(("unix:", "fd://")) or host in ("127.0.0.1", "::1", "localhost"):
+            continue
+        logging.getLogger("trigger_server").warning(
+            "no TRIGGER_API_TOKEN: anyone who can reach %s can queue and cancel builds; set "
+            "one unless only trusted peers (or a 127.0.0.1-only published port) reach it", bind)
 
 
 def _answer_waits_on_stop(worker):

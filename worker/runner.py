@@ -403,7 +403,8 @@ class Runner:
             elif code == 0:
                 state = RunState.SUCCEEDED
             else:
-                state, error = RunState.FAILED, f"make ended with {describe_exit(code)}"
+                state, error = RunState.FAILED, (f"make was {describe_exit(code)}" if code < 0
+                                                 else f"make ended with {describe_exit(code)}")
         run.state, run.error, run.finished_at = state, error, time.time()
         if state is not RunState.SUCCEEDED:
             self._note(run, f"*** maketrigger: {state.value}: {error}\n")

@@ -94,3 +94,15 @@ def test_an_empty_token_file_stops_the_worker(tmp_path):
     with pytest.raises(worker_config.ConfigError, match="TRIGGER_WORKER_TOKEN_FILE: .* is empty"):
         worker_config.load(environ={"WORKER_WORKDIR": str(tmp_path),
                                     "TRIGGER_WORKER_TOKEN_FILE": str(tmp_path / "secret")})
+
+
+def test_a_controller_open_beyond_loopback_without_an_api_token_says_so(caplog):
+    from trigger_server.gunicorn_conf import _warn_if_open
+
+    with caplog.at_level("WARNING", logger="trigger_server"):
+        _warn_if_open(["127.0.0.1:8080", "[::1]:8080", "localhost:1", "unix:/run/t.sock"], "")
+        assert caplog.text == ""
+        _warn_if_open(["0.0.0.0:8080"], "token")
+        assert caplog.text == ""
+        _warn_if_open(["127.0.0.1:8080", "0.0.0.0:8080"], "")
+    assert "no TRIGGER_API_TOKEN: anyone who can reach 0.0.0.0:8080" in caplog.text

@@ -255,6 +255,15 @@ def test_ends_are_described_readably(code, text):
     assert describe_exit(code) == text
 
 
+def test_a_make_killed_by_a_signal_says_so_in_plain_words(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "Makefile").write_text("die:\n\t@kill -KILL $$PPID; sleep 5\n")  # make is the parent
+    runner = Runner(str(ws), str(tmp_path / "state"), kill_grace=1)
+    run = wait_done(runner.start("1", "die", {}, None))
+    assert run.state is RunState.FAILED and run.error == "make was killed by SIGKILL"
+
+
 @pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "polling"])
 def test_exited_tells_an_end_from_a_timeout_and_leaves_the_exit_code(monkeypatch, pidfd):
     import subprocess
