@@ -206,7 +206,7 @@ class Scheduler:
     def describe(self) -> list[dict]:
         out = []
         for s in self.schedules:
-            last_fire, last_job = self.store.schedule_state(s.key)
+            last_fire, last_job = self.store.schedule_fired(s.key)  # not a time skipped
             job = self.store.get_job(last_job) if last_job else None
             out.append({
                 "schedule": s.line, "cron": s.expr, "target": s.target, "vars": s.vars,

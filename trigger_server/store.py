@@ -61,8 +61,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS schedule_state (
     key TEXT PRIMARY KEY,
-    last_fire REAL,
-    last_job INTEGER
+    last_fire REAL,  -- the latest fire time dealt with: fired, or skipped
+    last_job INTEGER,
+    fired_at REAL  -- the fire time last_job was queued for
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS notifications (
@@ -261,6 +262,12 @@ class Store:
             if column not in have:
                 with self._tx() as db:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
+        if "fired_at" not in {row["name"] for row in self._read(
+                "PRAGMA table_info(schedule_state)")}:
+            with self._tx() as db:  # (a skip since the last job is not told apart: rare)
+                db.execute("ALTER TABLE schedule_state ADD COLUMN fired_at REAL")
+                db.execute("UPDATE schedule_state SET fired_at = last_fire "
+                           "WHERE last_job IS NOT NULL")
         made = self._read("SELECT sql FROM sqlite_master WHERE name = 'log_chunks'")[0][0]
         if "WITHOUT ROWID" in made.upper():
             with self._tx() as db:
@@ -519,8 +526,13 @@ class Store:
 
     # --- schedules --------------------------------------------------------------------------
     def schedule_state(self, key: str) -> tuple[float | None, int | None]:
-        """(last fire time, last job id) of a schedule."""
+        """(latest fire time dealt with, fired or skipped; last job id) of a schedule."""
         rows = self._read("SELECT last_fire, last_job FROM schedule_state WHERE key = ?", (key,))
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
+
+    def schedule_fired(self, key: str) -> tuple[float | None, int | None]:
+        """(fire time, job id) of the schedule's last job, or (None, None)."""
+        rows = self._read("SELECT fired_at, last_job FROM schedule_state WHERE key = ?", (key,))
         return (rows[0][0], rows[0][1]) if rows else (None, None)
 
     def claim_fire(self, key: str, fire_time: float) -> bool:
@@ -547,7 +559,8 @@ class Store:
             if not self._claim_fire(db, key, fire_time):
                 return None
             row, coalesced = self._queue(db, key_of_job, "schedule")
-            db.execute("UPDATE schedule_state SET last_job = ? WHERE key = ?", (row["id"], key))
+            db.execute("UPDATE schedule_state SET last_job = ?, fired_at = ? WHERE key = ?",
+                       (row["id"], fire_time, key))
         return Job.from_row(row), coalesced
 
     # --- webhook deliveries ---------------------------------------------------------------

@@ -139,6 +139,30 @@ def test_the_listing_shows_next_fire_and_last_job(store):
     assert row["last_job"]["source"] == "schedule"
 
 
+def test_the_listing_shows_only_fire_times_that_fired(store):
+    """A new schedule, and a restart with catch-up `none`, record the fire times they skip: the
+    listing showed those as `last_fire`, beside a `last_job` that had not fired then."""
+    s = scheduler(store, "0 3 * * * ok")
+    s.catch_up(ts("2026-11-27T10:00:00+00:00"))  # new: 2026-11-27 03:00 is skipped
+    (row,) = s.describe()
+    assert row["last_fire"] is None and row["last_job"] is None
+    s.run_due(ts("2026-11-28T03:00:01+00:00"))
+    later = scheduler(store, "0 3 * * * ok", "none")
+    later.catch_up(ts("2026-11-30T10:00:00+00:00"))  # down: 29th and 30th skipped
+    (row,) = later.describe()
+    assert row["last_fire"] == "2026-11-28T03:00:00.000Z" and row["last_job"] is not None
+
+
+def test_a_database_from_before_fired_at_shows_its_last_fire(tmp_path):
+    db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    db.execute("CREATE TABLE schedule_state (key TEXT PRIMARY KEY, last_fire REAL, "
+               "last_job INTEGER)")
+    db.execute("INSERT INTO schedule_state VALUES ('a', 100.0, 7), ('b', 200.0, NULL)")
+    db.close()
+    store = Store(str(tmp_path / "old.db"))
+    assert store.schedule_fired("a") == (100.0, 7) and store.schedule_fired("b") == (None, None)
+
+
 def test_a_fire_whose_job_could_not_be_queued_is_fired_again(store, tmp_path):
     """The fire time was recorded in one transaction and its job queued in the next: a database
     error (or a crash) between the two lost the fire, as the retry found it claimed."""
