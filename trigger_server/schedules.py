@@ -49,12 +49,31 @@ class Schedule:
     def next_after(self, ts: float, tz: tzinfo) -> float | None:
         if self.expr == REBOOT:
             return None
-        return croniter(self.expr, datetime.fromtimestamp(ts, tz)).get_next(float)
+        times = croniter(self.expr, datetime.fromtimestamp(ts, tz))
+        return self._once_a_wall_time(times, times.get_next, tz)
 
     def latest_at_or_before(self, ts: float, tz: tzinfo) -> float | None:
         if self.expr == REBOOT:
             return None
-        return croniter(self.expr, datetime.fromtimestamp(ts + 0.001, tz)).get_prev(float)
+        times = croniter(self.expr, datetime.fromtimestamp(ts + 0.001, tz))
+        return self._once_a_wall_time(times, times.get_prev, tz)
+
+    @property
+    def fixed_hours(self) -> bool:
+        """Whether the line fires at set hours (`30 2 * * *`, `@daily`), not every hour."""
+        if self.expr.startswith("@"):
+            return self.expr not in ("@hourly", REBOOT)
+        return "*" not in self.expr.split()[1]
+
+    def _once_a_wall_time(self, times: croniter, step, tz: tzinfo) -> float:
+        """The fire time `step` finds, passing over the second time a wall-clock time comes
+        round as the clocks go back (02:30 twice in an autumn night) for a line at set hours,
+        which then fires once, as cron's own daemon does; a line for every hour fires in
+        both."""
+        when = step(float)
+        while self.fixed_hours and datetime.fromtimestamp(when, tz).fold:
+            when = step(float)
+        return when
 
 
 def parse_line(text: str, where: str) -> Schedule:

@@ -7,7 +7,7 @@ import pytest
 
 from trigger_server.dispatch import Dispatcher
 from trigger_server.schedules import Schedule, ScheduleError, Scheduler, parse, timezone
-from trigger_server.store import Store, StoreError
+from trigger_server.store import JobState, Store, StoreError
 from trigger_server.workers import WorkerClient, WorkerPool
 
 UTC = timezone("UTC")
@@ -126,6 +126,27 @@ def test_reboot_fires_at_every_start(store):
     scheduler(store, "@reboot ok").catch_up(ts("2026-11-27T08:30:00+00:00"))
     scheduler(store, "@reboot ok").catch_up(ts("2026-11-27T08:31:00+00:00"))
     assert len(store.list_jobs()) == 1  # the second joined the first, still queued
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("30 2 * * * site", ["10-25 02:30+0200", "10-26 02:30+0100"]),  # once, as cron does
+    ("0 * * * * site", ["10-25 02:00+0200", "10-25 02:00+0100", "10-25 03:00+0100"]),
+    ("30 2 * * * site", ["03-29 03:00+0200", "03-30 02:30+0200"]),  # spring: right after
+])
+def test_a_line_at_set_hours_fires_once_as_the_clocks_go_back(store, line, expected):
+    """02:30 comes twice in Berlin's autumn night: a daily 02:30 fired at both."""
+    berlin = timezone("Europe/Berlin")
+    s = scheduler(store, line, tz=berlin)
+    start = "2026-10-24T23:30:00+00:00" if expected[0] > "10" else "2026-03-28T22:00:00+00:00"
+    s.catch_up(ts(start))
+    fired, now = [], ts(start)
+    for _ in range(len(expected)):
+        now = s._next[s.schedules[0].key]
+        s.run_due(now)
+        fired.append(datetime.fromtimestamp(now, berlin).strftime("%m-%d %H:%M%z"))
+        store.finish(store.list_jobs()[0].id, JobState.SUCCEEDED, 0, None)  # one job each
+    assert fired == expected
+    assert len(store.list_jobs()) == len(expected)
 
 
 def test_the_listing_shows_next_fire_and_last_job(store):
