@@ -8,6 +8,7 @@ from . import config as config_module
 from .api import bp
 from .checkpoint import Checkpointer
 from .dispatch import Dispatcher
+from .history import Pruner
 from .hooks import bp as hooks_bp
 from .log_tail import LogTail
 from .notify import Notifier
@@ -50,7 +51,7 @@ def create_app(config: dict | None = None) -> Flask:
         log_tail=log_tail, notifier=notifier,
         scheduler=Scheduler(cfg["SCHEDULES"], store, dispatcher, cfg["TIMEZONE"],
                             cfg["SCHEDULE_CATCHUP"]),
-        wait_slots=WaitSlots(cfg["MAX_WAITERS"]))
+        wait_slots=WaitSlots(cfg["MAX_WAITERS"]), pruner=Pruner(store, cfg["KEEP_JOBS"]))
     app.register_blueprint(bp)
     app.register_blueprint(hooks_bp)
     return app

@@ -39,6 +39,7 @@ SETTINGS = {
     "MAX_BODY": ("TRIGGER_MAX_BODY", int, 64 * 1024),
     "MAX_HOOK_BODY": ("TRIGGER_MAX_HOOK_BODY", int, 10 * 1024 * 1024),
     "MAX_LOG_BYTES": ("TRIGGER_MAX_LOG_BYTES", int, 100 * 1024 * 1024),
+    "KEEP_JOBS": ("TRIGGER_KEEP_JOBS", int, 0),
     "LOG_LEVEL": ("TRIGGER_LOG_LEVEL", str, "info"),
     # schedules (trigger_server/schedules.py)
     "SCHEDULE": ("TRIGGER_SCHEDULE", str, ""),
@@ -62,7 +63,7 @@ LOWEST = {
     "DB_BUSY_TIMEOUT": (0, True), "LOST_AFTER": (0, False), "RESOLVE_INTERVAL": (0, False),
     "HEALTH_INTERVAL": (0, False), "MAX_WAIT": (0, True), "MAX_WAITERS": (0, True),
     "THREADS": (1, True), "MAX_BODY": (1024, True), "MAX_HOOK_BODY": (1024, True),
-    "MAX_LOG_BYTES": (0, True),
+    "MAX_LOG_BYTES": (0, True), "KEEP_JOBS": (0, True),
 }
 
 

@@ -40,6 +40,7 @@ def post_worker_init(worker):
     worker.wsgi.extensions["notifier"].start_if_pending()
     worker.wsgi.extensions["dispatcher"].start()
     worker.wsgi.extensions["scheduler"].start()
+    worker.wsgi.extensions["pruner"].start()
 
 
 def _warn_if_open(binds: list[str], api_token: str) -> None:
@@ -67,5 +68,5 @@ def _answer_waits_on_stop(worker):
         time.sleep(0.5)
     extensions = worker.wsgi.extensions
     extensions["dispatcher"].close_waits()
-    for name in ("scheduler", "dispatcher", "notifier", "checkpointer"):
+    for name in ("scheduler", "pruner", "dispatcher", "notifier", "checkpointer"):
         extensions[name].stop()

@@ -504,6 +504,33 @@ class Store:
             log.exception("cannot tell whether to notify of job %s", job.id)
             return []
 
+    def prune_jobs(self, keep: int, batch_bytes: int = 64 * 1024 * 1024) -> int:
+        """Forget ended jobs older than the newest `keep` jobs, with their logs, oldest first,
+        as many as about `batch_bytes` of log in one transaction (so no write waits long);
+        how many were forgotten. A job with a notification still to send stays until it is
+        sent; a queued or running one stays whatever its age."""
+        with self._tx() as db:
+            cut = db.execute("SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET ?",
+                             (keep,)).fetchone()
+            if cut is None:
+                return 0
+            rows = db.execute(
+                "SELECT id, log_size FROM jobs WHERE id <= ? AND state IN "
+                "('succeeded', 'failed', 'cancelled', 'lost') AND id NOT IN "
+                "(SELECT job_id FROM notifications) ORDER BY id LIMIT 500", (cut[0],)).fetchall()
+            ids, size = [], 0
+            for job_id, log_size in rows:
+                if ids and size + log_size > batch_bytes:
+                    break
+                ids.append(job_id)
+                size += log_size
+            if not ids:
+                return 0
+            marks = ",".join("?" * len(ids))
+            db.execute(f"DELETE FROM log_chunks WHERE job_id IN ({marks})", ids)
+            db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+        return len(ids)
+
     # --- notifications (queued by finish) -----------------------------------------------
     def due_notifications(self, now: float, limit: int = 100) -> list[tuple[int, int, str, int]]:
         """(id, job id, url, attempts so far) of the notifications due by `now`, oldest first."""

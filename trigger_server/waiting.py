@@ -117,6 +117,8 @@ def _follow_stored(store, dispatcher, tail, job_id: int, offset: int, sse: bool,
                 sent = time.monotonic()
                 continue
         job = store.get_job(job_id)
+        if job is None:  # forgotten meanwhile (TRIGGER_KEEP_JOBS): nothing more to send
+            return
         if job.state.ended and offset >= job.log_size:
             if sse:
                 yield f"event: end\ndata: {json.dumps(job.to_dict())}\n\n".encode()

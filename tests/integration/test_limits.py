@@ -259,3 +259,18 @@ def test_a_malformed_chunked_body_is_a_400(stack):
     assert head.startswith(b"HTTP/1.1 400"), answer
     assert "chunked" in json.loads(body)["error"]
     assert stack.get("/jobs")["jobs"] == []
+
+
+def test_keep_jobs_bounds_the_history_with_its_logs(stack):
+    """Without it the history and its logs (up to TRIGGER_MAX_LOG_BYTES each) grow for ever.
+    The oldest ended jobs beyond TRIGGER_KEEP_JOBS are forgotten at start and each minute."""
+    server = stack.server([stack.worker(WORKER_VARS="MSG")], TRIGGER_KEEP_JOBS=3)
+    ids = [stack.post(json={"target": "marker", "vars": {"MSG": str(n)}, "wait": True}).json()["id"]
+           for n in range(5)]
+    server.stop()
+    server.start()  # forgets at start
+    wait_for(lambda: len(stack.get("/jobs")["jobs"]) == 3, what="the history to be cut to 3")
+    assert [j["id"] for j in stack.get("/jobs")["jobs"]] == ids[:1:-1]
+    for gone in ids[:2]:
+        assert stack.http.get(f"{stack.url}/jobs/{gone}/log", timeout=10).status_code == 404
+    assert stack.log(ids[2]).startswith("+ make")

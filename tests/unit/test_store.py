@@ -346,3 +346,37 @@ def test_build_since_looks_at_the_targets_recent_jobs_only(store):
         store.create_job("html", {"N": str(i)}, "worker", "api")
     assert store.build_since("html", "worker", 0, recent=4).id == old.id
     assert store.build_since("html", "worker", 0, recent=3) is None
+
+
+def _job(store, n, state=None, log=b"", notify=None):
+    job, _ = store.create_job("site", {"N": str(n)}, None, "api", notify=notify)
+    if log:
+        store.append_log(job.id, 0, log)
+    if state is JobState.RUNNING:
+        store.claim(job.id, "http://w")
+        store.mark_running(job.id)
+    elif state is not None:
+        store.finish(job.id, state, 0, None)
+    return job.id
+
+
+def test_pruning_forgets_old_ended_jobs_and_their_logs_only(store):
+    store.notify_targets = lambda job: [job.notify] if job.notify else []
+    running = _job(store, 0, JobState.RUNNING)
+    notified = _job(store, 1, JobState.FAILED, b"x", notify="http://receiver/")
+    old = [_job(store, n, JobState.SUCCEEDED, b"log %d\n" % n) for n in range(2, 8)]
+    queued = _job(store, 8)
+    newest = [_job(store, n, JobState.SUCCEEDED, b"new\n") for n in range(9, 11)]
+    assert store.prune_jobs(keep=3) == 6
+    assert store.prune_jobs(keep=3) == 0
+    left = sorted(j.id for j in store.list_jobs(limit=100))
+    assert left == sorted([running, notified, queued, *newest])
+    assert all(store.get_job(i) is None and store.read_log(i) == b"" for i in old)
+    assert store.read_log(newest[0]) == b"new\n" and store.read_log(notified) == b"x"
+
+
+def test_pruning_goes_a_batch_of_log_bytes_at_a_time(store):
+    ids = [_job(store, n, JobState.SUCCEEDED, b"x" * 1000) for n in range(5)]
+    assert store.prune_jobs(keep=0, batch_bytes=2500) == 2  # 2,000 bytes; a third: over
+    assert store.prune_jobs(keep=0, batch_bytes=10) == 1  # at least one, however big
+    assert [j.id for j in store.list_jobs()] == [ids[4], ids[3]]
