@@ -22,7 +22,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.json.sort_keys = False
     runner = Runner(cfg["WORKDIR"], cfg["STATE_DIR"], lock_mode=cfg["LOCK"],
                     job_timeout=cfg["JOB_TIMEOUT"], kill_grace=cfg["KILL_GRACE"],
-                    keep_runs=cfg["KEEP_RUNS"])
+                    keep_runs=cfg["KEEP_RUNS"], keep_log_bytes=cfg["KEEP_LOG_BYTES"])
     runner.recover()
     app.extensions["runner"] = runner
     app.extensions["catalog"] = TargetCatalog(cfg["WORKDIR"])

@@ -41,6 +41,7 @@ SETTINGS = {
     "JOB_TIMEOUT": ("WORKER_JOB_TIMEOUT", finite, 3600.0),
     "KILL_GRACE": ("WORKER_KILL_GRACE", finite, 10.0),
     "KEEP_RUNS": ("WORKER_KEEP_RUNS", int, 100),
+    "KEEP_LOG_BYTES": ("WORKER_KEEP_LOG_BYTES", int, 1 << 30),
     "TOKEN": ("TRIGGER_WORKER_TOKEN", str, ""),
     "INSECURE": ("WORKER_INSECURE", _bool, False),
     "WATCH": ("TRIGGER_WATCH", str, ""),
@@ -94,9 +95,10 @@ def load(overrides: dict | None = None, environ=None) -> dict:
                           ", or WORKER_INSECURE=1 to run without one")
     if cfg["JOB_TIMEOUT"] <= 0 or cfg["KILL_GRACE"] < 0:
         raise ConfigError("WORKER_JOB_TIMEOUT must be > 0 and WORKER_KILL_GRACE >= 0")
-    if cfg["KEEP_RUNS"] < 1 or cfg["THREADS"] < 1 or cfg["WATCH_DEBOUNCE"] < 0:
+    if cfg["KEEP_RUNS"] < 1 or cfg["THREADS"] < 1 or cfg["WATCH_DEBOUNCE"] < 0 or \
+            cfg["KEEP_LOG_BYTES"] < 0:
         raise ConfigError("WORKER_KEEP_RUNS and WORKER_THREADS must be >= 1, "
-                          "WORKER_WATCH_DEBOUNCE >= 0")
+                          "WORKER_WATCH_DEBOUNCE and WORKER_KEEP_LOG_BYTES >= 0")
     problem = log_level_problem("WORKER_LOG_LEVEL", cfg["LOG_LEVEL"])
     if problem:
         raise ConfigError(problem)

@@ -175,7 +175,8 @@ class Runner:
     """Every build of one workspace that this worker process started or inherited."""
 
     def __init__(self, workdir: str, state_dir: str, *, lock_mode: str = "workspace",
-                 job_timeout: float = 3600, kill_grace: float = 10, keep_runs: int = 100):
+                 job_timeout: float = 3600, kill_grace: float = 10, keep_runs: int = 100,
+                 keep_log_bytes: int = 1 << 30):
         self.workdir = os.path.abspath(workdir)
         self.state_dir = state_dir
         self.runs_dir = os.path.join(state_dir, "runs")
@@ -183,6 +184,7 @@ class Runner:
         self.job_timeout = job_timeout
         self.kill_grace = kill_grace
         self.keep_runs = keep_runs
+        self.keep_log_bytes = keep_log_bytes  # 0: no bound on the kept logs' size
         self.host = socket.gethostname()
         self._lock = threading.Lock()
         self._active: dict[str, Run] = {}
@@ -190,6 +192,7 @@ class Runner:
         self._stopping = False
         self.last_end = 0.0  # when a build of this worker last ended (time.time())
         self._ends = 0  # runs ended since the run folder was last pruned
+        self._logged = 0  # bytes of log those runs wrote
         self._waiters = DaemonThreads("run")  # one waits for each make: its end, its timeout
         os.makedirs(self.runs_dir, exist_ok=True)
 
@@ -389,6 +392,8 @@ class Runner:
         else:  # not in the try: a run that has ended must not end again as `lost`
             self._finish(run, code)
         self._save_unsaved()
+        with contextlib.suppress(OSError):
+            self._logged += os.stat(self.log_path(run.id)).st_size
         self._prune()
 
     def _finish(self, run: Run, code: int | None, state: RunState | None = None,
@@ -491,15 +496,18 @@ class Runner:
         self._save_unsaved()  # a last try, or the next worker reports them `lost`
 
     def _prune(self) -> None:
-        """Keep the records and logs of about `keep_runs` finished runs: once there are a tenth
-        more, the oldest go (in batches, so a busy worker does not sort its runs every time).
-        The folder is looked at only every tenth of `keep_runs` ends. A log without a record
-        (a worker that died between reserving a run and recording it, or a version that kept
-        the log of a make that could not start) counts as a run too, so it goes in its turn."""
+        """Keep the records and logs of about `keep_runs` finished runs, and logs of at most
+        `keep_log_bytes` in all: once there are a tenth more runs, or the logs are over, the
+        oldest go (in batches, so a busy worker does not sort its runs every time; the newest
+        tenth always stay). The folder is looked at only every tenth of `keep_runs` ends, or of
+        `keep_log_bytes` logged. A log without a record (a worker that died between reserving
+        a run and recording it, or a version that kept the log of a make that could not start)
+        counts as a run too, so it goes in its turn."""
         self._ends += 1
-        if self._ends < max(1, self.keep_runs // 10):
+        if self._ends < max(1, self.keep_runs // 10) and not (
+                self.keep_log_bytes and self._logged >= self.keep_log_bytes // 10):
             return
-        self._ends = 0
+        self._ends = self._logged = 0
         try:
             names = os.listdir(self.runs_dir)
         except OSError:
@@ -509,19 +517,35 @@ class Runner:
             stem, ext = os.path.splitext(name)
             if ext == ".json" or (ext == ".log" and stem not in runs):
                 runs[stem] = os.path.join(self.runs_dir, name)
-        if len(runs) <= self.keep_runs + max(1, self.keep_runs // 10):
-            return
         with self._lock:
             active = set(self._active) | set(self._unsaved)  # an unsaved record stays for now
         oldest = sorted((path for run_id, path in runs.items() if run_id not in active),
                         key=_mtime)
-        for path in oldest[: max(0, len(runs) - self.keep_runs)]:
+        drop = 0
+        if len(runs) > self.keep_runs + max(1, self.keep_runs // 10):
+            drop = max(0, len(runs) - self.keep_runs)
+        if self.keep_log_bytes:
+            sizes = [_size(os.path.splitext(path)[0] + ".log") for path in oldest]
+            total, stay = sum(sizes), max(1, self.keep_runs // 10)
+            by_size = 0
+            while total > self.keep_log_bytes and by_size < len(oldest) - stay:
+                total -= sizes[by_size]
+                by_size += 1
+            drop = max(drop, by_size)
+        for path in oldest[:drop]:
             stem = os.path.splitext(path)[0]
             for p in (stem + ".json", stem + ".log"):
                 try:
                     os.unlink(p)
                 except FileNotFoundError:
                     pass
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _mtime(path: str) -> float:

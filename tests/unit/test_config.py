@@ -59,6 +59,7 @@ def test_the_controller_refuses_a_value_out_of_range_naming_it(var, value):
 
 @pytest.mark.parametrize("var,value", [
     ("WORKER_THREADS", "0"), ("WORKER_KEEP_RUNS", "0"), ("WORKER_WATCH_DEBOUNCE", "-1"),
+    ("WORKER_KEEP_LOG_BYTES", "-1"),
     ("WORKER_LOG_LEVEL", "bogus"),
 ])
 def test_the_worker_refuses_a_value_out_of_range_naming_it(tmp_path, var, value):

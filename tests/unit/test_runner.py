@@ -135,6 +135,25 @@ def test_records_outlive_the_runner_and_old_ones_are_pruned(workspace, tmp_path)
     assert len(kept) <= 4 and "4.json" in kept and "0.json" not in kept
 
 
+def test_kept_logs_are_bounded_in_bytes_too(tmp_path):
+    """WORKER_KEEP_RUNS alone kept 100 logs of any size: 100 chatty builds, gigabytes."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "Makefile").write_text("big:\n\t@head -c 1000 /dev/zero | tr '\\0' x\n")
+    r = Runner(str(ws), str(tmp_path / "s"), keep_runs=10, keep_log_bytes=3000)
+    runs = tmp_path / "s" / "runs"
+    for i in range(8):
+        time.sleep(0.01)
+        wait_done(r.start(str(i), "big", {}, None))
+        wait_recorded(r)
+    deadline = time.monotonic() + 10
+    while sum(p.stat().st_size for p in runs.glob("*.log")) > 3000:
+        assert time.monotonic() < deadline, sorted(p.name for p in runs.iterdir())
+        time.sleep(0.01)
+    kept = {p.name for p in runs.iterdir()}
+    assert {"7.json", "7.log", "6.json", "6.log"} <= kept and "0.log" not in kept
+
+
 def test_a_log_left_without_its_record_is_pruned_in_its_turn(workspace, tmp_path):
     runs = tmp_path / "s" / "runs"
     runs.mkdir(parents=True)
