@@ -53,6 +53,10 @@ _SECRET_NAME = re.compile(r"TRIGGER_\w*(TOKEN|SECRET)")
 # most do) that starts with '-' would be read as an option by the program it is passed to:
 # `find $(DIR)` with DIR=". -exec rm {} +".
 _OPTION_WORD = re.compile(r"(?:^|\s)-")
+# Besides letters and digits, the only characters a value may hold: none that a shell reads as
+# quoting (\-exec is -exec once the shell has read it), expansion ({x,-rf}, *, ?, [, ~), a
+# comment (#) or syntax, so a value reaches a recipe as the words it shows.
+VALUE_PUNCTUATION = frozenset(" \t_.,:/@%+=-")
 
 _VALUE_FORBIDDEN = {
     "$": "'$' (a $(shell ...) value executes)",
@@ -173,6 +177,11 @@ def check_var_value(name: str, value: object) -> str:
             raise RuleError(f"value of {name} must not contain {why}")
     if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
         raise RuleError(f"value of {name} must not contain control characters")
+    odd = sorted({c for c in value if not c.isalnum() and c not in VALUE_PUNCTUATION})
+    if odd:
+        raise RuleError(f"value of {name} must not contain {' '.join(odd)!r}: only letters, "
+                        "digits, spaces and _ . , : / @ % + = - (the shell of a recipe reads "
+                        "the others)")
     if _OPTION_WORD.search(value):
         raise RuleError(f"value of {name} must not start a word with '-' (a recipe that passes "
                         "it on would give the program an option)")

@@ -96,7 +96,8 @@ def test_the_controller_rejects_a_bad_target_naming_the_rule(guarded, target, ru
     ({"V": "a;b"}, "';'"),
     ({"V": "a>b"}, "'>'"),
     ({"V": "a\nb"}, "newlines"),
-    ({"V": ". -exec touch canary {} +"}, "start a word with '-'"),
+    ({"V": ". -exec touch canary +"}, "start a word with '-'"),
+    ({"V": ". \\-exec touch canary +"}, "must not contain"),
     ({"PATH": "/tmp"}, "exports it to the recipes"),
     ({"V": 3}, "must be a string"),
     ("V=1", "object"),
@@ -174,9 +175,12 @@ def test_variables_are_checked_against_every_worker_the_job_may_go_to(stack):
 def test_values_reach_make_as_literal_text(stack):
     ws = stack.workspace(makefile=CANARY_MAKEFILE)
     stack.server([stack.worker(ws, WORKER_VARS="V")])
-    resp = stack.post(json={"target": "show", "vars": {"V": "a b*c (d) #e"}, "wait": True})
-    assert resp.status_code == 200
-    assert "value=a b*c (d)" in stack.log(resp.json()["id"])
+    resp = stack.post(json={"target": "show", "vars": {"V": "a b, c: d=e 50% über/x@y+z"},
+                            "wait": True})
+    assert resp.status_code == 200, resp.text
+    assert "value=a b, c: d=e 50% über/x@y+z" in stack.log(resp.json()["id"])
+    resp = stack.post(json={"target": "show", "vars": {"V": ". \\-exec touch canary +"}})
+    assert resp.status_code == 400 and "must not contain '\\\\'" in resp.json()["error"]
 
 
 @pytest.mark.parametrize("kwargs,status,message", [

@@ -3,9 +3,10 @@ properties over arbitrary input."""
 
 import json
 import string
+import subprocess
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker import rules
@@ -58,7 +59,7 @@ def test_it_rejects_values_that_could_execute(value):
         rules.check_var_value("V", value)
 
 
-@pytest.mark.parametrize("value", ["-x", "--delete", ". -exec touch pwned {} +", "a\t-b", "-",
+@pytest.mark.parametrize("value", ["-x", "--delete", ". -exec touch pwned +", "a\t-b", "-",
                                    "a  --force"])
 def test_it_refuses_values_that_a_recipe_would_pass_on_as_options(value):
     """Recipes mostly use $(V) unquoted, so the shell splits it into words: a word starting
@@ -66,6 +67,19 @@ def test_it_refuses_values_that_a_recipe_would_pass_on_as_options(value):
     with pytest.raises(rules.RuleError) as err:
         rules.check_var_value("V", value)
     assert "start a word with '-'" in str(err.value)
+
+
+@pytest.mark.parametrize("value,shown", [
+    (". \\-exec touch pwned +", "\\"),  # the shell drops the backslash: -exec
+    ("{x,-rf}", "{ }"),  # bash's brace expansion: the words x and -rf
+    ("x #", "#"),  # comments out the rest of the recipe line
+    ("a*", "*"), ("a?", "?"), ("[ab]", "[ ]"), ("~root", "~"), ("a!b", "!"), ("a(b)", "( )"),
+    ("a\u00a0-b", "\xa0"),  # no shell splits there: one word, not an option after all
+])
+def test_it_refuses_what_a_shell_would_read_in_a_value(value, shown):
+    with pytest.raises(rules.RuleError) as err:
+        rules.check_var_value("V", value)
+    assert f"must not contain {shown!r}" in str(err.value)
 
 
 @pytest.mark.parametrize("value", ["x-y", "a=-b", "1-2 3", "lesson-01", "a b", ""])
@@ -133,7 +147,7 @@ def test_the_argv_ends_options_before_the_target():
     assert argv == ["make", "-C", "/ws", "LANG=en", "--", "html"]
 
 
-SAFE_VALUE = set(string.printable) - set("$`'\";|&<>\n\r\x0b\x0c")
+SAFE_VALUE = set(string.ascii_letters + string.digits + "é²") | rules.VALUE_PUNCTUATION
 
 
 @given(st.text(max_size=60), st.dictionaries(st.text(max_size=12), st.text(max_size=40),
@@ -151,7 +165,7 @@ def test_nothing_outside_the_rules_ever_reaches_makes_argv(target, variables):
         assert rules.VAR_NAME_RE.fullmatch(name)
         assert name not in rules.REFUSED_VARS and not name.startswith("MAKE")
         assert name not in rules.ENVIRONMENT_VARS and not name.startswith("LD_")
-        assert not set(value) & set("$`'\";|&<>\n\r\0")
+        assert all(c.isalnum() or c in rules.VALUE_PUNCTUATION for c in value)
         assert not any(word.startswith("-") for word in value.split())
 
 
@@ -161,9 +175,24 @@ def test_safe_values_pass_unchanged(value):
     assert rules.check_var_value("V", value) == value
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from(sorted(SAFE_VALUE | set("-\\{}#*~"))), max_size=30))
+def test_an_accepted_value_reaches_a_recipe_as_its_own_words(value):
+    """What bash itself makes of an accepted value used unquoted, as most recipes use them:
+    the words the value shows, none of them an option."""
+    try:
+        rules.check_var_value("V", value)
+    except rules.RuleError:
+        return
+    out = subprocess.run(["bash", "-c", 'for w in $V; do printf "%s\\0" "$w"; done'],
+                         env={"V": value, "LC_ALL": "C.UTF-8"}, capture_output=True, check=True)
+    words = [w.decode() for w in out.stdout.split(b"\0")[:-1]]
+    assert words == value.split() and not any(w.startswith("-") for w in words)
+
+
 def test_the_largest_valid_run_request_fits_the_worker_body_limit():
     """The controller sends ASCII JSON: a value of astral characters is 12 bytes a character."""
-    value = "\U0001F600" * rules.MAX_VALUE_LEN
+    value = "\U00020000" * rules.MAX_VALUE_LEN  # an astral letter (a CJK ideograph)
     rules.check_var_value("V", value)
     variables = {f"VARIABLE_{i}": value for i in range(rules.MAX_VARS)}
     body = json.dumps({"id": "j" * 40, "target": "t" * rules.MAX_TARGET_LEN, "vars": variables,
