@@ -591,7 +591,6 @@ class WorkerPool:
                 log.warning("cannot list targets of %s: %s", worker.url, exc)
                 continue
             listed = (found, frozenset(t["name"] for t in found), stale)
-            if not stale:
-                self._targets_cache[selector] = (time.monotonic(), listed)
+            self._targets_cache[selector] = (time.monotonic(), listed)  # stale: for what it has
             return listed
         return None

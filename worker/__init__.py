@@ -25,7 +25,7 @@ def create_app(config: dict | None = None) -> Flask:
                     keep_runs=cfg["KEEP_RUNS"], keep_log_bytes=cfg["KEEP_LOG_BYTES"])
     runner.recover()
     app.extensions["runner"] = runner
-    app.extensions["catalog"] = TargetCatalog(cfg["WORKDIR"])
+    app.extensions["catalog"] = TargetCatalog(cfg["WORKDIR"], cfg["LOCK"])
     # started by the gunicorn hook, after the fork
     app.extensions["watcher"] = Watcher(cfg["WORKDIR"], cfg["WATCH_RULES"], runner,
                                         debounce=cfg["WATCH_DEBOUNCE"],

@@ -112,16 +112,17 @@ def parse_descriptions(text: str) -> dict[str, str]:
 class TargetCatalog:
     """The targets of one workspace, re-read only when a makefile (or the folder) changes."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, lock_mode: str = "workspace"):
         self.workdir = workdir
+        self.lock_mode = lock_mode
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self._makefiles: list[str] = []
         self._targets: list[Target] = []
 
     def _stamp(self, paths: list[str]) -> tuple:
-        stamp = []
-        for path in [".", *paths]:
+        stamp = []  # (make's own names: a makefile made or removed beside the one in use)
+        for path in dict.fromkeys(["GNUmakefile", "makefile", "Makefile", *paths]):
             try:
                 st = os.stat(os.path.join(self.workdir, path))
                 stamp.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
@@ -167,14 +168,18 @@ class TargetCatalog:
         """Hold the workspace's build lock while make reads the makefile; yields whether it is
         held. GNU make remakes included makefiles that have rules (`-include $(DEPS)` with a
         `%.d:` rule) before anything else, even with -q, so reading the targets runs those
-        recipes, which must not run beside a build. Exclusive, so in either WORKER_LOCK mode
-        no build runs meanwhile (a build that starts then is refused as busy and retried)."""
+        recipes, which must not run beside a build. With WORKER_LOCK=workspace the lock is
+        exclusive: no build runs meanwhile (one that starts then is refused as busy and
+        retried). With `target`, builds of different targets run side by side and each remakes
+        those makefiles itself; the listing is one more of them (shared), kept only from a
+        build that holds the whole workspace."""
+        kind = fcntl.LOCK_EX if self.lock_mode == "workspace" else fcntl.LOCK_SH
         fd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             deadline = time.monotonic() + wait
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, kind | fcntl.LOCK_NB)
                     held = True
                     break
                 except BlockingIOError:

@@ -1,5 +1,8 @@
 """Targets and their `##` descriptions, read through the real make."""
 
+import fcntl
+import os
+
 import pytest
 
 from worker.makefile import MakefileError, TargetCatalog, parse_descriptions
@@ -33,6 +36,44 @@ def test_it_rereads_when_the_makefile_changes(tmp_path):
     assert [t.name for t in catalog.targets()] == ["a"]
     (tmp_path / "Makefile").write_text("a:\n\t@true\nb: ## new\n\t@true\n")
     assert [t.name for t in catalog.targets()] == ["a", "b"]
+
+
+def _held(folder, kind):
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, kind)
+    return fd  # a build holding the workspace, until closed
+
+
+def test_while_a_build_holds_the_workspace_only_a_makefile_change_makes_the_list_stale(tmp_path):
+    """A build writing any file in the folder changed its mtime, which was in the stamp: every
+    such build turned the list stale. Only makefiles count now."""
+    (tmp_path / "Makefile").write_text("a:\n\t@true\n")
+    catalog = TargetCatalog(str(tmp_path))
+    assert catalog.read() == (catalog.targets(), False)
+    fd = _held(tmp_path, fcntl.LOCK_EX)
+    try:
+        (tmp_path / "out.txt").write_text("built")
+        assert catalog.read()[1] is False
+        (tmp_path / "Makefile").write_text("a:\n\t@true\nb:\n\t@true\n")
+        listed, stale = catalog.read()
+        assert stale is True and [t.name for t in listed] == ["a"]
+    finally:
+        os.close(fd)
+    listed, stale = catalog.read()
+    assert stale is False and [t.name for t in listed] == ["a", "b"]
+
+
+def test_with_target_locks_the_list_is_read_beside_other_targets_builds(tmp_path):
+    (tmp_path / "Makefile").write_text("a:\n\t@true\n")
+    catalog = TargetCatalog(str(tmp_path), lock_mode="target")
+    catalog.targets()
+    fd = _held(tmp_path, fcntl.LOCK_SH)  # how a build holds the folder in this mode
+    try:
+        (tmp_path / "GNUmakefile").write_text("g:\n\t@true\n")  # make reads this one first
+        listed, stale = catalog.read()
+        assert stale is False and [t.name for t in listed] == ["g"]
+    finally:
+        os.close(fd)
 
 
 def test_a_broken_makefile_is_a_clear_error(tmp_path):

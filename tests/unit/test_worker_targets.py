@@ -83,6 +83,8 @@ def test_a_list_the_worker_calls_stale_refuses_nothing(pool, lister):
     lister.stale = True
     assert pool.lacks_target(None, "nope") is None
     assert pool.targets() == [{"name": "site", "description": ""}]
+    assert pool.lacks_target(None, "site") is None
+    assert lister.calls == 1  # kept, for the targets it has: not a worker call a trigger
 
 
 def test_a_slow_listing_lets_triggers_through_after_the_wait_and_runs_once(pool, lister):
