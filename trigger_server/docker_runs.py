@@ -240,7 +240,9 @@ class DockerTransport:
                 "workdir": _workdir(opts, attrs) if attrs else opts.workdir}
 
     # --- targets ---------------------------------------------------------------------------
-    def targets(self, worker: Worker) -> list[dict]:
+    def targets(self, worker: Worker) -> tuple[list[dict], bool]:
+        """The container's targets, and whether they are the list read before the build now
+        running there (see _targets)."""
         opts, name = parse_entry(worker.configured), container_name(worker)
         try:
             attrs = self._inspect(name)
@@ -253,13 +255,21 @@ class DockerTransport:
         except makefile.MakefileError as exc:
             raise WorkerError(f"container {name}: {exc}") from None
 
-    def _targets(self, attrs: dict, opts: Options) -> list[dict]:
-        """The buildable targets, read with make in the container (cached for CACHE_TTL)."""
+    def _targets(self, attrs: dict, opts: Options,
+                 run_id: str | None = None) -> tuple[list[dict], bool]:
+        """The buildable targets, read with make in the container (cached for CACHE_TTL), and
+        whether they are stale: reading them may remake included makefiles (GNU make does,
+        even under -q), which must not happen beside a build, so while another run builds
+        there the list read before is kept. `run_id`: the run about to start, itself."""
         workdir, (user, _) = _workdir(opts, attrs), self._build_user(attrs, opts)
         key = ("targets", attrs["Id"], workdir, user)
         cached = self._cache.get(key)
         if cached and time.monotonic() - cached[0] < CACHE_TTL:
-            return cached[1]  # type: ignore[return-value]
+            return cached[1], False  # type: ignore[return-value]
+        with self._lock:
+            building = self._busy.get(attrs["Id"])
+        if cached and building not in (None, run_id):
+            return cached[1], True  # type: ignore[return-value]
         code, out, err = self._exec(attrs, ["make", "-C", workdir, "-pRrq", "--", ":"], user,
                                     env={"LC_ALL": "C"})
         if code in (126, 127) and b"\n# Files" not in out:
@@ -274,7 +284,7 @@ class DockerTransport:
         found = [{"name": n, "description": docs.get(n, "")} for n in names
                  if rules.target_allowed(n, opts.targets)]
         self._cache[key] = (time.monotonic(), found)
-        return found
+        return found, False
 
     # --- start -----------------------------------------------------------------------------
     def start_run(self, worker: Worker, run_id: str, target: str, variables: dict,
@@ -313,7 +323,7 @@ class DockerTransport:
             if not probe.leader and not probe.setsid:
                 raise WorkerRejected(f"container {name} runs exec'd commands in a shared process "
                                      "group and has no setsid (util-linux) to give make its own")
-            known = {t["name"] for t in self._targets(attrs, opts)}
+            known = {t["name"] for t in self._targets(attrs, opts, run_id)[0]}
         except DockerProblem as exc:
             raise (WorkerRejected if exc.missing else WorkerError)(str(exc)) from None
         except makefile.MakefileError as exc:

@@ -216,7 +216,7 @@ class WorkerClient:
         """The worker's targets, and whether they may be out of date (a build held its
         workspace when its makefile had changed: a target added since is not listed yet)."""
         if worker.url.startswith(DOCKER_SCHEME):
-            return self.docker.targets(worker), False
+            return self.docker.targets(worker)
         body = self._json(self._call("GET", worker, "/targets",
                                      timeout=(CONNECT_TIMEOUT, 30)), worker)
         return body["targets"], body.get("stale") is True

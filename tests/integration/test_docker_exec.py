@@ -377,3 +377,37 @@ def test_output_waits_for_a_reader_that_pauses_and_arrives_whole(stack, containe
 
     assert run["state"] == "succeeded"
     assert text.count(b"x") == lines * 99
+
+
+REMAKING = """\
+deps.mk: Makefile
+\t@echo remade >> remade.log; echo '# deps' > deps.mk
+-include deps.mk
+slow:
+\t@echo start; sleep 12; echo done
+"""
+
+
+def test_a_containers_targets_are_not_read_beside_its_build(stack, containers):
+    """Reading the targets (`make -pRrq`) remakes included makefiles that have a rule: while a
+    build runs in the container, the list read before is kept instead, and a target added to
+    the makefile meanwhile is built once the container is free."""
+    ws = stack.workspace(makefile=REMAKING)
+    for p in [Path(ws), *Path(ws).rglob("*")]:
+        os.chown(p, *OWNER)
+    box = containers(ws)
+    controller(stack, f"docker://{box.name}")
+    healthy(stack)
+    job_id = stack.trigger("slow")["id"]
+    wait_for(lambda: "start" in stack.log(job_id), timeout=30, what="make to start")
+    remade = Path(ws) / "remade.log"
+    before = remade.read_text()
+    with open(f"{ws}/Makefile", "a") as f:
+        f.write("fresh:\n\t@echo fresh built\n")
+    time.sleep(5.5)  # past the container's list's cache (CACHE_TTL) and the controller's
+    assert "slow" in [t["name"] for t in stack.get("/targets")["targets"]]
+    assert remade.read_text() == before, "deps.mk was remade beside the build"
+    fresh = stack.post(json={"target": "fresh", "wait": 60})
+    assert fresh.status_code == 200, fresh.text
+    assert stack.job(job_id)["state"] == "succeeded"
+    assert "fresh built" in stack.log(fresh.json()["id"])
