@@ -257,9 +257,11 @@ def create_job():
                                               start_here=wait >= START_HERE_WAIT)
         status = 202
         if wait:
-            job = _dispatcher().wait_for_end(job.id, max(0.0, deadline - time.monotonic()),
-                                             gone=hang_up_check())
-            status = WAIT_STATUS.get(job.state, 202)
+            ended = _dispatcher().wait_for_end(job.id, max(0.0, deadline - time.monotonic()),
+                                               gone=hang_up_check())
+            if ended is None:  # forgotten meanwhile (a very small TRIGGER_KEEP_JOBS)
+                abort(404, f"job {job.id} ended and was forgotten (TRIGGER_KEEP_JOBS)")
+            job, status = ended, WAIT_STATUS.get(ended.state, 202)
     finally:
         if wait:
             slots.give()

@@ -8,7 +8,8 @@ script tells a failed build from a failed trigger:
     64   usage error (bad options or arguments)
     65   rejected by the server (bad target, variable, token...)
     69   server unreachable, or it answered with a server error or as too busy (429); while
-         following a job (--wait, --follow) only once that has lasted GIVE_UP seconds
+         following a job (--wait, --follow) only once unreachable or failing for GIVE_UP
+         seconds (too busy to stream, it is waited for)
     124  timed out (--timeout elapsed, or the job hit its own time limit)
     125  the job was cancelled or lost, or failed without an exit status
 """
@@ -93,8 +94,9 @@ def job_exit(job: dict) -> int:
 def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
     """Stream the job's log (printing it if `echo`) until it ends; the job's final JSON. A
     stream that breaks or goes quiet is taken up again at once from where it was; a server that
-    cannot be reached, fails or is too busy to stream is tried again with growing pauses, its
-    job looked at meanwhile, until GIVE_UP seconds of that (or the deadline) end the follow."""
+    cannot be reached, fails or is too busy to stream is tried again with growing pauses (its
+    job looked at meanwhile: one that answers that is waited for), until GIVE_UP seconds of
+    that (or the deadline) end the follow."""
     offset = 0
     trouble_since: float | None = None
     pause = BACKOFF[0]
@@ -128,8 +130,9 @@ def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
             if job is not None and job["state"] not in ("queued", "running"):
                 return job  # (its log's end unprinted: the server had no room to send it)
             now = time.monotonic()
-            trouble_since = trouble_since or now
-            if now - trouble_since >= GIVE_UP:
+            # A server that answers, only too busy to stream, is waited for however long.
+            trouble_since = None if job is not None else trouble_since or now
+            if trouble_since is not None and now - trouble_since >= GIVE_UP:
                 raise Abort(f"{exc} (for {GIVE_UP:g} s; the job goes on: trigger status "
                             f"{job_id})", EXIT_UNREACHABLE) from None
             wait = exc.retry_after or pause

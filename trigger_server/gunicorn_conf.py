@@ -62,7 +62,8 @@ def _answer_waits_on_stop(worker):
     job's end answer with the job as it is, log follows end, and nothing new is started, fired
     or sent: gunicorn waits for open requests (graceful_timeout, then cuts them off without an
     answer), and a process whose master was killed outlives its requests, holding the port and
-    the database. (gunicorn's own worker_exit hook runs in the master, not here.) What is queued
+    the database. (gunicorn's worker_exit hook runs only after its graceful period, too late
+    for this.) What is queued
     stays queued in the database for the next controller; what runs goes on in its worker."""
     while worker.alive and worker.ppid == os.getppid():
         time.sleep(0.5)

@@ -218,7 +218,15 @@ def on_push(host: Host, target: str, push: Push):
     _check_makefile_has(host, target)
     store = current_app.extensions["store"]
     keys = [key for key in (push.delivery, push.signed) if key is not None]
-    new = [key for key in keys if store.record_delivery(host.name, key)]
+    new: list[str] = []
+    try:
+        for key in keys:
+            if store.record_delivery(host.name, key):
+                new.append(key)
+    except StoreError:  # none of them stays recorded: the host's redelivery may queue it
+        for key in new:
+            store.forget_delivery(host.name, key)
+        raise
     if len(new) < len(keys):  # the same delivery id, or the same signed body, as before
         for key in new:
             store.forget_delivery(host.name, key)

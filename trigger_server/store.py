@@ -508,16 +508,19 @@ class Store:
         """Forget ended jobs older than the newest `keep` jobs, with their logs, oldest first,
         as many as about `batch_bytes` of log in one transaction (so no write waits long);
         how many were forgotten. A job with a notification still to send stays until it is
-        sent; a queued or running one stays whatever its age."""
+        sent; a queued or running one stays whatever its age, and so does the last ended job
+        of each target (TRIGGER_NOTIFY_ON=change compares the next end with it)."""
         with self._tx() as db:
             cut = db.execute("SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET ?",
                              (keep,)).fetchone()
             if cut is None:
                 return 0
             rows = db.execute(
-                "SELECT id, log_size FROM jobs WHERE id <= ? AND state IN "
+                "SELECT id, log_size FROM jobs AS j WHERE id <= ? AND state IN "
                 "('succeeded', 'failed', 'cancelled', 'lost') AND id NOT IN "
-                "(SELECT job_id FROM notifications) ORDER BY id LIMIT 500", (cut[0],)).fetchall()
+                "(SELECT job_id FROM notifications) AND EXISTS (SELECT 1 FROM jobs AS later "
+                "WHERE later.target = j.target AND later.id > j.id AND later.state NOT IN "
+                "('queued', 'running')) ORDER BY id LIMIT 500", (cut[0],)).fetchall()
             ids, size = [], 0
             for job_id, log_size in rows:
                 if ids and size + log_size > batch_bytes:

@@ -8,7 +8,7 @@ import threading
 import pytest
 import requests
 
-from .procs import free_port
+from .procs import free_port, wait_for
 
 
 def trigger(stack, *args, url=None, timeout=60):
@@ -139,19 +139,27 @@ def test_following_an_unreachable_server_backs_off_then_exits_69(monkeypatch, ca
     assert 3 <= len(calls) <= 6  # tries after 0.5, 1, 2 s of pause; not hundreds
 
 
-def test_a_server_too_busy_to_stream_the_log_is_waited_for_not_a_refusal(module_stack):
+def test_a_server_too_busy_to_stream_the_log_is_waited_for_not_a_refusal(
+        module_stack, monkeypatch, capsys):
     """Every wait slot taken: the log follow of `--wait` is answered 429. That exited 65
-    ("rejected") for a job that had been accepted and then succeeded."""
+    ("rejected") for a job that had been accepted and then succeeded; nor may it end as
+    "unreachable" after GIVE_UP while the server answers about the job."""
+    from trigger_server import cli
+
+    monkeypatch.setattr(cli, "GIVE_UP", 0.5)  # far less than the 429s last
     ws = module_stack.workspace("busy")
     server = module_stack.server([module_stack.worker(ws, name="busy", WORKER_VARS="SECS")],
                                  db=str(module_stack.tmp / "busy.db"), TRIGGER_MAX_WAITERS=1)
     holder = threading.Thread(target=lambda: requests.post(
-        f"{server.url}/jobs", json={"target": "slow", "vars": {"SECS": "2"}, "wait": 60},
+        f"{server.url}/jobs", json={"target": "slow", "vars": {"SECS": "8"}, "wait": 60},
         timeout=60))
     holder.start()
     try:
-        out = trigger(module_stack, "run", "ok", "--wait", url=server.url)
-        assert out.returncode == 0, out.stderr
-        assert "succeeded" in out.stderr
+        wait_for(lambda: requests.get(f"{server.url}/jobs", timeout=10).json()["jobs"],
+                 what="the holder's job, which holds the only wait slot")
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["--url", server.url, "run", "ok", "--wait"])
+        assert exit_.value.code == 0, capsys.readouterr().err
+        assert "succeeded" in capsys.readouterr().err
     finally:
         holder.join(60)

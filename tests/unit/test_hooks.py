@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.test_webhooks import GITLAB_TOKEN, SECRET, github_push, gitlab_push, sign
 from trigger_server import create_app, hooks
-from trigger_server.store import JobState
+from trigger_server.store import JobState, StoreError
 
 
 # --- signatures and tokens --------------------------------------------------------------------
@@ -100,6 +100,25 @@ def test_a_form_encoded_delivery_is_read_from_its_payload_field(app, client):
     assert resp.status_code == 202 and resp.json["target"] == "site"
 
 
+def test_a_database_error_between_the_two_records_leaves_neither(app, client, monkeypatch):
+    """The delivery id and the body's digest are recorded one after the other: an id left
+    recorded without its job refused GitHub's redelivery as a duplicate, losing the push."""
+    store = app.extensions["store"]
+    real, calls = store.record_delivery, []
+
+    def failing_second(provider, key):
+        calls.append(key)
+        if len(calls) == 2:
+            raise StoreError("database write failed: database or disk is full")
+        return real(provider, key)
+
+    body = json.dumps(github_push("main")).encode()
+    monkeypatch.setattr(store, "record_delivery", failing_second)
+    assert github(client, None, body=body, delivery="r-1").status_code == 503
+    monkeypatch.setattr(store, "record_delivery", real)
+    assert github(client, None, body=body, delivery="r-1").status_code == 202  # redelivered
+
+
 def test_webhooks_have_their_own_body_limit_and_the_api_keeps_its_own(tmp_path):
     app = make_app(tmp_path, MAX_HOOK_BODY=500_000, GITLAB_TOKEN="")
     client = app.test_client()
@@ -111,8 +130,8 @@ def test_webhooks_have_their_own_body_limit_and_the_api_keeps_its_own(tmp_path):
     assert resp.status_code == 413 and "TRIGGER_MAX_HOOK_BODY" in resp.json["error"]
     resp = client.post("/jobs", json={"target": "site", "pad": "x" * 100_000})
     assert resp.status_code == 413 and "(TRIGGER_MAX_BODY)" in resp.json["error"]
-    resp = client.post("/hooks/gitlab", data=b"x" * 100_000)  # off: no big body for anyone
-    assert resp.status_code in (404, 413)
+    assert hooks.body_limit("/hooks/gitlab", app.config) is None  # off: no big body for anyone
+    assert hooks.body_limit("/hooks/github", app.config) == (500_000, "TRIGGER_MAX_HOOK_BODY")
 
 
 def test_a_push_without_a_delivery_id_still_queues(app, client):

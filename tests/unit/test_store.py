@@ -375,6 +375,17 @@ def test_pruning_forgets_old_ended_jobs_and_their_logs_only(store):
     assert store.read_log(newest[0]) == b"new\n" and store.read_log(notified) == b"x"
 
 
+def test_pruning_keeps_the_last_ended_job_of_each_target(store):
+    """TRIGGER_NOTIFY_ON=change compares a job's end with the target's last one: a rarely
+    built target whose jobs were all pruned would never be notified of a change."""
+    rare, _ = store.create_job("rare", {}, None, "api")
+    store.finish(rare.id, JobState.SUCCEEDED, 0, None)
+    ids = [_job(store, n, JobState.SUCCEEDED) for n in range(5)]
+    assert store.prune_jobs(keep=1) == 4
+    assert sorted(j.id for j in store.list_jobs()) == [rare.id, ids[-1]]
+    assert store.previous_state("rare", 10**6) is JobState.SUCCEEDED
+
+
 def test_pruning_goes_a_batch_of_log_bytes_at_a_time(store):
     ids = [_job(store, n, JobState.SUCCEEDED, b"x" * 1000) for n in range(5)]
     assert store.prune_jobs(keep=0, batch_bytes=2500) == 2  # 2,000 bytes; a third: over
