@@ -21,7 +21,8 @@ from .workers import WorkerClient, WorkerPool
 def create_app(config: dict | None = None) -> Flask:
     """The controller app. Settings: defaults, then TRIGGER_* variables, then `config`.
 
-    The dispatcher, the scheduler, the checkpointer and the notifier are created here but
+    The dispatcher, the scheduler, the checkpointer, the notifier and the history's pruner
+    are created here but
     started by the gunicorn hook (or a test), never at import time: threads do not survive
     gunicorn's fork.
     """

@@ -6,12 +6,14 @@ script tells a failed build from a failed trigger:
     0    the build succeeded (or, without --wait, the job was accepted)
     N    with --wait: make's own exit status when the build failed
     64   usage error (bad options or arguments)
-    65   rejected by the server (bad target, variable, token...)
+    65   rejected by the server or by the CLI's own checks (bad target, variable, token...), or
+         with --wait by the worker when the job started
     69   server unreachable, or it answered with a server error or as too busy (429); while
-         following a job (--wait, --follow) only once unreachable or failing for GIVE_UP
-         seconds (too busy to stream, it is waited for)
+         following a job (--wait, --follow, log --follow) only once unreachable or failing
+         for GIVE_UP seconds (too busy to stream, it is waited for)
     124  timed out (--timeout elapsed, or the job hit its own time limit)
     125  the job was cancelled or lost, or failed without an exit status
+    130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ setup_logging(loglevel)
 
 def post_worker_init(worker):
     """Take the database (one controller each), then start the dispatcher, the scheduler, the
-    checkpointer and (if anything is to be sent) the notifier in the serving process (threads
-    do not survive a fork)."""
+    checkpointer, the history's pruner (with TRIGGER_KEEP_JOBS) and (if anything is to be
+    sent) the notifier in the serving process (threads do not survive a fork)."""
     try:
         worker.wsgi.extensions["db_lock"] = db_lock.hold(worker.wsgi.config["DB"])
     except db_lock.DatabaseInUse as exc:

@@ -1,6 +1,7 @@
 """Keeping the job history bounded: with TRIGGER_KEEP_JOBS set, a thread forgets the oldest
 ended jobs beyond that many, with their logs, once a minute and at start, a batch at a time so
-that triggers and builds never wait long for the database."""
+that triggers and builds never wait long for the database. Jobs with a notification still to
+send stay, and so does the last ended job of each target (Store.prune_jobs)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Each endpoint is off (404) unless its secret is configured, and checks the host's signature
 (GitHub) or token (GitLab) in constant time before anything of the request is parsed. Each
-delivery id is recorded, so a redelivered push never queues twice. Secrets and signatures are
+delivery id is recorded, and for GitHub (whose id is not signed) a digest of the signed body
+too, so a redelivered or replayed push never queues twice. Secrets and signatures are
 never logged, stored or echoed.
 """
 

@@ -1,4 +1,5 @@
-"""Requests that hold a server thread while a job runs (a `wait`, a followed log): the bound on
+"""Requests that hold a server thread a while (a `wait`, a followed log, a stored log over
+LOG_CHUNK sent in pieces): the bound on
 how many may (WaitSlots), telling a client that has hung up, and following a job's log as plain
 text or server-sent events until the job ends."""
 

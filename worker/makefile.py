@@ -110,7 +110,8 @@ def parse_descriptions(text: str) -> dict[str, str]:
 
 
 class TargetCatalog:
-    """The targets of one workspace, re-read only when a makefile (or the folder) changes."""
+    """The targets of one workspace, re-read only when a makefile changes (make's own makefile
+    names, and those it read)."""
 
     def __init__(self, workdir: str, lock_mode: str = "workspace"):
         self.workdir = workdir
