@@ -35,6 +35,15 @@ other:
 """
 
 
+def remaking_makefile(secs: int) -> str:
+    """An included makefile with a rule, which GNU make remakes (appending to remade.log) even
+    when only asked for its database; and `slow`, a build of `secs` seconds."""
+    return ("deps.mk: Makefile\n"
+            "\t@echo remade >> remade.log; echo '# deps' > deps.mk\n"
+            "-include deps.mk\n"
+            f"slow:\n\t@echo start; sleep {secs}; echo done\n")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

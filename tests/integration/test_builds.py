@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from .procs import MAKEFILE, TOKEN, wait_for
+from .procs import MAKEFILE, TOKEN, remaking_makefile, wait_for
 
 
 def test_it_runs_a_target_and_keeps_its_log(stack):
@@ -219,13 +219,7 @@ def test_a_hung_up_follower_is_noticed_while_another_job_logs(stack):
     assert stack.job(quiet["id"])["state"] == "running"
 
 
-REMAKING = """\
-deps.mk: Makefile
-\t@echo remade >> remade.log; echo '# deps' > deps.mk
--include deps.mk
-slow:
-\t@echo start; sleep 3; echo done
-"""
+REMAKING = remaking_makefile(3)
 
 
 def test_reading_the_targets_never_remakes_included_makefiles_beside_a_build(stack):

@@ -20,7 +20,7 @@ import docker.errors
 import pytest
 import requests
 
-from .procs import Proc, wait_for
+from .procs import Proc, remaking_makefile, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN_IMAGE = "maketrigger-base:bookworm"
@@ -379,13 +379,7 @@ def test_output_waits_for_a_reader_that_pauses_and_arrives_whole(stack, containe
     assert text.count(b"x") == lines * 99
 
 
-REMAKING = """\
-deps.mk: Makefile
-\t@echo remade >> remade.log; echo '# deps' > deps.mk
--include deps.mk
-slow:
-\t@echo start; sleep 12; echo done
-"""
+REMAKING = remaking_makefile(12)
 
 
 def test_a_containers_targets_are_not_read_beside_its_build(stack, containers):
