@@ -51,12 +51,15 @@ _SECRET_NAME = re.compile(r"TRIGGER_\w*(TOKEN|SECRET)")
 
 # A word of a value (values are split at whitespace by a recipe that uses them unquoted, as
 # most do) that starts with '-' would be read as an option by the program it is passed to:
-# `find $(DIR)` with DIR=". -exec rm {} +".
-_OPTION_WORD = re.compile(r"(?:^|\s)-")
+# `find $(DIR)` with DIR=". -exec rm {} +"; '+' and '@' are options to some (`date +FMT`,
+# gcc's `@file` reads more arguments from a file).
+_OPTION_WORD = re.compile(r"(?:^|\s)[-+@]")
 # Besides letters and digits, the only characters a value may hold: none that a shell reads as
 # quoting (\-exec is -exec once the shell has read it), expansion ({x,-rf}, *, ?, [, ~), a
-# comment (#) or syntax, so a value reaches a recipe as the words it shows.
-VALUE_PUNCTUATION = frozenset(" \t_.,:/@%+=-")
+# comment (#) or syntax, so a value reaches a recipe as the words it shows; and no '=', so that
+# no word is an assignment to a make the recipe runs (`$(MAKE) -C docs $(FORMATS)` with
+# FORMATS="html SHELL=/bin/x" would set that make's SHELL).
+VALUE_PUNCTUATION = frozenset(" \t_.,:/@%+-")
 
 _VALUE_FORBIDDEN = {
     "$": "'$' (a $(shell ...) value executes)",
@@ -180,11 +183,11 @@ def check_var_value(name: str, value: object) -> str:
     odd = sorted({c for c in value if not c.isalnum() and c not in VALUE_PUNCTUATION})
     if odd:
         raise RuleError(f"value of {name} must not contain {' '.join(odd)!r}: only letters, "
-                        "digits, spaces and _ . , : / @ % + = - (the shell of a recipe reads "
-                        "the others)")
+                        "digits, spaces and _ . , : / @ % + - (the shell of a recipe, or a "
+                        "make it runs, reads the others)")
     if _OPTION_WORD.search(value):
-        raise RuleError(f"value of {name} must not start a word with '-' (a recipe that passes "
-                        "it on would give the program an option)")
+        raise RuleError(f"value of {name} must not start a word with '-', '+' or '@' (a recipe "
+                        "that passes it on would give the program an option)")
     return value
 
 
