@@ -219,30 +219,20 @@ def on_push(host: Host, target: str, push: Push):
     _check_makefile_has(host, target)
     store = current_app.extensions["store"]
     keys = [key for key in (push.delivery, push.signed) if key is not None]
-    new: list[str] = []
-    try:
-        for key in keys:
-            if store.record_delivery(host.name, key):
-                new.append(key)
-    except StoreError:  # none of them stays recorded: the host's redelivery may queue it
-        for key in new:
-            store.forget_delivery(host.name, key)
-        raise
-    if len(new) < len(keys):  # the same delivery id, or the same signed body, as before
-        for key in new:
-            store.forget_delivery(host.name, key)
-        replayed = push.delivery is None or push.delivery in new
+    if keys and not store.record_delivery(host.name, *keys):  # all of them, or none
+        # the same delivery id, or the same signed body, as before
+        replayed = push.delivery is None or not store.delivery_seen(host.name, push.delivery)
         shown = "with the same signed body as an earlier one" if replayed else push.delivery
         log.info("%s delivery %s seen before: not queued again", host.title, shown)
         return _ignored(f"duplicate delivery {shown}")
     try:
         job, coalesced = current_app.extensions["dispatcher"].submit(target, {}, None, SOURCE)
     except StoreError:
-        for key in keys:  # let the host's redelivery try again
-            store.forget_delivery(host.name, key)
+        if keys:  # let the host's redelivery try again
+            store.forget_delivery(host.name, *keys)
         raise
-    for key in keys:
-        store.delivery_job(host.name, key, job.id)
+    if keys:
+        store.delivery_job(host.name, job.id, *keys)
     log.info("%s push to %s (delivery %s): job %s%s", host.title, branch, push.delivery,
              job.id, " (coalesced)" if coalesced else "")
     resp = jsonify({**job.to_dict(), "coalesced": coalesced})

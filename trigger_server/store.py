@@ -97,6 +97,10 @@ DELIVERY_DAYS = 30  # webhook delivery ids are remembered this long, to refuse r
 TRUNCATION_MARKER = b"\n*** maketrigger: log truncated here: it reached TRIGGER_MAX_LOG_BYTES ***\n"
 
 
+class _SeenBefore(Exception):
+    """A webhook delivery's key was recorded before (Store.record_delivery)."""
+
+
 class JobState(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -594,31 +598,42 @@ class Store:
         return Job.from_row(row), coalesced
 
     # --- webhook deliveries ---------------------------------------------------------------
-    def record_delivery(self, provider: str, delivery: str) -> bool:
-        """Remember a webhook delivery id; False if it was seen before (a redelivery). Ids older
-        than DELIVERY_DAYS are forgotten (at most once an hour): git hosts redeliver only
-        recent deliveries (GitHub: the past 3 days)."""
+    def record_delivery(self, provider: str, *keys: str) -> bool:
+        """Remember a webhook delivery by its keys (its id; a digest of its body), in one
+        transaction; False, recording none, if any was seen before (a redelivery, a replay).
+        Keys older than DELIVERY_DAYS are forgotten (at most once an hour): git hosts
+        redeliver only recent deliveries (GitHub: the past 3 days)."""
         now = time.time()
-        with self._tx() as db:
-            if now - self._deliveries_pruned > 3600:
-                db.execute("DELETE FROM deliveries WHERE received_at < ?",
-                           (now - DELIVERY_DAYS * 86400,))
-                self._deliveries_pruned = now
-            cur = db.execute("INSERT OR IGNORE INTO deliveries (provider, delivery, received_at) "
-                             "VALUES (?, ?, ?)", (provider, delivery, now))
-            return cur.rowcount == 1
+        try:
+            with self._tx() as db:
+                if now - self._deliveries_pruned > 3600:
+                    db.execute("DELETE FROM deliveries WHERE received_at < ?",
+                               (now - DELIVERY_DAYS * 86400,))
+                    self._deliveries_pruned = now
+                for key in keys:
+                    cur = db.execute("INSERT OR IGNORE INTO deliveries (provider, delivery, "
+                                     "received_at) VALUES (?, ?, ?)", (provider, key, now))
+                    if cur.rowcount != 1:
+                        raise _SeenBefore  # rolls back the keys inserted before it
+        except _SeenBefore:
+            return False
+        return True
 
-    def forget_delivery(self, provider: str, delivery: str) -> None:
+    def delivery_seen(self, provider: str, key: str) -> bool:
+        return bool(self._read("SELECT 1 FROM deliveries WHERE provider = ? AND delivery = ?",
+                               (provider, key)))
+
+    def forget_delivery(self, provider: str, *keys: str) -> None:
         """Forget a delivery whose job could not be queued, so a redelivery may queue it."""
         with self._tx() as db:
-            db.execute("DELETE FROM deliveries WHERE provider = ? AND delivery = ? "
-                       "AND job_id IS NULL", (provider, delivery))
+            db.executemany("DELETE FROM deliveries WHERE provider = ? AND delivery = ? "
+                           "AND job_id IS NULL", [(provider, key) for key in keys])
 
-    def delivery_job(self, provider: str, delivery: str, job_id: int) -> None:
+    def delivery_job(self, provider: str, job_id: int, *keys: str) -> None:
         """Note which job a delivery queued."""
         with self._tx() as db:
-            db.execute("UPDATE deliveries SET job_id = ? WHERE provider = ? AND delivery = ?",
-                       (job_id, provider, delivery))
+            db.executemany("UPDATE deliveries SET job_id = ? WHERE provider = ? AND delivery = ?",
+                           [(job_id, provider, key) for key in keys])
 
     # --- logs ----------------------------------------------------------------------------
     def append_log(self, job_id: int, offset: int, data: bytes) -> int:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from urllib.parse import urlencode
 
 import pytest
 
 from tests.integration.test_webhooks import GITLAB_TOKEN, SECRET, github_push, gitlab_push, sign
 from trigger_server import create_app, hooks
-from trigger_server.store import JobState, StoreError
+from trigger_server.store import JobState
 
 
 # --- signatures and tokens --------------------------------------------------------------------
@@ -100,22 +101,19 @@ def test_a_form_encoded_delivery_is_read_from_its_payload_field(app, client):
     assert resp.status_code == 202 and resp.json["target"] == "site"
 
 
-def test_a_database_error_between_the_two_records_leaves_neither(app, client, monkeypatch):
-    """The delivery id and the body's digest are recorded one after the other: an id left
+def test_a_database_error_between_the_two_records_leaves_neither(app, client, tmp_path):
+    """The delivery id and the body's digest were recorded one after the other: an id left
     recorded without its job refused GitHub's redelivery as a duplicate, losing the push."""
-    store = app.extensions["store"]
-    real, calls = store.record_delivery, []
-
-    def failing_second(provider, key):
-        calls.append(key)
-        if len(calls) == 2:
-            raise StoreError("database write failed: database or disk is full")
-        return real(provider, key)
-
     body = json.dumps(github_push("main")).encode()
-    monkeypatch.setattr(store, "record_delivery", failing_second)
+    db = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    db.execute("CREATE TRIGGER full BEFORE INSERT ON deliveries WHEN NEW.delivery LIKE 'sha256:%' "
+               "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    db.execute("CREATE TRIGGER stuck BEFORE DELETE ON deliveries "  # an undo fails alike
+               "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
     assert github(client, None, body=body, delivery="r-1").status_code == 503
-    monkeypatch.setattr(store, "record_delivery", real)
+    db.execute("DROP TRIGGER full")
+    db.execute("DROP TRIGGER stuck")
+    db.close()
     assert github(client, None, body=body, delivery="r-1").status_code == 202  # redelivered
 
 
