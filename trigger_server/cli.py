@@ -141,9 +141,14 @@ def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
             pause = min(pause * 2, BACKOFF[1])
             time.sleep(wait if left is None else max(0.0, min(wait, left)))
             continue
-        trouble_since, pause = None, BACKOFF[0]
+        trouble_since = None
         if job["state"] not in ("queued", "running"):
             return job
+        if offset > start:
+            pause = BACKOFF[0]
+        else:  # the stream ended with nothing, its job not: a stopping server ends follows
+            time.sleep(pause if left is None else max(0.0, min(pause, left)))
+            pause = min(pause * 2, BACKOFF[1])
 
 
 def _look(api: Api, job_id: int) -> dict | None:

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import requests
@@ -163,3 +164,37 @@ def test_a_server_too_busy_to_stream_the_log_is_waited_for_not_a_refusal(
         assert "succeeded" in capsys.readouterr().err
     finally:
         holder.join(60)
+
+
+def test_a_stopping_server_that_ends_every_follow_at_once_is_not_hammered():
+    """A controller that is stopping answers a log follow at once, with nothing, while the job
+    runs on: the CLI asked again without a pause (265 follows in 3 s)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from trigger_server import cli
+
+    asked = []
+
+    class Stopping(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            asked.append(self.path)
+            body = b"" if "/log" in self.path else b'{"id": 7, "state": "running"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stopping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = cli.Api(f"http://127.0.0.1:{server.server_address[1]}", "")
+        with pytest.raises(cli.Abort) as stopped:
+            cli.follow(api, 7, deadline=time.monotonic() + 3, echo=False)
+        assert stopped.value.code == cli.EXIT_TIMEOUT
+        follows = [p for p in asked if "/log" in p]
+        assert 2 <= len(follows) <= 6, len(follows)  # after pauses of 0.5, 1, 2 s
+    finally:
+        server.shutdown()
