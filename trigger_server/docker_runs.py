@@ -55,6 +55,7 @@ START_WAIT = 10.0  # seconds for a started container to be running
 POLL = 0.5  # the watcher's tick: time limits, SIGKILL after the grace
 EXEC_CHECK = 2.0  # seconds between looks at whether make still runs (its output may stay open)
 LINGER = 2.0  # after make ended, its output is read until none came for this long
+FIRST_LINE_PATIENCE = 30.0  # ... and, if its first line (make's group) was not read yet, longer
 QUIET = 2.0  # a log stream with nothing new returns; the dispatcher asks get_run, then again
 DAEMON_PATIENCE = 60.0  # an unreachable daemon for this long during a build: the run is lost
 CHUNK = 64 * 1024
@@ -493,9 +494,13 @@ class DockerTransport:
                     run.log.append(b"\n*** maketrigger: the output stream broke; the rest of "
                                    b"make's output is lost\n", force=True)
             progress = None  # make ended; its output may still be coming, or being read
-            while not run.pumped.wait(LINGER) and run.log.progress() != progress:
+            first_line_by = time.monotonic() + FIRST_LINE_PATIENCE
+            while not run.pumped.wait(LINGER) and (run.log.progress() != progress or (
+                    run.pgid is None and time.monotonic() < first_line_by)):
                 progress = run.log.progress()
-            # (no progress for LINGER: what make started may hold the stream open; close it)
+            # (no progress for LINGER: what make started may hold the stream open; close it.
+            # Not before the first line was read, though: on a loaded machine the pump may not
+            # have read anything yet, and closing then made a finished make "did not start".)
         except Exception as exc:
             log.exception("run %s: lost track of the exec", run.id)
             return self._finish(run, None, "lost", f"the controller lost track of the build: "
