@@ -1,7 +1,7 @@
 """Keeping the job history bounded: with TRIGGER_KEEP_JOBS set, a thread forgets the oldest
 ended jobs beyond that many, with their logs, once a minute and at start, a batch at a time so
 that triggers and builds never wait long for the database. Jobs with a notification still to
-send stay, and so does the last ended job of each target (Store.prune_jobs)."""
+send stay, and so does a job whose target's next job has not ended (Store.prune_jobs)."""
 
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ class Pruner:
 
     def prune(self) -> int:
         """Forget what is beyond `keep` now; how many jobs were forgotten."""
-        total = 0
+        total, after = 0, 0
         while not self._stop.is_set():
-            done = self.store.prune_jobs(self.keep)
-            if not done:
-                break
+            done, after = self.store.prune_jobs(self.keep, after=after)
             total += done
+            if not after:
+                break
             self._stop.wait(PAUSE)
         self.forgotten += total
         return total

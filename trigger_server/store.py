@@ -97,6 +97,15 @@ DELIVERY_DAYS = 30  # webhook delivery ids are remembered this long, to refuse r
 TRUNCATION_MARKER = b"\n*** maketrigger: log truncated here: it reached TRIGGER_MAX_LOG_BYTES ***\n"
 
 
+# A job (as `j`) the history may forget: ended, with nothing left to send, and not the job its
+# target's next end is compared with (the target's next job has ended too).
+_PRUNABLE = (
+    "state IN ('succeeded', 'failed', 'cancelled', 'lost') "
+    "AND id NOT IN (SELECT job_id FROM notifications) "
+    "AND (SELECT n.state FROM jobs AS n WHERE n.target = j.target AND n.id > j.id "
+    "ORDER BY n.id LIMIT 1) IN ('succeeded', 'failed', 'cancelled', 'lost')")
+
+
 class _SeenBefore(Exception):
     """A webhook delivery's key was recorded before (Store.record_delivery)."""
 
@@ -508,35 +517,39 @@ class Store:
             log.exception("cannot tell whether to notify of job %s", job.id)
             return []
 
-    def prune_jobs(self, keep: int, batch_bytes: int = 64 * 1024 * 1024) -> int:
-        """Forget ended jobs older than the newest `keep` jobs, with their logs, oldest first,
-        as many as about `batch_bytes` of log in one transaction (so no write waits long);
-        how many were forgotten. A job with a notification still to send stays until it is
-        sent; a queued or running one stays whatever its age, and so does the last ended job
-        of each target (TRIGGER_NOTIFY_ON=change compares the next end with it)."""
-        with self._tx() as db:
-            cut = db.execute("SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET ?",
-                             (keep,)).fetchone()
-            if cut is None:
-                return 0
-            rows = db.execute(
-                "SELECT id, log_size FROM jobs AS j WHERE id <= ? AND state IN "
-                "('succeeded', 'failed', 'cancelled', 'lost') AND id NOT IN "
-                "(SELECT job_id FROM notifications) AND EXISTS (SELECT 1 FROM jobs AS later "
-                "WHERE later.target = j.target AND later.id > j.id AND later.state NOT IN "
-                "('queued', 'running')) ORDER BY id LIMIT 500", (cut[0],)).fetchall()
-            ids, size = [], 0
-            for job_id, log_size in rows:
-                if ids and size + log_size > batch_bytes:
-                    break
-                ids.append(job_id)
-                size += log_size
-            if not ids:
-                return 0
-            marks = ",".join("?" * len(ids))
-            db.execute(f"DELETE FROM log_chunks WHERE job_id IN ({marks})", ids)
-            db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
-        return len(ids)
+    def prune_jobs(self, keep: int, batch_bytes: int = 64 * 1024 * 1024,
+                   after: int = 0) -> tuple[int, int]:
+        """Forget ended jobs older than the newest `keep` jobs, with their logs, oldest first
+        (from id `after` on), as many as about `batch_bytes` of log in one transaction (so no
+        write waits long): (how many were forgotten, the id to go on `after`; 0 when done).
+        A job with a notification still to send stays until it is sent; a queued or running
+        one stays whatever its age, and so does a job whose target's next job has not ended
+        (TRIGGER_NOTIFY_ON=change compares that job's end with it). The candidates are read
+        outside the write transaction, which only checks them again and deletes."""
+        cut = self._read("SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,))
+        if not cut:
+            return 0, 0
+        rows = self._read(
+            f"SELECT id, log_size FROM jobs AS j WHERE id > ? AND id <= ? AND {_PRUNABLE} "
+            "ORDER BY id LIMIT 500", (after, cut[0][0]))
+        if not rows:
+            return 0, 0
+        ids, size = [], 0
+        for row in rows:
+            if ids and size + row["log_size"] > batch_bytes:
+                break
+            ids.append(row["id"])
+            size += row["log_size"]
+        last = ids[-1]  # where the next batch goes on
+        marks = ",".join("?" * len(ids))
+        with self._tx() as db:  # (what changed since the read stays)
+            ids = [r[0] for r in db.execute(
+                f"SELECT id FROM jobs AS j WHERE id IN ({marks}) AND {_PRUNABLE}", ids)]
+            if ids:
+                marks = ",".join("?" * len(ids))
+                db.execute(f"DELETE FROM log_chunks WHERE job_id IN ({marks})", ids)
+                db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+        return len(ids), last
 
     # --- notifications (queued by finish) -----------------------------------------------
     def due_notifications(self, now: float, limit: int = 100) -> list[tuple[int, int, str, int]]:

@@ -360,6 +360,16 @@ def _job(store, n, state=None, log=b"", notify=None):
     return job.id
 
 
+def prune(store, keep, **kw) -> int:
+    """Every batch prune_jobs has, as the history's pruner takes them."""
+    total, after = 0, 0
+    while True:
+        done, after = store.prune_jobs(keep, after=after, **kw)
+        total += done
+        if not after:
+            return total
+
+
 def test_pruning_forgets_old_ended_jobs_and_their_logs_only(store):
     store.notify_targets = lambda job: [job.notify] if job.notify else []
     running = _job(store, 0, JobState.RUNNING)
@@ -367,27 +377,33 @@ def test_pruning_forgets_old_ended_jobs_and_their_logs_only(store):
     old = [_job(store, n, JobState.SUCCEEDED, b"log %d\n" % n) for n in range(2, 8)]
     queued = _job(store, 8)
     newest = [_job(store, n, JobState.SUCCEEDED, b"new\n") for n in range(9, 11)]
-    assert store.prune_jobs(keep=3) == 6
-    assert store.prune_jobs(keep=3) == 0
+    assert prune(store, keep=3) == 5  # old[-1] stays: the queued job's end compares with it
+    assert prune(store, keep=3) == 0
     left = sorted(j.id for j in store.list_jobs(limit=100))
-    assert left == sorted([running, notified, queued, *newest])
-    assert all(store.get_job(i) is None and store.read_log(i) == b"" for i in old)
+    assert left == sorted([running, notified, old[-1], queued, *newest])
+    assert all(store.get_job(i) is None and store.read_log(i) == b"" for i in old[:-1])
     assert store.read_log(newest[0]) == b"new\n" and store.read_log(notified) == b"x"
 
 
-def test_pruning_keeps_the_last_ended_job_of_each_target(store):
-    """TRIGGER_NOTIFY_ON=change compares a job's end with the target's last one: a rarely
-    built target whose jobs were all pruned would never be notified of a change."""
+def test_pruning_keeps_the_job_a_targets_next_end_compares_with(store):
+    """TRIGGER_NOTIFY_ON=change compares a job's end with the target's last end before it: a
+    rarely built target whose jobs were all pruned, or a job that ended before an older one
+    still running, would never be notified of a change."""
     rare, _ = store.create_job("rare", {}, None, "api")
-    store.finish(rare.id, JobState.SUCCEEDED, 0, None)
-    ids = [_job(store, n, JobState.SUCCEEDED) for n in range(5)]
-    assert store.prune_jobs(keep=1) == 4
-    assert sorted(j.id for j in store.list_jobs()) == [rare.id, ids[-1]]
-    assert store.previous_state("rare", 10**6) is JobState.SUCCEEDED
+    store.finish(rare.id, JobState.FAILED, 2, None)
+    first = _job(store, 0, JobState.FAILED)
+    running = _job(store, 1, JobState.RUNNING)
+    later = _job(store, 2, JobState.SUCCEEDED)  # started later, ended first
+    ids = [_job(store, n, JobState.SUCCEEDED) for n in range(3, 8)]
+    assert prune(store, keep=1) == 5  # later and ids[:-1]
+    assert sorted(j.id for j in store.list_jobs()) == [rare.id, first, running, ids[-1]]
+    assert store.previous_state("rare", 10**6) is JobState.FAILED
+    assert store.previous_state("site", running) is JobState.FAILED
+    assert later not in [j.id for j in store.list_jobs()]
 
 
 def test_pruning_goes_a_batch_of_log_bytes_at_a_time(store):
     ids = [_job(store, n, JobState.SUCCEEDED, b"x" * 1000) for n in range(5)]
-    assert store.prune_jobs(keep=0, batch_bytes=2500) == 2  # 2,000 bytes; a third: over
-    assert store.prune_jobs(keep=0, batch_bytes=10) == 1  # at least one, however big
+    assert store.prune_jobs(keep=0, batch_bytes=2500)[0] == 2  # 2,000 bytes; a third: over
+    assert store.prune_jobs(keep=0, batch_bytes=10)[0] == 1  # at least one, however big
     assert [j.id for j in store.list_jobs()] == [ids[4], ids[3]]
