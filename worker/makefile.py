@@ -25,6 +25,7 @@ _MAKEFILE_LIST = re.compile(r"^MAKEFILE_LIST :?= (.*)$")
 
 
 QUIET_WAIT = 5.0  # seconds a first reading of the targets waits for a build to end
+REREAD_AFTER = 60.0  # seconds a list is taken as current while no makefile it names changed
 
 
 class MakefileError(RuntimeError):
@@ -120,6 +121,7 @@ class TargetCatalog:
         self._key: tuple | None = None
         self._makefiles: list[str] = []
         self._targets: list[Target] = []
+        self._read_at = 0.0  # when the list was read (time.monotonic())
 
     def _stamp(self, paths: list[str]) -> tuple:
         stamp = []  # (make's own names: a makefile made or removed beside the one in use)
@@ -137,17 +139,22 @@ class TargetCatalog:
 
     def read(self) -> tuple[list[Target], bool]:
         """The targets, and whether they may be stale: while a build holds the workspace, a
-        list read before it stays in use even if a makefile changed."""
+        list read before it stays in use even if a makefile changed. A list is also read again
+        once REREAD_AFTER old, when the workspace is free: a makefile included only if it
+        exists (`-include local.mk`, `$(wildcard mk/*.mk)`) is not among those make names
+        until it does, so its coming is not seen otherwise."""
         with self._lock:
-            if self._key is not None and self._key == self._stamp(self._makefiles):
+            unchanged = self._key is not None and self._key == self._stamp(self._makefiles)
+            if unchanged and time.monotonic() - self._read_at < REREAD_AFTER:
                 return self._targets, False
             with self._quiet_workspace(wait=0 if self._key is not None else QUIET_WAIT) as held:
                 if not held and self._key is not None:
-                    return self._targets, True
+                    return self._targets, not unchanged
                 if not held:
                     log.warning("reading the makefile while a build runs (none read before, "
                                 "and the workspace stayed busy for %g s): make may remake "
                                 "included makefiles beside that build", QUIET_WAIT)
+                began = time.time_ns()
                 database = read_database(self.workdir)
             names, makefiles = parse_targets(database)
             docs: dict[str, str] = {}
@@ -162,6 +169,9 @@ class TargetCatalog:
             self._targets = [Target(n, docs.get(n, "")) for n in names]
             self._makefiles = makefiles
             self._key = self._stamp(makefiles)
+            self._read_at = time.monotonic()
+            if any(part[1] is not None and part[1] >= began for part in self._key):
+                self._key = None  # a makefile changed while make read it: read it again
             return self._targets, False
 
     @contextmanager
@@ -175,7 +185,11 @@ class TargetCatalog:
         those makefiles itself; the listing is one more of them (shared), kept only from a
         build that holds the whole workspace."""
         kind = fcntl.LOCK_EX if self.lock_mode == "workspace" else fcntl.LOCK_SH
-        fd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise MakefileError(f"cannot open the workspace {self.workdir}: {exc.strerror}"
+                                ) from None
         try:
             deadline = time.monotonic() + wait
             while True:
@@ -188,6 +202,9 @@ class TargetCatalog:
                         held = False
                         break
                     time.sleep(0.05)
+                except OSError as exc:  # (no locks on this file system: builds fail alike)
+                    raise MakefileError(f"cannot lock the workspace {self.workdir}: "
+                                        f"{exc.strerror}") from None
             yield held
         finally:
             os.close(fd)  # lets go of the lock

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from worker import makefile
 from worker.makefile import MakefileError, TargetCatalog, parse_descriptions
 
 MAKEFILE = """\
@@ -85,3 +86,38 @@ def test_a_broken_makefile_is_a_clear_error(tmp_path):
 def test_both_comment_conventions_are_read():
     docs = parse_descriptions("## a: first\nb c: dep ## second\nV = 1 ## no\nW := 2 ## no\n")
     assert docs == {"a": "first", "b": "second", "c": "second"}
+
+
+def test_a_makefile_included_only_once_it_exists_is_read_within_a_minute(tmp_path, monkeypatch):
+    """`-include local.mk` names no file until local.mk exists, so its coming changed nothing
+    the list was stamped with: its targets never appeared until a worker restart."""
+    (tmp_path / "Makefile").write_text("all:\n\t@true\n-include local.mk\n")
+    catalog = TargetCatalog(str(tmp_path))
+    assert [t.name for t in catalog.targets()] == ["all"]
+    (tmp_path / "local.mk").write_text("deploy:\n\t@true\n")
+    assert [t.name for t in catalog.targets()] == ["all"]  # within REREAD_AFTER: as read
+    monkeypatch.setattr(makefile, "REREAD_AFTER", 0.0)
+    assert [t.name for t in catalog.targets()] == ["all", "deploy"]
+
+
+def test_a_makefile_changed_while_make_reads_it_is_read_again(tmp_path, monkeypatch):
+    (tmp_path / "Makefile").write_text("all:\n\t@true\n")
+    catalog = TargetCatalog(str(tmp_path))
+    real = makefile.read_database
+
+    def edited_meanwhile(workdir):
+        database = real(workdir)
+        with open(tmp_path / "Makefile", "a") as f:  # (a git pull landing during the read)
+            f.write("deploy:\n\t@true\n")
+        return database
+
+    monkeypatch.setattr(makefile, "read_database", edited_meanwhile)
+    assert [t.name for t in catalog.targets()] == ["all"]
+    monkeypatch.setattr(makefile, "read_database", real)
+    assert [t.name for t in catalog.targets()] == ["all", "deploy"]
+
+
+def test_a_workspace_that_cannot_be_opened_is_a_makefile_error(tmp_path):
+    catalog = TargetCatalog(str(tmp_path / "gone"))
+    with pytest.raises(MakefileError, match="cannot open the workspace"):
+        catalog.targets()
