@@ -199,6 +199,7 @@ class DockerTransport:
         self._lock = threading.Lock()
         self._runs: dict[str, DockerRun] = {}
         self._busy: dict[str, str] = {}  # container id -> the run building there
+        self._listing: dict[str, int] = {}  # container id -> readings of its makefile under way
         self._unusable: dict[str, float] = {}  # worker url -> since when (monotonic)
         self._cache: dict[tuple, tuple[float, object]] = {}
 
@@ -269,10 +270,19 @@ class DockerTransport:
             return cached[1], False  # type: ignore[return-value]
         with self._lock:
             building = self._busy.get(attrs["Id"])
-        if cached and building not in (None, run_id):
-            return cached[1], True  # type: ignore[return-value]
-        code, out, err = self._exec(attrs, ["make", "-C", workdir, "-pRrq", "--", ":"], user,
-                                    env={"LC_ALL": "C"})
+            if cached and building not in (None, run_id):
+                return cached[1], True  # type: ignore[return-value]
+            if building is None:  # a build does not start meanwhile (start_run)
+                self._listing[attrs["Id"]] = self._listing.get(attrs["Id"], 0) + 1
+        try:
+            code, out, err = self._exec(attrs, ["make", "-C", workdir, "-pRrq", "--", ":"],
+                                        user, env={"LC_ALL": "C"})
+        finally:
+            if building is None:
+                with self._lock:
+                    left = self._listing.pop(attrs["Id"]) - 1
+                    if left:
+                        self._listing[attrs["Id"]] = left
         if code in (126, 127) and b"\n# Files" not in out:
             raise makefile.MakefileError(f"cannot run make: {(out + err).decode(errors='replace')}")
         database = makefile.check_database(out, err)
@@ -304,6 +314,8 @@ class DockerTransport:
         with self._lock:
             if attrs["Id"] in self._busy:
                 raise WorkerBusy(f"container {name} is building run {self._busy[attrs['Id']]}")
+            if attrs["Id"] in self._listing:
+                raise WorkerBusy(f"container {name} is reading its makefile")
             self._busy[attrs["Id"]] = run_id
         try:
             return self._start(attrs, opts, run_id, target, variables, limit)
