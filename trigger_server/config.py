@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
 
 from worker.config import finite, log_level_problem
 
-from . import schedules
+from . import schedules, workers
 
 
 class ConfigError(RuntimeError):
@@ -122,19 +121,7 @@ def load(overrides: dict | None = None, environ=None) -> dict:
 
 def _check_worker_entry(entry: str) -> None:
     """A TRIGGER_WORKERS entry must at least be well formed; whether it answers is for later."""
-    if entry.startswith("docker://"):
-        from . import docker_workers  # the Docker SDK, only when a docker:// worker is configured
-        try:
-            docker_workers.parse_entry(entry)
-        except ValueError as exc:
-            raise ConfigError(f"TRIGGER_WORKERS: {exc}") from None
-        return
     try:
-        parts = urlsplit(entry.rstrip("/"))
-        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+        workers.check_entry(entry)
     except ValueError as exc:
-        raise ConfigError(f"TRIGGER_WORKERS: worker URL {entry!r}: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or \
-            parts.query or parts.fragment:
-        raise ConfigError(f"TRIGGER_WORKERS: worker URL {entry!r} must be http(s)://HOST[:PORT] "
-                          "or docker://NAME")
+        raise ConfigError(f"TRIGGER_WORKERS: {exc}") from None

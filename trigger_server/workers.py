@@ -110,15 +110,33 @@ class Worker:
                 "last_error": self.last_error}
 
 
+def check_entry(configured: str):
+    """The parts of a TRIGGER_WORKERS entry (None for docker://NAME); ValueError naming what
+    is wrong unless it is http(s)://HOST[:PORT] or docker://NAME[?options]."""
+    if configured.startswith(DOCKER_SCHEME):
+        from . import docker_workers  # the Docker SDK, only when a docker:// worker is configured
+
+        docker_workers.parse_entry(configured)
+        return None
+    parts = urlsplit(configured.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or \
+            parts.query or parts.fragment:
+        raise ValueError(f"worker URL {configured!r} must be http(s)://HOST[:PORT] or "
+                         "docker://NAME")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError as exc:
+        raise ValueError(f"worker URL {configured!r}: {exc}") from None
+    return parts
+
+
 def resolve(configured: str) -> list[Worker]:
     """The workers one configured base URL stands for; raises OSError if it cannot resolve."""
     if configured.startswith(DOCKER_SCHEME):
         from . import docker_workers  # the Docker SDK, only when a docker:// worker is configured
 
         return docker_workers.resolve(configured)
-    parts = urlsplit(configured.rstrip("/"))
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"worker URL {configured!r} must be http(s)://HOST[:PORT]")
+    parts = check_entry(configured)
     host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
     try:
         ipaddress.ip_address(host)

@@ -185,6 +185,7 @@ class Runner:
         self.kill_grace = kill_grace
         self.keep_runs = keep_runs
         self.keep_log_bytes = keep_log_bytes  # 0: no bound on the kept logs' size
+        self._environ = rules.build_environ(os.environ)  # make's, the same for every build
         self.host = socket.gethostname()
         self._lock = threading.Lock()
         self._active: dict[str, Run] = {}
@@ -358,7 +359,7 @@ class Runner:
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=logfd, stderr=subprocess.STDOUT,
                     cwd=self.workdir, start_new_session=True, pass_fds=tuple(fds), close_fds=True,
-                    env=rules.build_environ(os.environ))
+                    env=self._environ)
             finally:
                 os.close(logfd)
             run = Run(id=run_id, target=target, vars=variables, started_at=time.time(),
