@@ -64,7 +64,10 @@ UNREAD_PATIENCE = 60.0  # ... unless nobody has read for this long: then output 
 KEEP_RUNS = 200  # finished runs kept for get_run
 CACHE_TTL = 5.0  # targets and the container probe
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_PGID_LINE = re.compile(rb"maketrigger-pgid (\d+)")
+# The launcher's first line on stdout. Not always the first in the stream: stdout and stderr are
+# two pipes, and a make that fails at once may have its stderr line come first.
+_PGID_LINE = re.compile(rb"(?m)^maketrigger-pgid (\d+)\n")
+PGID_SEARCH = 4096  # bytes of output looked through for it
 
 # The fixed scripts. Request data only ever arrives as their arguments ("$1", "$@").
 # Launch: record the process group (the exec'd shell leads its own, or setsid made it), then
@@ -444,11 +447,10 @@ class DockerTransport:
             for chunk in stream:
                 if run.pgid is None and head is not None:
                     head += chunk
-                    if b"\n" not in head and len(head) < 256:
+                    m = _PGID_LINE.search(head)
+                    if m is None and len(head) < PGID_SEARCH:
                         continue
-                    line, _, rest = head.partition(b"\n")
-                    m = _PGID_LINE.fullmatch(line)
-                    chunk, head = (rest if m else head), None
+                    chunk, head = (head[:m.start()] + head[m.end():] if m else head), None
                     if m:
                         self._got_pgid(run, int(m[1]))
                 if chunk:

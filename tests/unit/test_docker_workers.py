@@ -165,3 +165,20 @@ def test_a_controller_without_docker_workers_never_loads_the_sdk(tmp_path):
                          timeout=60, check=True)
 
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("chunks", [
+    [b"maketrigger-pgid 28\nabout to fail\n", b"make: *** [Makefile:7: fail] Error 3\n"],
+    # stdout and stderr are two pipes: make's error may come before the launcher's first line
+    [b"make: *** [Makefile:7: fail] Error 3\n", b"maketrigger-pgid 28\nabout to fail\n"],
+    [b"make: *** [Makefile:7: fail] Error 3\nmaketrigger-pgid 2", b"8\nabout to fail\n"],
+], ids=["in order", "stderr first", "split"])
+def test_makes_process_group_is_read_wherever_its_line_comes(chunks):
+    """CI saw a failing build recorded as "make did not start" (no exit status): its stderr
+    line came first, and only the first line was looked at for the process group."""
+    run = dr.DockerRun(id="r", target="fail", vars={}, container="c", container_id="c",
+                       pidfile="/tmp/p", timeout=60, kill_grace=1)
+    dr.DockerTransport()._pump(run, iter(chunks))
+    assert run.pgid == 28
+    text = run.log.read(0, 1 << 20)
+    assert b"maketrigger-pgid" not in text and b"about to fail" in text and b"Error 3" in text
