@@ -186,6 +186,7 @@ class Runner:
         self.keep_runs = keep_runs
         self.keep_log_bytes = keep_log_bytes  # 0: no bound on the kept logs' size
         self._environ = rules.build_environ(os.environ)  # make's, the same for every build
+        self._make = rules.make_program(self._environ)
         self.host = socket.gethostname()
         self._lock = threading.Lock()
         self._active: dict[str, Run] = {}
@@ -357,9 +358,9 @@ class Runner:
             try:  # make cannot start (an OSError): the caller is told, and the id stays free
                 os.write(logfd, ("+ " + " ".join(argv) + "\n").encode())
                 proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=logfd, stderr=subprocess.STDOUT,
-                    cwd=self.workdir, start_new_session=True, pass_fds=tuple(fds), close_fds=True,
-                    env=self._environ)
+                    [self._make, *argv[1:]], stdin=subprocess.DEVNULL, stdout=logfd,
+                    stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
+                    pass_fds=tuple(fds), close_fds=True, env=self._environ)
             finally:
                 os.close(logfd)
             run = Run(id=run_id, target=target, vars=variables, started_at=time.time(),

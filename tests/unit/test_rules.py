@@ -108,6 +108,31 @@ def test_builds_get_the_environment_without_maketriggers_secrets():
         "HOME": "/h", "R_HOME": "/r", "WORKER_VARS": "V", "LC_ALL": "C"}
 
 
+def _fake_make(folder) -> str:
+    folder.mkdir()
+    make = folder / "make"
+    make.write_text("#!/bin/sh\n")
+    make.chmod(0o755)
+    return str(make)
+
+
+def test_make_is_found_once_in_the_builds_path(tmp_path):
+    """Each build then execs make at once, not each PATH entry in turn."""
+    first, second = _fake_make(tmp_path / "a"), _fake_make(tmp_path / "b")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert rules.make_program({"PATH": f"{empty}:{tmp_path / 'a'}:{tmp_path / 'b'}"}) == first
+    assert rules.make_program({"PATH": str(tmp_path / "b")}) == second
+    assert rules.make_program({"PATH": str(empty)}) == "make"  # looked up again at each start
+
+
+@pytest.mark.parametrize("path", [".:{bin}", "{bin}::/bin", "relative/bin:{bin}"])
+def test_a_relative_path_entry_leaves_make_to_be_found_at_each_start(tmp_path, path):
+    """Such an entry means a folder of the build's own (its cwd), not the worker's."""
+    _fake_make(tmp_path / "bin")
+    assert rules.make_program({"PATH": path.format(bin=tmp_path / "bin")}) == "make"
+
+
 @pytest.mark.parametrize("check,rule", [
     (lambda: rules.check_target_syntax("ok\ud800"), "target must not contain lone surrogates"),
     (lambda: rules.check_var_value("V", "a\udcff"), "value of V must not contain lone surrogates"),
