@@ -5,6 +5,7 @@ text or server-sent events until the job ends."""
 
 from __future__ import annotations
 
+import errno
 import json
 import select
 import socket
@@ -12,6 +13,8 @@ import threading
 import time
 
 from flask import request
+
+from .store import StoreError
 
 LOG_CHUNK = 256 * 1024
 KEEPALIVE = 15.0  # seconds between SSE comments while a followed log is quiet
@@ -92,6 +95,18 @@ def follow_log(store, dispatcher, tail, job_id: int, offset: int, sse: bool, gon
         tail.unfollow(job_id)
 
 
+class StreamCut(ConnectionResetError):
+    """Raised by a plain-text follow when the server stops before its job has ended: gunicorn
+    takes a connection reset for a client gone (logged at debug) and closes the connection
+    without the last chunk of the chunked body, so that curl exits 18 ("transfer closed with
+    outstanding read data remaining") instead of 0, and a proxy passes the cut on. Ending the
+    body normally made a follow that a restart cut short look like a build that had ended."""
+
+    def __init__(self):
+        super().__init__(errno.ECONNRESET, "the server is stopping before the job's end: "
+                         "follow again (from the offset reached) once it is back")
+
+
 def _follow_stored(store, dispatcher, tail, job_id: int, offset: int, sse: bool, gone):
     from_store = False
     # The wake-ups below come with any job's log or state, so the looks at the client and the
@@ -138,6 +153,17 @@ def _follow_stored(store, dispatcher, tail, job_id: int, offset: int, sse: bool,
         if sse and now - sent >= KEEPALIVE:
             yield b": keepalive\n\n"
             sent = now
+    if not sse and not _all_sent(store, job_id, offset):
+        raise StreamCut()  # (an SSE client knows the end by its `end` event, and resumes)
+
+
+def _all_sent(store, job_id: int, offset: int) -> bool:
+    """Whether the job has ended with its whole log sent, as far as can be told."""
+    try:
+        job = store.get_job(job_id)
+    except StoreError:
+        return False
+    return job is None or (job.state.ended and offset >= job.log_size)
 
 
 def _utf8_prefix(data: bytes) -> tuple[str, int]:

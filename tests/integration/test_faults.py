@@ -3,6 +3,7 @@
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -134,6 +135,31 @@ def test_a_stopping_controller_answers_its_waiting_requests(stack):
     server.proc.wait(30)
     assert time.monotonic() - started < 8
     assert "Traceback" not in server.output()  # the stop-watch stopped every thread cleanly
+
+
+def test_a_follow_cut_short_by_a_stopping_controller_does_not_look_ended(stack):
+    """`curl -N .../log?follow=1` exited 0 when a controller stopped mid-build, as when the
+    job had ended: the body now ends without HTTP's last chunk, and curl says so (exit 18).
+    A follow of a job that has ended still ends cleanly."""
+    server = stack.server([stack.worker()])
+    ended = stack.trigger("ok", wait=True)
+    done = subprocess.run(["curl", "-sSN", "--max-time", "20",
+                           f"{stack.url}/jobs/{ended['id']}/log?follow=1"],
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, done
+    job_id = stack.trigger("slow")["id"]
+    wait_for(lambda: "start" in stack.log(job_id), what="make to start")
+    with subprocess.Popen(["curl", "-sSN", "--max-time", "60",
+                           f"{stack.url}/jobs/{job_id}/log?follow=1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as curl:
+        head = b"".join(curl.stdout.readline() for _ in range(3))  # argv, make's folder, start
+        assert head.endswith(b"start\n"), head
+        os.kill(server.proc.pid, signal.SIGTERM)
+        out, err = curl.communicate(timeout=30)
+    assert curl.returncode == 18, (curl.returncode, out, err)  # CURLE_PARTIAL_FILE
+    assert b"outstanding read data" in err
+    server.proc.wait(30)
+    assert "Traceback" not in server.output()
 
 
 def test_a_controller_whose_master_was_killed_frees_the_port_and_database(stack):
