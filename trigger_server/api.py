@@ -8,7 +8,7 @@ import time
 from importlib import resources
 
 import requests
-from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, abort, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from worker import rules
@@ -16,7 +16,7 @@ from worker import rules
 from . import hooks
 from .dispatch import START_HERE_WAIT
 from .store import Job, JobState, StoreError
-from .waiting import LOG_CHUNK, TooBusy, follow_log, hang_up_check, released, stored_log
+from .waiting import LOG_CHUNK, TooBusy, follow_log, hang_up_check, stored_log, streamed
 
 bp = Blueprint("api", __name__)
 
@@ -341,12 +341,11 @@ def job_log(job_id: int):
             return Response(data, mimetype="text/plain")
         slots.take()
         chunks = stored_log(_store(), job_id, offset, end, data)
-        return Response(stream_with_context(released(chunks, slots)), mimetype="text/plain")
+        return streamed(chunks, slots, mimetype="text/plain")
     slots.take()
     chunks = follow_log(_store(), _dispatcher(), current_app.extensions["log_tail"], job_id,
                         offset, sse, hang_up_check())
-    return Response(stream_with_context(released(chunks, slots)),
-                    mimetype="text/event-stream" if sse else "text/plain",
+    return streamed(chunks, slots, mimetype="text/event-stream" if sse else "text/plain",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 
-from flask import request
+from flask import Response, request, stream_with_context
 
 from .store import StoreError
 
@@ -65,11 +65,23 @@ def hang_up_check():
     return lambda: hung_up(sock)
 
 
-def released(chunks, slots: WaitSlots):
+def streamed(chunks, slots: WaitSlots, **response) -> Response:
+    """A response that streams `chunks` and gives back the wait slot its request took once it
+    is closed. The server closes every response it was given, also one whose body it never
+    reads: werkzeug answers a HEAD without starting the generator, so a `finally` in it never
+    ran, and each HEAD of a followed (or long) log kept a slot for good."""
+    lock = threading.Lock()
+
+    def give() -> None:
+        if lock.acquire(blocking=False):  # once
+            slots.give()
     try:
-        yield from chunks
-    finally:
-        slots.give()
+        resp = Response(stream_with_context(chunks), **response)
+        resp.call_on_close(give)
+    except BaseException:
+        give()
+        raise
+    return resp
 
 
 def stored_log(store, job_id: int, offset: int, end: int, first: bytes):

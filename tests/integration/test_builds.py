@@ -200,6 +200,29 @@ def test_a_client_that_hung_up_gives_its_wait_slot_back(stack, how):
     assert stack.job(job["id"])["state"] == "running"  # long before the job has ended
 
 
+def test_a_head_of_a_followed_or_long_log_gives_its_wait_slot_back(stack):
+    """werkzeug answers a HEAD without starting the body's generator, whose `finally` gave the
+    slot back: two HEADs of a follow took both slots for good, and every wait after them was
+    refused with 429."""
+    big = "big:\n\t@head -c 600000 /dev/zero | tr '\\0' x\n"
+    worker = stack.worker(stack.workspace(makefile=MAKEFILE + big), WORKER_LOCK="target",
+                          WORKER_VARS="SECS")
+    server = stack.server([worker], TRIGGER_MAX_WAITERS=2)
+    job = stack.post(json={"target": "slow", "vars": {"SECS": "60"}}).json()
+    stack.wait_state(job["id"], "running")
+    long_log = stack.post(json={"target": "big", "wait": True}).json()
+    assert long_log["log_size"] > 256 * 1024  # sent in pieces, holding a slot meanwhile
+    for path in [f"/jobs/{job['id']}/log?follow=1"] * 2 + [f"/jobs/{long_log['id']}/log"] * 2:
+        resp = stack.http.head(f"{server.url}{path}", timeout=10)
+        assert resp.status_code == 200, resp
+    resp = stack.post(json={"target": "ok", "wait": 10})
+    assert resp.status_code == 200, resp.text
+    with stack.http.get(f"{server.url}/jobs/{long_log['id']}/log", stream=True,
+                        timeout=10) as resp:
+        assert resp.status_code == 200 and sum(map(len, resp.iter_content(1 << 16))) == \
+            long_log["log_size"]
+
+
 def test_a_hung_up_follower_is_noticed_while_another_job_logs(stack):
     """Followers wake whenever any job logs; the look at the client keeps its own clock, so a
     busy neighbour does not keep a gone client's slot."""
