@@ -357,8 +357,8 @@ class Runner:
         try:
             try:  # make cannot start (an OSError): the caller is told, and the id stays free
                 os.write(logfd, ("+ " + " ".join(argv) + "\n").encode())
-                proc = subprocess.Popen(
-                    [self._make, *argv[1:]], stdin=subprocess.DEVNULL, stdout=logfd,
+                proc = subprocess.Popen(  # argv[0] stays `make`: it is what $(MAKE) says
+                    argv, executable=self._make, stdin=subprocess.DEVNULL, stdout=logfd,
                     stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
                     pass_fds=tuple(fds), close_fds=True, env=self._environ)
             finally:

@@ -304,3 +304,16 @@ def test_exited_tells_an_end_from_a_timeout_and_leaves_the_exit_code(monkeypatch
     finally:
         slow.kill()
         slow.wait()
+
+
+def test_recipes_see_make_as_make_though_it_is_found_once(tmp_path):
+    """make is exec'd by its absolute path (rules.make_program), but its argv[0] stays `make`:
+    that is what $(MAKE) says, in every recursive make line a build log shows."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "Makefile").write_text("show:\n\t@echo 'MAKE=$(MAKE)'\n")
+    runner = Runner(str(ws), str(tmp_path / "state"))
+    assert os.path.isabs(runner._make)
+    run = wait_done(runner.start("1", "show", {}, None))
+    with open(runner.log_path(run.id)) as f:
+        assert "MAKE=make\n" in f.read()
