@@ -111,8 +111,10 @@ class StreamCut(ConnectionResetError):
     """Raised by a plain-text follow when the server stops before its job has ended: gunicorn
     takes a connection reset for a client gone (logged at debug) and closes the connection
     without the last chunk of the chunked body, so that curl exits 18 ("transfer closed with
-    outstanding read data remaining") instead of 0, and a proxy passes the cut on. Ending the
-    body normally made a follow that a restart cut short look like a build that had ended."""
+    outstanding read data remaining") instead of 0, and a proxy that speaks HTTP/1.1 to the
+    controller passes the cut on (over HTTP/1.0 there is no chunking: the close looks like an
+    end). Ending the body normally made a follow that a restart cut short look like a build
+    that had ended."""
 
     def __init__(self):
         super().__init__(errno.ECONNRESET, "the server is stopping before the job's end: "
