@@ -242,6 +242,8 @@ class DockerTransport:
             runs = [r for c, r in self._busy.items() if c == container_id]
         return {"ok": True, "busy": bool(runs), "runs": runs, "lock": "workspace",
                 "job_timeout": opts.timeout,
+                # what the API checks a trigger's variables against, as for agent workers
+                "vars": list(opts.vars), "vars_setting": "the entry's vars=",
                 "workdir": _workdir(opts, attrs) if attrs else opts.workdir}
 
     # --- targets ---------------------------------------------------------------------------

@@ -83,6 +83,7 @@ class Worker:
     lock: str = "workspace"
     job_timeout: float | None = None
     vars: frozenset[str] | None = None  # its WORKER_VARS, once it said (health checks)
+    vars_setting: str = "WORKER_VARS"  # where that list is set, for messages
     checked_at: float | None = None
     gone: bool = False
     blocked_until: float = 0.0
@@ -430,6 +431,7 @@ class WorkerPool:
             worker.job_timeout = info.get("job_timeout")
             allowed = info.get("vars")
             worker.vars = frozenset(allowed) if isinstance(allowed, list) else None
+            worker.vars_setting = info.get("vars_setting") or "WORKER_VARS"
             self._take_watch_events(worker, info.get("watch"))
             if not was_healthy:
                 log.info("worker %s healthy", worker.url)
@@ -530,11 +532,11 @@ class WorkerPool:
         if not variables:
             return None
         with self.lock:
-            lists = [w.vars for w in self._workers.values()
+            lists = [(w.vars, w.vars_setting) for w in self._workers.values()
                      if w.matches(selector) and w.healthy and w.vars is not None]
         try:
-            for allowed in lists:
-                rules.check_vars_allowed(variables, allowed)
+            for allowed, setting in lists:
+                rules.check_vars_allowed(variables, allowed, setting=setting)
         except rules.RuleError as exc:
             return str(exc)
         return None

@@ -187,11 +187,13 @@ def test_the_input_rules_of_workers_hold(stack, workspace, containers):
     refused = stack.post(json={"target": "ok", "vars": {"MSG": "x"}, "wait": 30})
     listed = stack.post(json={"target": "marker", "wait": 30})
 
-    assert refused.status_code == 422
-    assert "variable MSG refused" in refused.json()["error"]
-    assert "vars=" in refused.json()["error"]
+    # Refused up front (400, no job), as for agent workers: the job failed (422) before.
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == ("variable MSG refused: this worker accepts no "
+                                       "variables (the entry's vars= is empty)")
     assert listed.status_code == 400
     assert "not a target the worker offers" in listed.json()["error"]
+    assert stack.get("/jobs")["jobs"] == []
     assert not (Path(workspace) / "marker.txt").exists()
 
 
