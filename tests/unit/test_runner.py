@@ -317,3 +317,26 @@ def test_recipes_see_make_as_make_though_it_is_found_once(tmp_path):
     run = wait_done(runner.start("1", "show", {}, None))
     with open(runner.log_path(run.id)) as f:
         assert "MAKE=make\n" in f.read()
+
+
+def test_a_stopped_build_reads_terminated_not_makes_lost_wait(tmp_path):
+    """SIGTERM to make's whole group at once often made GNU make 4.3 lose the race to reap its
+    recipe's shell: "make: *** wait: No child processes.  Stop." and exit status 2 in the log
+    of a job that was cancelled or timed out. make now gets it first."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "Makefile").write_text("slow:\n\t@echo start; sleep 30; echo done\n")
+    runner = Runner(str(ws), str(tmp_path / "state"), kill_grace=5)
+    for i in range(5):
+        run = runner.start(str(i), "slow", {}, None)
+        deadline = time.monotonic() + 10
+        while b"start" not in open(runner.log_path(run.id), "rb").read():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        runner.cancel(run.id)
+        wait_done(run)
+        with open(runner.log_path(run.id)) as f:
+            text = f.read()
+        assert "No child processes" not in text, text
+        assert "[Makefile:2: slow] Terminated" in text, text
+        assert (run.state, run.exit_code) == (RunState.CANCELLED, None)
