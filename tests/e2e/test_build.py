@@ -97,3 +97,16 @@ def test_make_runs_as_the_workspaces_owner_not_root(fresh, workspace_owner):
     assert {int(p[1]) for p in makes} == {workspace_owner[0]}
     assert f"uid {workspace_owner[0]}" in worker.logs().decode()
     assert fresh.wait_for_job(job["id"])["state"] == "succeeded"
+
+
+def test_the_cli_in_the_controllers_image_as_the_quick_start_runs_it(fresh):
+    """README: `docker compose exec controller trigger run site --wait` (no pip install on the
+    host, whose system pip may refuse; the CLI finds the controller and its token itself)."""
+    ok = fresh.compose("exec", "-T", "controller", "trigger", "run", "site", "--wait",
+                       check=False, timeout=180)
+    failed = fresh.compose("exec", "-T", "controller", "trigger", "run", "broken", "--wait",
+                           check=False, timeout=180)
+
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "succeeded" in ok.stderr
+    assert failed.returncode == 2, failed.stdout + failed.stderr

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -329,8 +330,9 @@ def test_a_stopped_build_reads_terminated_not_makes_lost_wait(tmp_path):
     runner = Runner(str(ws), str(tmp_path / "state"), kill_grace=5)
     for i in range(5):
         run = runner.start(str(i), "slow", {}, None)
+        log_path = runner.log_path(run.id)
         deadline = time.monotonic() + 10
-        while b"start" not in open(runner.log_path(run.id), "rb").read():
+        while b"start" not in Path(log_path).read_bytes():
             assert time.monotonic() < deadline
             time.sleep(0.01)
         runner.cancel(run.id)
