@@ -105,7 +105,11 @@ def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
     while True:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            raise Abort(f"job {job_id} still running after --timeout", EXIT_TIMEOUT)
+            job = _look(api, job_id)
+            if job is not None and job["state"] not in ("queued", "running"):
+                return job  # it ended just now (the end of its log may be unprinted)
+            state = f"still {job['state']}" if job else "not known to have ended"
+            raise Abort(f"job {job_id} {state} after --timeout", EXIT_TIMEOUT)
         read_timeout = 20 if left is None else max(0.1, min(left, 20))
         try:
             resp = api.call("GET", f"/jobs/{job_id}/log", timeout=read_timeout, stream=True,

@@ -87,8 +87,15 @@ def test_timeout_bounds_the_wait_and_exits_124(cli_stack):
     out = trigger(cli_stack, "run", "slow", "--wait", "--timeout", "0.5")
     assert out.returncode == 124 and "--timeout" in out.stderr
     job_id = int(out.stderr.split()[1].rstrip(":"))
-    assert trigger(cli_stack, "cancel", str(job_id)).returncode == 0
-    assert cli_stack.wait_state(job_id)["state"] == "cancelled"
+    assert f"job {job_id} still running after --timeout" in out.stderr
+    # A job that waits behind it is said to be queued, not running.
+    queued = trigger(cli_stack, "run", "chatty", "--wait", "--timeout", "0.5")
+    assert queued.returncode == 124
+    queued_id = int(queued.stderr.split()[1].rstrip(":"))
+    assert f"job {queued_id} still queued after --timeout" in queued.stderr, queued.stderr
+    for job in (job_id, queued_id):
+        assert trigger(cli_stack, "cancel", str(job)).returncode == 0
+        assert cli_stack.wait_state(job)["state"] == "cancelled"
 
 
 def test_a_job_time_limit_exits_124_and_a_cancel_125(cli_stack):
