@@ -147,6 +147,10 @@ def _job_request() -> dict:
         if assignments:
             body["vars"] = dict(rules.parse_assignment(a) for a in assignments)
         unknown = set(form) - JOB_FIELDS - {"var"}
+        if any(key.lstrip().startswith("{") for key in unknown):
+            abort(400, "the body looks like JSON but came as a form (curl -d sends "
+                       "application/x-www-form-urlencoded): add -H 'Content-Type: "
+                       "application/json', or send fields, e.g. -d target=site")
         if unknown:
             abort(400, f"unknown field(s): {', '.join(sorted(unknown))}")
         for key in ("wait", "timeout"):

@@ -188,6 +188,11 @@ def test_values_reach_make_as_literal_text(stack):
     ({"data": b"\xff\xfe", "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
     ({"json": ["ok"]}, 400, "JSON object"),
     ({"json": {"target": "ok", "bogus": 1}}, 400, "unknown field"),
+    ({"data": {"target": "ok", "bogus": "1"}}, 400, "unknown field(s): bogus"),
+    # `curl -d '{"target": "ok"}'` without a JSON Content-Type: told what to add
+    ({"data": b'{"target": "ok"}',
+      "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 400,
+     "add -H 'Content-Type: application/json'"),
     ({"json": {"target": "nope"}}, 400, "not a target"),
     ({"json": {"target": "ok", "wait": "soon"}}, 400, "wait"),
     ({"json": {"target": "ok", "timeout": 0}}, 400, "timeout"),
