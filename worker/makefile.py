@@ -41,8 +41,16 @@ class Target:
         return {"name": self.name, "description": self.description}
 
 
+DEFAULT_MAKEFILES = ("GNUmakefile", "makefile", "Makefile")  # what make reads, in its order
+
+
 def read_database(workdir: str, timeout: float = 30) -> str:
-    """make's printed database for `workdir`, without running any recipe (`-pRrq`)."""
+    """make's printed database for `workdir`, without running any recipe (`-pRrq`). A folder
+    without a makefile is an error, not an empty list: make prints a database all the same,
+    and a mistyped or unmounted workspace looked like a makefile without targets."""
+    if not any(os.path.isfile(os.path.join(workdir, name)) for name in DEFAULT_MAKEFILES):
+        raise MakefileError(f"there is no makefile ({', '.join(DEFAULT_MAKEFILES)}) in "
+                            f"{workdir}: is the right folder mounted there?")
     try:
         proc = subprocess.run(
             ["make", "-C", workdir, "-pRrq", "--", ":"], stdin=subprocess.DEVNULL,
@@ -125,7 +133,7 @@ class TargetCatalog:
 
     def _stamp(self, paths: list[str]) -> tuple:
         stamp = []  # (make's own names: a makefile made or removed beside the one in use)
-        for path in dict.fromkeys(["GNUmakefile", "makefile", "Makefile", *paths]):
+        for path in dict.fromkeys([*DEFAULT_MAKEFILES, *paths]):
             try:
                 st = os.stat(os.path.join(self.workdir, path))
                 stamp.append((path, st.st_mtime_ns, st.st_size, st.st_ino))

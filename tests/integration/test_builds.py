@@ -148,6 +148,20 @@ def test_the_worker_api_speaks_the_documented_contract(stack):
     assert requests.get(f"{w.url}/runs/nope", headers=auth, timeout=10).status_code == 404
 
 
+def test_a_workspace_without_a_makefile_is_named_as_such(stack):
+    """A mistyped or unmounted WORKSPACE: make prints a database there all the same, so the
+    folder looked like a makefile without targets ("not a target the worker offers")."""
+    empty = stack.tmp / "empty"
+    empty.mkdir()
+    stack.server([stack.worker(str(empty))])
+    resp = stack.post(json={"target": "site", "wait": 10})
+    assert resp.status_code == 422, resp.text  # as a broken makefile's job (below)
+    assert resp.json()["state"] == "failed"
+    assert resp.json()["error"].endswith(
+        f"there is no makefile (GNUmakefile, makefile, Makefile) in {empty}: is the right "
+        "folder mounted there?")
+
+
 def test_a_broken_makefile_fails_the_job_with_makes_message(stack):
     ws = stack.workspace()
     stack.server([stack.worker(ws)])
