@@ -50,7 +50,8 @@ class Api:
 
     def call(self, method: str, path: str, timeout: float = 30, **kw) -> requests.Response:
         try:
-            resp = self.session.request(method, self.url + path, timeout=(5, timeout), **kw)
+            resp = self.session.request(method, self.url + path,
+                                        timeout=(min(5, timeout), timeout), **kw)
         except requests.Timeout as exc:
             raise Abort(f"server {self.url} did not answer in time: {exc}",
                         EXIT_UNREACHABLE) from None
@@ -93,6 +94,9 @@ def job_exit(job: dict) -> int:
     return EXIT_ENDED
 
 
+LAST_LOOK = 2.0  # seconds the look at a job's state may take once --timeout has elapsed
+
+
 def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
     """Stream the job's log (printing it if `echo`) until it ends; the job's final JSON. A
     stream that breaks or goes quiet is taken up again at once from where it was; a server that
@@ -105,7 +109,7 @@ def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
     while True:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            job = _look(api, job_id)
+            job = _look(api, job_id, timeout=LAST_LOOK)  # not a wait beyond --timeout
             if job is not None and job["state"] not in ("queued", "running"):
                 return job  # it ended just now (the end of its log may be unprinted)
             state = f"still {job['state']}" if job else "not known to have ended"
@@ -155,10 +159,10 @@ def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
             pause = min(pause * 2, BACKOFF[1])
 
 
-def _look(api: Api, job_id: int) -> dict | None:
-    """The job, if the server answers at all."""
+def _look(api: Api, job_id: int, timeout: float = 30) -> dict | None:
+    """The job, if the server answers at all (within `timeout` seconds)."""
     try:
-        return api.json("GET", f"/jobs/{job_id}")
+        return api.json("GET", f"/jobs/{job_id}", timeout=timeout)
     except Abort:
         return None
 

@@ -80,6 +80,7 @@ class Run:
     # In memory only:
     done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     end_state: RunState | None = field(default=None, repr=False, compare=False)
+    group_gone: threading.Event | None = field(default=None, repr=False, compare=False)
     end_reason: str | None = field(default=None, repr=False, compare=False)
     reported: bool = field(default=False, repr=False, compare=False)
 
@@ -160,6 +161,25 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 TERM_LEAD = 0.02  # seconds between SIGTERM to make and to its whole group (Runner._stop)
+GROUP_POLL = 0.05  # seconds between looks at whether a stopped build's group has ended
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. Zombies do not count: they hold nothing
+    (no file, no lock), and an orphan's may wait long for its reaper (PID 1; 1.7 s here)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone is there, though not ours to signal
+        return True
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _proc_stat(int(name))  # state, ppid, pgrp, ...
+            if fields and len(fields) > 2 and fields[2] == str(pgid) and \
+                    fields[0] not in ("Z", "X"):
+                return True
+    return False
 
 
 def kill_group(pgid: int, sig: int) -> bool:
@@ -390,7 +410,10 @@ class Runner:
             if not exited(proc, run.timeout):
                 self._stop(run, RunState.FAILED, f"timed out after {run.timeout:g} s")
             code = proc.wait()
-            kill_group(proc.pid, signal.SIGKILL)  # what make left behind in its group
+            if run.end_state is None:
+                kill_group(proc.pid, signal.SIGKILL)  # what make left behind in its group
+            else:  # stopped: its group gets SIGTERM too, and the run ends once it is gone
+                run.group_gone.wait(TERM_LEAD + self.kill_grace + 5)
         except Exception:
             log.exception("run %s: lost track of make", run.id)
             self._finish(run, None, RunState.LOST, "the worker lost track of make")
@@ -429,29 +452,40 @@ class Runner:
         log.info("run %s: make %s %s (%s)", run.id, run.target, state.value, error or "ok")
 
     def _stop(self, run: Run, state: RunState, reason: str) -> None:
-        """SIGTERM make, then at once its whole process group, then SIGKILL the group after
-        the grace period. make goes first: given SIGTERM together with its recipe's shell, GNU
-        make 4.3 often lost the race to reap it and ended with "make: *** wait: No child
-        processes.  Stop." and exit status 2 (17 times in 20 stops of `echo; sleep` here, none
-        in 60 with make first), instead of "make: *** [Makefile:2: slow] Terminated"."""
+        """SIGTERM make, then (TERM_LEAD later) its whole process group, then SIGKILL what is
+        left of the group once the grace period has passed. make goes first: given SIGTERM
+        together with its recipe's shell, GNU make 4.3 often lost the race to reap it and ended
+        with "make: *** wait: No child processes.  Stop." and exit status 2 (17 times in 20
+        stops of `echo; sleep` here, none in 60 with make first) instead of "make: *** [Makefile:2:
+        slow] Terminated". The group still gets its SIGTERM, also once make has ended (make
+        passes it on to its own children only): a sub-make deletes the target it was writing."""
         if run.done.is_set() or run.end_state is not None:
             return
+        run.group_gone = threading.Event()  # set by _end_group; the run ends after it
         run.end_state, run.end_reason = state, reason
         try:
             os.kill(run.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+        except PermissionError as exc:  # the group's signals below still reach the rest
+            log.warning("run %s: cannot signal make (pid %s): %s", run.id, run.pid, exc)
+        threading.Thread(target=self._end_group, args=(run,), name=f"kill-{run.id}",
+                         daemon=True).start()
 
-        def escalate() -> None:
-            if run.done.wait(TERM_LEAD):
-                return  # make has ended, and its group was killed behind it (_wait)
+    def _end_group(self, run: Run) -> None:
+        try:
+            time.sleep(TERM_LEAD)
             kill_group(run.pid, signal.SIGTERM)
-            if not run.done.wait(self.kill_grace):
-                log.warning("run %s: still running %gs after SIGTERM; SIGKILL", run.id,
-                            self.kill_grace)
-                kill_group(run.pid, signal.SIGKILL)
-
-        threading.Thread(target=escalate, name=f"kill-{run.id}", daemon=True).start()
+            deadline = time.monotonic() + self.kill_grace
+            while group_alive(run.pid):
+                if time.monotonic() >= deadline:
+                    log.warning("run %s: still running %gs after SIGTERM; SIGKILL", run.id,
+                                self.kill_grace)
+                    kill_group(run.pid, signal.SIGKILL)
+                    return
+                time.sleep(GROUP_POLL)
+        finally:
+            run.group_gone.set()
 
     def cancel(self, run_id: str, reason: str = "cancelled on request") -> Run:
         run = self.get(run_id)

@@ -1,6 +1,7 @@
 """The `trigger` command against a real controller: its output and its exit statuses."""
 
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -145,6 +146,24 @@ def test_following_an_unreachable_server_backs_off_then_exits_69(monkeypatch, ca
     assert exit_.value.code == 69
     assert "for 3 s; the job goes on: trigger status 7" in capsys.readouterr().err
     assert 3 <= len(calls) <= 6  # tries after 0.5, 1, 2 s of pause; not hundreds
+
+
+def test_timeout_bounds_the_wait_when_the_server_stops_answering(capsys):
+    """At --timeout the CLI asks once how the job stands; a server that took the connection
+    but never answered held it for the default 30 s (found by a review)."""
+    from trigger_server import cli
+
+    with socket.socket() as listener:  # accepts (the kernel does), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        api = cli.Api(f"http://127.0.0.1:{listener.getsockname()[1]}", token=None)
+        started = time.monotonic()
+        with pytest.raises(cli.Abort) as abort:
+            cli.follow(api, 7, deadline=time.monotonic() + 0.5, echo=False)
+        took = time.monotonic() - started
+    assert abort.value.code == 124
+    assert "job 7 not known to have ended after --timeout" in str(abort.value)
+    assert took < 6, took  # the log's read (0.5 s), a pause, the last look (LAST_LOOK)
 
 
 def test_a_server_too_busy_to_stream_the_log_is_waited_for_not_a_refusal(

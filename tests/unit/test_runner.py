@@ -342,3 +342,28 @@ def test_a_stopped_build_reads_terminated_not_makes_lost_wait(tmp_path):
         assert "No child processes" not in text, text
         assert "[Makefile:2: slow] Terminated" in text, text
         assert (run.state, run.exit_code) == (RunState.CANCELLED, None)
+
+
+def test_a_stopped_build_gives_its_whole_tree_sigterm_first(tmp_path):
+    """make passes SIGTERM to its own children only: the rest of the group gets it too (after
+    make's), so a sub-make under the recipe's shell deletes the target it was writing rather
+    than being killed (SIGKILL) with a half-written file that looks up to date next time."""
+    ws = tmp_path / "ws"
+    (ws / "sub").mkdir(parents=True)
+    (ws / "Makefile").write_text("top:\n\t@cd sub && $(MAKE) -s x.out\n")
+    (ws / "sub" / "Makefile").write_text("x.out:\n\t@echo partial > $@; echo writing; sleep 30\n")
+    runner = Runner(str(ws), str(tmp_path / "state"), kill_grace=5)
+    run = runner.start("1", "top", {}, None)
+    log_path = Path(runner.log_path(run.id))
+    deadline = time.monotonic() + 10
+    while b"writing" not in log_path.read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    runner.cancel(run.id)
+    wait_done(run)
+    text = log_path.read_text()
+    assert "Deleting file 'x.out'" in text, text
+    assert not (ws / "sub" / "x.out").exists()
+    again = runner.start("2", "top", {}, None)  # the workspace is free: nothing is left
+    runner.cancel(again.id)
+    wait_done(again)
