@@ -147,7 +147,7 @@ def _job_request() -> dict:
         if assignments:
             body["vars"] = dict(rules.parse_assignment(a) for a in assignments)
         unknown = set(form) - JOB_FIELDS - {"var"}
-        if any(key.lstrip().startswith("{") for key in unknown):
+        if any(key.lstrip().startswith("{") for key in unknown & set(request.form)):
             abort(400, "the body looks like JSON but came as a form (curl -d sends "
                        "application/x-www-form-urlencoded): add -H 'Content-Type: "
                        "application/json', or send fields, e.g. -d target=site")

@@ -44,11 +44,27 @@ class Target:
 DEFAULT_MAKEFILES = ("GNUmakefile", "makefile", "Makefile")  # what make reads, in its order
 
 
+def _may_have_makefile(workdir: str) -> bool:
+    """False only when make surely has no makefile to read there: none of its default names
+    exists (whatever the file's kind) and no MAKEFILES names one in the environment make gets."""
+    if os.environ.get("MAKEFILES", "").strip():
+        return True
+    for name in DEFAULT_MAKEFILES:
+        try:
+            os.stat(os.path.join(workdir, name))
+            return True
+        except FileNotFoundError:
+            continue
+        except OSError:  # cannot tell (a folder it may not search): make's own error says
+            return True
+    return False
+
+
 def read_database(workdir: str, timeout: float = 30) -> str:
     """make's printed database for `workdir`, without running any recipe (`-pRrq`). A folder
     without a makefile is an error, not an empty list: make prints a database all the same,
     and a mistyped or unmounted workspace looked like a makefile without targets."""
-    if not any(os.path.isfile(os.path.join(workdir, name)) for name in DEFAULT_MAKEFILES):
+    if not _may_have_makefile(workdir):
         raise MakefileError(f"there is no makefile ({', '.join(DEFAULT_MAKEFILES)}) in "
                             f"{workdir}: is the right folder mounted there?")
     try:

@@ -121,3 +121,14 @@ def test_a_workspace_that_cannot_be_opened_is_a_makefile_error(tmp_path):
     catalog = TargetCatalog(str(tmp_path / "gone"))
     with pytest.raises(MakefileError, match="cannot open the workspace"):
         catalog.targets()
+
+
+def test_a_folder_without_a_makefile_is_an_error_unless_makefiles_names_one(tmp_path,
+                                                                            monkeypatch):
+    with pytest.raises(makefile.MakefileError, match="there is no makefile"):
+        makefile.read_database(str(tmp_path))
+    common = tmp_path.parent / f"{tmp_path.name}-common.mk"
+    common.write_text("hello: ## say hello\n\t@echo hello\n")
+    monkeypatch.setenv("MAKEFILES", str(common))
+    names, _ = makefile.parse_targets(makefile.read_database(str(tmp_path)))
+    assert names == ["hello"]
