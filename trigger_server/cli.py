@@ -111,7 +111,9 @@ def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
         if left is not None and left <= 0:
             job = _look(api, job_id, timeout=LAST_LOOK)  # not a wait beyond --timeout
             if job is not None and job["state"] not in ("queued", "running"):
-                return job  # it ended just now (the end of its log may be unprinted)
+                if echo and job.get("log_size", 0) > offset:  # it ended just now: the rest
+                    _print_rest(api, job_id, offset)
+                return job
             state = f"still {job['state']}" if job else "not known to have ended"
             raise Abort(f"job {job_id} {state} after --timeout", EXIT_TIMEOUT)
         read_timeout = 20 if left is None else max(0.1, min(left, 20))
@@ -157,6 +159,17 @@ def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
         else:  # the stream ended with nothing, its job not: a stopping server ends follows
             time.sleep(pause if left is None else max(0.0, min(pause, left)))
             pause = min(pause * 2, BACKOFF[1])
+
+
+def _print_rest(api: Api, job_id: int, offset: int) -> None:
+    """The log from `offset` as stored now, if the server gives it within LAST_LOOK."""
+    try:
+        resp = api.call("GET", f"/jobs/{job_id}/log", timeout=LAST_LOOK,
+                        params={"offset": offset})
+    except Abort:
+        return
+    sys.stdout.buffer.write(resp.content)
+    sys.stdout.flush()
 
 
 def _look(api: Api, job_id: int, timeout: float = 30) -> dict | None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 import requests
@@ -164,6 +165,24 @@ def test_timeout_bounds_the_wait_when_the_server_stops_answering(capsys):
     assert abort.value.code == 124
     assert "job 7 not known to have ended after --timeout" in str(abort.value)
     assert took < 6, took  # the log's read (0.5 s), a pause, the last look (LAST_LOOK)
+
+
+def test_a_job_that_ended_at_the_timeout_is_answered_with_its_whole_log(capsys):
+    """Found ended by the last look at --timeout: its state is the answer, and with --follow
+    the rest of its log (often make's error lines) is printed, not dropped."""
+    from trigger_server import cli
+
+    class Server:  # what the controller answers, for a job that has just ended
+        def json(self, method, path, **kw):
+            return {"id": 7, "state": "failed", "log_size": 12, "exit_code": 2}
+
+        def call(self, method, path, **kw):
+            assert (path, kw["params"]) == ("/jobs/7/log", {"offset": 0})
+            return types.SimpleNamespace(content=b"make: *** 2\n")
+
+    job = cli.follow(Server(), 7, deadline=time.monotonic() - 1, echo=True)
+    assert job["state"] == "failed"
+    assert capsys.readouterr().out == "make: *** 2\n"
 
 
 def test_a_server_too_busy_to_stream_the_log_is_waited_for_not_a_refusal(
