@@ -4,6 +4,7 @@ import os
 
 import pytest
 import requests
+from urllib3.util.retry import Retry
 
 from .procs import MAKEFILE, TOKEN, Proc, wait_for
 
@@ -15,6 +16,12 @@ class Stack:
         self.tmp = tmp_path
         self.procs: list[Proc] = []
         self.http = requests.Session()
+        # A GET on a kept-alive connection that the server closed just then (after a request
+        # whose body it did not read, on a loaded machine) is sent again once, as browsers
+        # and curl do; POSTs never are.
+        self.http.mount("http://", requests.adapters.HTTPAdapter(max_retries=Retry(
+            total=1, connect=0, read=1, status=0, other=0, allowed_methods={"GET"},
+            raise_on_status=False)))
 
     def workspace(self, name: str = "ws", makefile: str = MAKEFILE) -> str:
         path = self.tmp / name
