@@ -78,7 +78,12 @@ LAUNCH = 'echo $$ > "$1" || exit 125; shift; echo "maketrigger-pgid $$"; exec "$
 PROBE = ('read -r _ _ _ _ g _ < /proc/$$/stat; [ "$g" = "$$" ] && echo leader=1; '
          'echo "owner=$(stat -c %u:%g -- "$1" 2>/dev/null)"; '
          'echo "make=$(command -v make)"; echo "setsid=$(command -v setsid)"')
-SIGNAL = 'kill -s "$1" -- "-$2"'
+# make (the group's leader) first, then, 20 ms later, its whole group: given SIGTERM together
+# with its recipe's shell, GNU make 4.3 often loses the race to reap it and ends with "make:
+# *** wait: No child processes.  Stop." and exit status 2 instead of "Terminated" (seen in CI;
+# worker/runner.py Runner._stop does the same). The group's signal is the script's status.
+SIGNAL = ('kill -s "$1" -- "$2" 2>/dev/null; sleep 0.02 2>/dev/null; '
+          'kill -s "$1" -- "-$2"')
 CLEANUP = 'if [ -n "$2" ]; then kill -s KILL -- "-$2" 2>/dev/null; fi; rm -f -- "$1"'
 READ_PIDFILE = 'cat -- "$1" 2>/dev/null'
 
