@@ -101,16 +101,12 @@ def ensure_images(raw: Path, rebuild: bool) -> dict:
 
 
 def ensure_base_image(raw: Path) -> None:
-    """The stand-in image the Docker rows run (rows_docker.IMAGE): built with
-    scripts/base-image.sh if missing, as on a fresh machine, where no registry can be reached
-    and nothing else has built it yet."""
+    """The stand-in image the Docker rows run (rows_docker.IMAGE), as on a fresh machine, where
+    no registry can be reached and nothing else has built it yet: scripts/base-image.sh builds
+    it, or keeps it if present."""
     from bench.rows_docker import IMAGE
 
-    docker = os.environ.get("DOCKER", "docker")
-    if subprocess.run([docker, "image", "inspect", IMAGE], stdout=subprocess.DEVNULL,
-                      stderr=subprocess.DEVNULL).returncode == 0:
-        return
-    log.info("building the stand-in base image %s (log: %s)", IMAGE, raw / "base-image.log")
+    log.info("the stand-in base image %s (log: %s)", IMAGE, raw / "base-image.log")
     with open(raw / "base-image.log", "wb") as out:
         done = subprocess.run(["scripts/base-image.sh", "build", IMAGE], cwd=ROOT, stdout=out,
                               stderr=subprocess.STDOUT, timeout=900)

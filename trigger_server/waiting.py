@@ -149,7 +149,7 @@ def _follow_stored(store, dispatcher, tail, job_id: int, offset: int, sse: bool,
         job = store.get_job(job_id)
         if job is None:  # forgotten meanwhile (TRIGGER_KEEP_JOBS): nothing more to send
             return
-        if job.state.ended and offset >= job.log_size:
+        if _all_sent(job, offset):
             if sse:
                 yield f"event: end\ndata: {json.dumps(job.to_dict())}\n\n".encode()
             return
@@ -167,17 +167,18 @@ def _follow_stored(store, dispatcher, tail, job_id: int, offset: int, sse: bool,
         if sse and now - sent >= KEEPALIVE:
             yield b": keepalive\n\n"
             sent = now
-    if not sse and not _all_sent(store, job_id, offset):
-        raise StreamCut()  # (an SSE client knows the end by its `end` event, and resumes)
+    if not sse:  # (an SSE client knows the end by its `end` event, and resumes by itself)
+        try:
+            job = store.get_job(job_id)
+        except StoreError:
+            raise StreamCut() from None
+        if job is not None and not _all_sent(job, offset):
+            raise StreamCut()
 
 
-def _all_sent(store, job_id: int, offset: int) -> bool:
-    """Whether the job has ended with its whole log sent, as far as can be told."""
-    try:
-        job = store.get_job(job_id)
-    except StoreError:
-        return False
-    return job is None or (job.state.ended and offset >= job.log_size)
+def _all_sent(job, offset: int) -> bool:
+    """Whether the job has ended and its whole log is sent."""
+    return job.state.ended and offset >= job.log_size
 
 
 def _utf8_prefix(data: bytes) -> tuple[str, int]:

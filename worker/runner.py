@@ -173,13 +173,13 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:  # someone is there, though not ours to signal
         return True
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            fields = _proc_stat(int(name))  # state, ppid, pgrp, ...
-            if fields and len(fields) > 2 and fields[2] == str(pgid) and \
-                    fields[0] not in ("Z", "X"):
-                return True
-    return False
+    def runs_in_it(pid: int) -> bool:
+        fields = _proc_stat(pid)  # state, ppid, pgrp, ...
+        return bool(fields) and len(fields) > 2 and fields[2] == str(pgid) and \
+            fields[0] not in ("Z", "X")
+    # make, the group's leader, first: while it runs, no need to look through every process
+    return runs_in_it(pgid) or any(runs_in_it(int(name)) for name in os.listdir("/proc")
+                                   if name.isdigit())
 
 
 def kill_group(pgid: int, sig: int) -> bool:
