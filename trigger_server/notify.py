@@ -5,10 +5,15 @@
 `change` (the job's state differs from the previous ended job of the same target).
 
 The notifications of a job are queued in the database, in the transaction that ends the job
-(`Store.notify_targets`), and one sender thread delivers them, retrying with backoff; so the
+(`Store.notify_targets`), and a sender thread delivers them, retrying with backoff; so the
 dispatcher never waits, and a controller that is killed or restarted sends, once back, what was
 still to send. A notification is deleted once a receiver accepted it: at least once, not
 exactly once (a crash between the POST and the delete sends it again).
+
+Each receiver (scheme, host and port) gets its notifications one at a time, in order, from a
+lane of its own; up to MAX_LANES receivers are sent to at once. So a receiver that is slow or
+down (a job's own `notify` URL, which anyone who may trigger can set) delays only its own
+notifications, never another receiver's.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ POLICIES = ("failure", "always", "change")
 RETRY_DELAYS = (1.0, 4.0, 15.0)  # after the first try: four attempts in about 20 s
 IDLE_WAIT = 60.0  # the longest the sender sleeps without being woken (a backstop)
 STORE_RETRY = 5.0  # after the database failed the sender
-MAX_STUCK = 8  # POSTs past their deadline that may still hold a thread each
+MAX_STUCK = 8  # POSTs past their deadline that may still hold a thread each (one a receiver)
+MAX_LANES = 8  # receivers sent to at once, one POST at a time each
 
 
 def where(url: str) -> str:
@@ -41,6 +47,16 @@ def where(url: str) -> str:
     host = parts.netloc.rpartition("@")[2]  # without user:password
     return f"{parts.scheme}://{host}" + ("/…" if parts.path not in ("", "/") or parts.query
                                          else "")
+
+
+def receiver(url: str) -> str:
+    """Whom a URL reaches: its scheme, host and port. Its notifications go one at a time."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url  # refused when it is tried
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port or ''}"
 
 
 def _redacted(text: str, url: str) -> str:
@@ -81,6 +97,9 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None  # the running sender's own
         self._stuck = 0  # POSTs past their deadline whose threads have not ended yet
+        self._stuck_at: set[str] = set()  # the receivers of those POSTs
+        # receiver being sent to -> its lane and the URLs it was given
+        self._lanes: dict[str, tuple[threading.Thread, set[str]]] = {}
         # Sent (or given up), but the database failed to record it: not sent again meanwhile.
         self._unsettled: dict[int, tuple[int, float] | None] = {}
         store.notify_targets = self.targets
@@ -129,8 +148,9 @@ class Notifier:
 
     def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            self._wake.clear()  # before looking: a lane that ends meanwhile wakes the next look
             try:
-                pause = self.send_due(stop=stop)
+                pause = self.send_due(stop=stop, wait=False)
             except StoreError as exc:
                 log.error("notifications: %s (trying again in %g s)", exc, STORE_RETRY)
                 pause = STORE_RETRY
@@ -139,26 +159,93 @@ class Notifier:
                               STORE_RETRY)
                 pause = STORE_RETRY
             self._wake.wait(pause)
-            self._wake.clear()
 
-    def send_due(self, now: float | None = None, stop: threading.Event | None = None) -> float:
-        """Send every notification that is due; the seconds until the next one is."""
+    def send_due(self, now: float | None = None, stop: threading.Event | None = None,
+                 wait: bool = True) -> float:
+        """Start a lane for each receiver with notifications due that has none (up to
+        MAX_LANES); with `wait`, wait for them and look again until nothing is due (a database
+        error in a lane is raised here). The seconds until a notification for a receiver
+        without a lane is due (a lane that ends wakes the sender thread)."""
         stop = stop or threading.Event()
         self._settle()
+        left: set[str] = set()  # URLs of due notifications whose receiver waits for a lane
         while not stop.is_set():
+            with self._lock:
+                busy = {url for _, urls in self._lanes.values() for url in urls}
+                unsettled = set(self._unsettled)
             due = [row for row in self.store.due_notifications(
-                time.time() if now is None else now) if row[0] not in self._unsettled]
-            if not due:
+                time.time() if now is None else now, skip_urls=busy) if row[0] not in unsettled]
+            lanes, left = self._start_lanes(due, stop)
+            if not wait:
                 break
-            for notification in due:
+            if not lanes:
+                if not left:
+                    break
+                with self._lock:  # every lane is taken: wait for those running, then look again
+                    running = [lane for lane, _ in self._lanes.values()]
+                for lane in running:
+                    lane.join()
+                continue
+            for lane, _ in lanes:
+                lane.join()
+            for _, failed in lanes:
+                if failed:
+                    raise failed[0]
+        with self._lock:
+            if self._unsettled:
+                return STORE_RETRY
+            # Those a lane has or waits for are looked at again when a lane ends.
+            waiting = left | {url for _, urls in self._lanes.values() for url in urls}
+        following = self.store.next_notification_due(skip_urls=waiting)
+        return IDLE_WAIT if following is None else min(max(following - time.time(), 0.0),
+                                                        IDLE_WAIT)
+
+    def _start_lanes(self, due: list[tuple[int, int, str, int]], stop: threading.Event
+                     ) -> tuple[list[tuple[threading.Thread, list]], set[str]]:
+        """A lane (thread) for each receiver of `due` that has none, while there is room, with
+        its notifications in order. Returns the lanes, each with the list its error goes to,
+        and the URLs of the notifications left for want of a lane."""
+        by_receiver: dict[str, list[tuple[int, int, str, int]]] = {}
+        for row in due:
+            by_receiver.setdefault(receiver(row[2]), []).append(row)
+        started, left = [], set()
+        for key, rows in by_receiver.items():
+            urls = {row[2] for row in rows}
+            failed: list[BaseException] = []
+            lane = threading.Thread(target=self._lane, args=(key, rows, stop, failed),
+                                    name="notify-lane", daemon=True)
+            with self._lock:
+                if key in self._lanes or len(self._lanes) >= MAX_LANES:
+                    left |= urls
+                    continue
+                self._lanes[key] = (lane, urls)
+            try:
+                lane.start()
+            except BaseException:  # (no thread to be had): the receiver is not left lane-less
+                with self._lock:
+                    del self._lanes[key]
+                raise
+            started.append((lane, failed))
+        return started, left
+
+    def _lane(self, key: str, rows: list[tuple[int, int, str, int]], stop: threading.Event,
+              failed: list[BaseException]) -> None:
+        try:
+            for notification in rows:
                 if stop.is_set():
                     break
                 self._send(*notification)
-        if self._unsettled:
-            return STORE_RETRY
-        following = self.store.next_notification_due()
-        return IDLE_WAIT if following is None else min(max(following - time.time(), 0.0),
-                                                        IDLE_WAIT)
+        except StoreError as exc:
+            failed.append(exc)
+            log.error("notifications: %s (trying again in %g s)", exc, STORE_RETRY)
+        except Exception as exc:
+            failed.append(exc)
+            log.exception("notifications: unexpected error (trying again in %g s)",
+                          STORE_RETRY)
+        finally:
+            with self._lock:
+                del self._lanes[key]
+            self._wake.set()
 
     def _send(self, notification_id: int, job_id: int, url: str, attempts: int) -> None:
         job = self.store.get_job(job_id)
@@ -185,22 +272,30 @@ class Notifier:
     def _record(self, notification_id: int, later: tuple[int, float] | None) -> None:
         """Delete the notification (None) or set its (attempts, due); if the database fails,
         keep that in memory until `_settle` manages it, and do not send it again meanwhile."""
-        self._unsettled[notification_id] = later
+        with self._lock:
+            self._unsettled[notification_id] = later
         self._settle()
 
     def _settle(self) -> None:
-        for notification_id, later in list(self._unsettled.items()):
+        with self._lock:
+            unsettled = list(self._unsettled.items())
+        for notification_id, later in unsettled:
             if later is None:
                 self.store.notification_done(notification_id)
             else:
                 self.store.notification_later(notification_id, *later)
-            del self._unsettled[notification_id]
+            with self._lock:
+                if self._unsettled.get(notification_id, 0) == later:  # not replaced meanwhile
+                    del self._unsettled[notification_id]
 
     def post(self, url: str, payload: dict) -> tuple[str, str]:
         """One POST within `deadline`: ("sent", ""), ("refused", why) for what retrying
         cannot change (a 4xx other than 408 and 429, a URL requests cannot use), or
         ("failed", why)."""
+        key = receiver(url)
         with self._lock:
+            if key in self._stuck_at:
+                return "failed", "it has not answered an earlier POST yet"
             if self._stuck >= MAX_STUCK:
                 return "failed", f"{self._stuck} receivers have not answered yet"
         result: list[tuple[str, str]] = []
@@ -213,6 +308,7 @@ class Notifier:
                 with self._lock:
                     if abandoned.is_set():
                         self._stuck -= 1
+                        self._stuck_at.discard(key)
 
         thread = threading.Thread(target=run, name="notify-post", daemon=True)
         thread.start()
@@ -221,6 +317,7 @@ class Notifier:
             if not result and thread.is_alive():
                 abandoned.set()
                 self._stuck += 1
+                self._stuck_at.add(key)
                 return "failed", f"no answer within {self.deadline:g} s"
         return result[0] if result else ("failed", "the POST ended without a result")
 

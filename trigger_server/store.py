@@ -127,6 +127,14 @@ class StoreError(RuntimeError):
     """The database cannot be used right now (locked, disk full, unreadable)."""
 
 
+def _not_in(column: str, values: Collection[str]) -> tuple[str, tuple]:
+    """` AND column NOT IN (?, ...)` and its arguments, or nothing for no values."""
+    if not values:
+        return "", ()
+    values = tuple(values)
+    return f" AND {column} NOT IN ({', '.join('?' * len(values))})", values
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -552,14 +560,18 @@ class Store:
         return len(ids), last
 
     # --- notifications (queued by finish) -----------------------------------------------
-    def due_notifications(self, now: float, limit: int = 100) -> list[tuple[int, int, str, int]]:
-        """(id, job id, url, attempts so far) of the notifications due by `now`, oldest first."""
+    def due_notifications(self, now: float, limit: int = 100,
+                          skip_urls: Collection[str] = ()) -> list[tuple[int, int, str, int]]:
+        """(id, job id, url, attempts so far) of the notifications due by `now`, oldest first,
+        except those to `skip_urls` (receivers being sent to)."""
+        skip = _not_in("url", skip_urls)
         return [tuple(row) for row in self._read(
-            "SELECT id, job_id, url, attempts FROM notifications WHERE due <= ? "
-            "ORDER BY due, id LIMIT ?", (now, limit))]
+            f"SELECT id, job_id, url, attempts FROM notifications WHERE due <= ?{skip[0]} "
+            "ORDER BY due, id LIMIT ?", (now, *skip[1], limit))]
 
-    def next_notification_due(self) -> float | None:
-        rows = self._read("SELECT MIN(due) FROM notifications")
+    def next_notification_due(self, skip_urls: Collection[str] = ()) -> float | None:
+        skip = _not_in("url", skip_urls)
+        rows = self._read(f"SELECT MIN(due) FROM notifications WHERE 1{skip[0]}", skip[1])
         return rows[0][0] if rows else None
 
     def notification_done(self, notification_id: int) -> None:

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from tests.receiver import Receiver
-from trigger_server.notify import Notifier, describe
+from trigger_server import notify
+from trigger_server.notify import IDLE_WAIT, Notifier, describe
 from trigger_server.store import JobState, Store, StoreError
 
 
@@ -179,16 +180,28 @@ def test_an_unusable_url_is_refused_and_holds_up_nothing(store, receiver):
 
 
 class Trickler:
-    """A receiver that sends its answer a byte every 50 ms, so no single read ever times out."""
+    """A receiver that sends its answer a byte every 50 ms, so no single read ever times out;
+    to the first connection, or (`every`) to each."""
 
-    def __init__(self):
+    def __init__(self, every=False):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
         self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.connections = 0
+        threading.Thread(target=self._accept, args=(every,), daemon=True).start()
 
-    def _serve(self):
-        conn, _ = self.listener.accept()
+    def _accept(self, every):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            if not every:
+                return
+
+    def _serve(self, conn):
         with conn:
             conn.recv(65536)
             for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000:
@@ -236,3 +249,64 @@ def test_a_notification_sent_but_not_recorded_is_not_sent_again(store, receiver,
     monkeypatch.setattr(store, "notification_done", done)
     notifier.send_due()
     assert len(receiver.received) == 1 and pending(store) == []
+
+
+def test_a_slow_receiver_delays_only_its_own_notifications(store, receiver, notifiers):
+    """A job's own receiver that does not answer (anyone who may trigger can name one) holds
+    up its own notifications, not the next job's to another receiver."""
+    held = Receiver(hold=1)
+    try:
+        notifier = Notifier(store, "", "always", delays=(), timeout=20)
+        notifiers.append(notifier)
+        first = ended(store, "site", JobState.FAILED, notify=held.url)
+        notifier.job_ended(first)
+        (got,) = held.wait(1)
+        assert got["json"]["id"] == first.id  # and unanswered: held until released
+        second = ended(store, "site", JobState.FAILED, notify=receiver.url)
+        notifier.job_ended(second)
+        assert [g["json"]["id"] for g in receiver.wait(1, timeout=5)] == [second.id]
+        third = ended(store, "site", JobState.FAILED, notify=held.url)
+        notifier.job_ended(third)
+        held.release()  # the held receiver gets its next one only after the first
+        assert [g["json"]["id"] for g in held.wait(2)] == [first.id, third.id]
+    finally:
+        held.close()
+
+
+def test_a_receiver_that_keeps_trickling_holds_one_post_at_most(store, receiver):
+    """Each receiver has at most one POST past its deadline: the next ones to it fail at once
+    (and are retried) instead of each holding a thread, so one bad receiver cannot use up
+    MAX_STUCK and fail every other receiver's notifications."""
+    slow = Trickler(every=True)
+    try:
+        notifier = Notifier(store, "", "always", delays=(), timeout=0.2)
+        for _ in range(3):
+            ended(store, "site", JobState.FAILED, notify=slow.url)
+        good = ended(store, "site", JobState.FAILED, notify=receiver.url)
+        notifier.send_due()
+        assert notifier._stuck == 1 and slow.connections == 1
+        assert [g["json"]["id"] for g in receiver.received] == [good.id]
+        assert pending(store) == []
+    finally:
+        slow.close()
+
+
+def test_receivers_left_for_want_of_a_lane_wait_for_one(store, receiver, monkeypatch):
+    """With every lane busy, the sender waits for a lane to end (which wakes it) instead of
+    looking again at once, over and over, for the notifications it cannot start yet."""
+    monkeypatch.setattr(notify, "MAX_LANES", 1)
+    held = Receiver(hold=1)
+    try:
+        notifier = Notifier(store, "", "always", delays=(), timeout=20)
+        first = ended(store, "site", JobState.FAILED, notify=held.url)
+        second = ended(store, "site", JobState.FAILED, notify=receiver.url)
+        assert notifier.send_due(wait=False) == IDLE_WAIT
+        held.wait(1)
+        assert receiver.received == []  # no lane for it yet
+        held.release()
+        notifier.send_due()
+        assert [g["json"]["id"] for g in held.received] == [first.id]
+        assert [g["json"]["id"] for g in receiver.received] == [second.id]
+        assert pending(store) == []
+    finally:
+        held.close()
