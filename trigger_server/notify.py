@@ -10,15 +10,18 @@ dispatcher never waits, and a controller that is killed or restarted sends, once
 still to send. A notification is deleted once a receiver accepted it: at least once, not
 exactly once (a crash between the POST and the delete sends it again).
 
-Each receiver (scheme, host and port) gets its notifications one at a time, in order, from a
-lane of its own; up to MAX_LANES receivers are sent to at once. So a receiver that is slow or
-down (a job's own `notify` URL, which anyone who may trigger can set) delays only its own
-notifications, never another receiver's.
+Each receiver (scheme, host and port) gets its notifications one at a time, in the order they
+fall due, from a lane (thread) of its own. The receivers of jobs' own `notify` URLs, which
+anyone who may trigger can set, share MAX_LANES lanes; TRIGGER_NOTIFY_URL's receiver always has
+one more, and one POST past its deadline of its own (MAX_STUCK counts the others). So a job's
+receiver that is slow or down delays its own notifications and, with MAX_LANES like it, those
+of other jobs' receivers, never the operator's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from urllib.parse import urlsplit
@@ -34,7 +37,8 @@ RETRY_DELAYS = (1.0, 4.0, 15.0)  # after the first try: four attempts in about 2
 IDLE_WAIT = 60.0  # the longest the sender sleeps without being woken (a backstop)
 STORE_RETRY = 5.0  # after the database failed the sender
 MAX_STUCK = 8  # POSTs past their deadline that may still hold a thread each (one a receiver)
-MAX_LANES = 8  # receivers sent to at once, one POST at a time each
+MAX_LANES = 8  # receivers of jobs' own URLs sent to at once, one POST at a time each
+DUE_PAGE = 500  # due notifications read at a time
 
 
 def where(url: str) -> str:
@@ -53,10 +57,10 @@ def receiver(url: str) -> str:
     """Whom a URL reaches: its scheme, host and port. Its notifications go one at a time."""
     try:
         parts = urlsplit(url)
-        port = parts.port
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), "")
     except ValueError:
         return url  # refused when it is tried
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port or ''}"
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _redacted(text: str, url: str) -> str:
@@ -98,8 +102,8 @@ class Notifier:
         self._stop: threading.Event | None = None  # the running sender's own
         self._stuck = 0  # POSTs past their deadline whose threads have not ended yet
         self._stuck_at: set[str] = set()  # the receivers of those POSTs
-        # receiver being sent to -> its lane and the URLs it was given
-        self._lanes: dict[str, tuple[threading.Thread, set[str]]] = {}
+        self._lanes: dict[str, threading.Thread] = {}  # receiver -> the lane sending to it
+        self._failed_until = 0.0  # (monotonic) a lane failed: no new lanes until then
         # Sent (or given up), but the database failed to record it: not sent again meanwhile.
         self._unsettled: dict[int, tuple[int, float] | None] = {}
         store.notify_targets = self.targets
@@ -138,6 +142,9 @@ class Notifier:
                 self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop sending; wait (up to `timeout` in all) for the POSTs under way to be answered
+        and recorded, so that a stopping controller does not send them again next time."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             thread, self._thread = self._thread, None
             if self._stop is not None:
@@ -145,6 +152,10 @@ class Notifier:
         if thread is not None:
             self._wake.set()
             thread.join(timeout)
+        with self._lock:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.join(max(0.0, deadline - time.monotonic()))
 
     def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -162,63 +173,76 @@ class Notifier:
 
     def send_due(self, now: float | None = None, stop: threading.Event | None = None,
                  wait: bool = True) -> float:
-        """Start a lane for each receiver with notifications due that has none (up to
-        MAX_LANES); with `wait`, wait for them and look again until nothing is due (a database
-        error in a lane is raised here). The seconds until a notification for a receiver
-        without a lane is due (a lane that ends wakes the sender thread)."""
+        """Start a lane for each receiver with notifications due that has none (see
+        `_start_lanes`); with `wait`, wait for the lanes and look again until nothing due is
+        left (a database error in a lane is raised here). Returns the seconds until the next
+        look: until a notification falls due, or STORE_RETRY after a database error. Due
+        notifications that wait for a lane are looked at again when a lane ends (it wakes the
+        sender thread)."""
         stop = stop or threading.Event()
+        with self._lock:
+            paused = self._failed_until - time.monotonic()
+        if paused > 0 and not wait:
+            return paused
         self._settle()
-        left: set[str] = set()  # URLs of due notifications whose receiver waits for a lane
+        when = time.time() if now is None else now
         while not stop.is_set():
-            with self._lock:
-                busy = {url for _, urls in self._lanes.values() for url in urls}
-                unsettled = set(self._unsettled)
-            due = [row for row in self.store.due_notifications(
-                time.time() if now is None else now, skip_urls=busy) if row[0] not in unsettled]
-            lanes, left = self._start_lanes(due, stop)
+            lanes, left = self._start_lanes(when, stop)
             if not wait:
                 break
-            if not lanes:
-                if not left:
-                    break
-                with self._lock:  # every lane is taken: wait for those running, then look again
-                    running = [lane for lane, _ in self._lanes.values()]
-                for lane in running:
-                    lane.join()
-                continue
-            for lane, _ in lanes:
+            with self._lock:  # the lanes just started, and any the sender thread runs
+                running = list(self._lanes.values())
+            if not lanes and not (left and running):
+                break
+            for lane in running:
                 lane.join()
             for _, failed in lanes:
                 if failed:
                     raise failed[0]
+            when = time.time() if now is None else now
         with self._lock:
             if self._unsettled:
                 return STORE_RETRY
-            # Those a lane has or waits for are looked at again when a lane ends.
-            waiting = left | {url for _, urls in self._lanes.values() for url in urls}
-        following = self.store.next_notification_due(skip_urls=waiting)
+        following = self.store.next_notification_due(after=when)
         return IDLE_WAIT if following is None else min(max(following - time.time(), 0.0),
                                                         IDLE_WAIT)
 
-    def _start_lanes(self, due: list[tuple[int, int, str, int]], stop: threading.Event
-                     ) -> tuple[list[tuple[threading.Thread, list]], set[str]]:
-        """A lane (thread) for each receiver of `due` that has none, while there is room, with
-        its notifications in order. Returns the lanes, each with the list its error goes to,
-        and the URLs of the notifications left for want of a lane."""
+    def _start_lanes(self, now: float, stop: threading.Event
+                     ) -> tuple[list[tuple[threading.Thread, list]], bool]:
+        """A lane (thread) for each receiver with notifications due by `now` that has none,
+        with those notifications, oldest first. Up to MAX_LANES lanes for the receivers jobs
+        named (`notify`), and one more for TRIGGER_NOTIFY_URL's, which those never take.
+        Returns the lanes started, each with the list its error goes to, and whether due
+        notifications were left for a lane that runs or for want of one."""
+        own = receiver(self.url) if self.url else None
+        with self._lock:
+            busy = set(self._lanes)
+            unsettled = set(self._unsettled)
+        room = MAX_LANES - sum(1 for key in busy if key != own)
         by_receiver: dict[str, list[tuple[int, int, str, int]]] = {}
-        for row in due:
-            by_receiver.setdefault(receiver(row[2]), []).append(row)
-        started, left = [], set()
+        left, after = False, (-math.inf, 0)
+        while page := self.store.due_page(now, after, DUE_PAGE):
+            after = page[-1][4], page[-1][0]
+            for row in page:
+                key = receiver(row[2])
+                if row[0] in unsettled:
+                    continue
+                if key in busy:
+                    left = True
+                    continue
+                if key not in by_receiver and key != own:
+                    if room <= 0:
+                        left = True
+                        continue
+                    room -= 1
+                by_receiver.setdefault(key, []).append(row[:4])
+        started = []
         for key, rows in by_receiver.items():
-            urls = {row[2] for row in rows}
             failed: list[BaseException] = []
             lane = threading.Thread(target=self._lane, args=(key, rows, stop, failed),
                                     name="notify-lane", daemon=True)
             with self._lock:
-                if key in self._lanes or len(self._lanes) >= MAX_LANES:
-                    left |= urls
-                    continue
-                self._lanes[key] = (lane, urls)
+                self._lanes[key] = lane
             try:
                 lane.start()
             except BaseException:  # (no thread to be had): the receiver is not left lane-less
@@ -235,13 +259,15 @@ class Notifier:
                 if stop.is_set():
                     break
                 self._send(*notification)
-        except StoreError as exc:
+        except Exception as exc:  # the sender thread tries again after STORE_RETRY
             failed.append(exc)
-            log.error("notifications: %s (trying again in %g s)", exc, STORE_RETRY)
-        except Exception as exc:
-            failed.append(exc)
-            log.exception("notifications: unexpected error (trying again in %g s)",
-                          STORE_RETRY)
+            with self._lock:
+                self._failed_until = time.monotonic() + STORE_RETRY
+            if isinstance(exc, StoreError):
+                log.error("notifications: %s (trying again in %g s)", exc, STORE_RETRY)
+            else:
+                log.exception("notifications: unexpected error (trying again in %g s)",
+                              STORE_RETRY)
         finally:
             with self._lock:
                 del self._lanes[key]
@@ -296,7 +322,9 @@ class Notifier:
         with self._lock:
             if key in self._stuck_at:
                 return "failed", "it has not answered an earlier POST yet"
-            if self._stuck >= MAX_STUCK:
+            # TRIGGER_NOTIFY_URL's receiver has one POST past its deadline at most: the
+            # receivers jobs named cannot use up MAX_STUCK for it.
+            if self._stuck >= MAX_STUCK and not (self.url and key == receiver(self.url)):
                 return "failed", f"{self._stuck} receivers have not answered yet"
         result: list[tuple[str, str]] = []
         abandoned = threading.Event()

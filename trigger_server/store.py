@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import secrets
 import sqlite3
@@ -125,14 +126,6 @@ class JobState(str, Enum):
 
 class StoreError(RuntimeError):
     """The database cannot be used right now (locked, disk full, unreadable)."""
-
-
-def _not_in(column: str, values: Collection[str]) -> tuple[str, tuple]:
-    """` AND column NOT IN (?, ...)` and its arguments, or nothing for no values."""
-    if not values:
-        return "", ()
-    values = tuple(values)
-    return f" AND {column} NOT IN ({', '.join('?' * len(values))})", values
 
 
 def iso(ts: float | None) -> str | None:
@@ -560,18 +553,21 @@ class Store:
         return len(ids), last
 
     # --- notifications (queued by finish) -----------------------------------------------
-    def due_notifications(self, now: float, limit: int = 100,
-                          skip_urls: Collection[str] = ()) -> list[tuple[int, int, str, int]]:
-        """(id, job id, url, attempts so far) of the notifications due by `now`, oldest first,
-        except those to `skip_urls` (receivers being sent to)."""
-        skip = _not_in("url", skip_urls)
-        return [tuple(row) for row in self._read(
-            f"SELECT id, job_id, url, attempts FROM notifications WHERE due <= ?{skip[0]} "
-            "ORDER BY due, id LIMIT ?", (now, *skip[1], limit))]
+    def due_notifications(self, now: float, limit: int = 100) -> list[tuple[int, int, str, int]]:
+        """(id, job id, url, attempts so far) of the notifications due by `now`, oldest first."""
+        return [row[:4] for row in self.due_page(now, limit=limit)]
 
-    def next_notification_due(self, skip_urls: Collection[str] = ()) -> float | None:
-        skip = _not_in("url", skip_urls)
-        rows = self._read(f"SELECT MIN(due) FROM notifications WHERE 1{skip[0]}", skip[1])
+    def due_page(self, now: float, after: tuple[float, int] = (-math.inf, 0),
+                 limit: int = 100) -> list[tuple[int, int, str, int, float]]:
+        """(id, job id, url, attempts so far, due) of the notifications due by `now`, oldest
+        first, from after `after` (the due and id of the last one of the page before)."""
+        return [tuple(row) for row in self._read(
+            "SELECT id, job_id, url, attempts, due FROM notifications WHERE due <= ? AND "
+            "(due, id) > (?, ?) ORDER BY due, id LIMIT ?", (now, *after, limit))]
+
+    def next_notification_due(self, after: float = -math.inf) -> float | None:
+        """When the first notification due later than `after` is due."""
+        rows = self._read("SELECT MIN(due) FROM notifications WHERE due > ?", (after,))
         return rows[0][0] if rows else None
 
     def notification_done(self, notification_id: int) -> None:

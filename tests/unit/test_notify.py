@@ -310,3 +310,107 @@ def test_receivers_left_for_want_of_a_lane_wait_for_one(store, receiver, monkeyp
         assert pending(store) == []
     finally:
         held.close()
+
+
+def test_a_lane_that_fails_is_tried_again_after_a_pause_not_at_once(store, receiver, notifiers):
+    """A lane that ends with an error (here: the job cannot be read) wakes the sender, which
+    waits STORE_RETRY before it starts lanes again, instead of starting it over and over."""
+    notifier = Notifier(store, "", "always", delays=())
+    notifiers.append(notifier)
+    ended(store, "site", JobState.FAILED, notify=receiver.url)
+    tries = []
+
+    def broken(job_id):
+        tries.append(time.monotonic())
+        raise StoreError("database read failed: database disk image is malformed")
+    store.get_job = broken
+    notifier.start()
+    time.sleep(1.0)
+    notifier.stop()
+    assert len(tries) == 1
+
+
+def test_a_flood_for_one_receiver_neither_spins_nor_hides_another(store, receiver, notifiers):
+    """Hundreds of due notifications for one held receiver (URLs that differ in their path
+    only, more than a page of due ones): the next receiver's is still found and sent, and the
+    sender waits for the held lane instead of looking again at once."""
+    held = Receiver(hold=1)
+    try:
+        notifier = Notifier(store, "", "always", delays=(), timeout=20)
+        notifiers.append(notifier)
+        for i in range(notify.DUE_PAGE + 1):
+            ended(store, "site", JobState.FAILED, notify=f"{held.url}/hook/{i}")
+        other = ended(store, "site", JobState.FAILED, notify=receiver.url)
+        looks = []
+        due_page = store.due_page
+        store.due_page = lambda *a: looks.append(1) or due_page(*a)
+        notifier.start()
+        held.wait(1)
+        assert [g["json"]["id"] for g in receiver.wait(1, timeout=5)] == [other.id]
+        time.sleep(1)
+        assert len(looks) < 10  # one look reads two pages; then nothing until the lane ends
+    finally:
+        held.close()
+
+
+def test_receivers_that_jobs_named_never_hold_up_the_operators(store, receiver, notifiers):
+    """Jobs' own receivers share MAX_LANES lanes; TRIGGER_NOTIFY_URL's has one of its own, so
+    even MAX_LANES receivers that never answer do not hold up the operator's alerts."""
+    helds = [Receiver(hold=1) for _ in range(notify.MAX_LANES)]
+    try:
+        notifier = Notifier(store, receiver.url, "always", delays=(), timeout=20)
+        notifiers.append(notifier)
+        for held in helds:
+            notifier.job_ended(ended(store, "site", JobState.FAILED, notify=held.url))
+        for held in helds:
+            assert len(held.wait(1, timeout=5)) == 1  # each holds its lane
+        last = ended(store, "site", JobState.FAILED)
+        notifier.job_ended(last)
+        deadline = time.monotonic() + 5
+        while last.id not in [g["json"]["id"] for g in receiver.received]:
+            assert time.monotonic() < deadline, "the operator's alert waits for a lane"
+            time.sleep(0.05)
+    finally:
+        for held in helds:
+            held.close()
+
+
+def test_receivers_that_keep_trickling_cannot_fail_the_operators_alerts(store, receiver):
+    """MAX_STUCK receivers with a POST past its deadline each (one host, as many ports): the
+    next POSTs to any other receiver fail at once, but not TRIGGER_NOTIFY_URL's."""
+    slow = [Trickler() for _ in range(notify.MAX_STUCK)]
+    try:
+        notifier = Notifier(store, receiver.url, "always", delays=(), timeout=0.2)
+        for trickler in slow:
+            ended(store, "site", JobState.FAILED, notify=trickler.url)
+        notifier.send_due()
+        assert notifier._stuck == notify.MAX_STUCK
+        last = ended(store, "site", JobState.FAILED)
+        notifier.send_due()
+        assert last.id in [g["json"]["id"] for g in receiver.received]
+    finally:
+        for trickler in slow:
+            trickler.close()
+
+
+def test_stop_waits_for_the_posts_under_way(store, notifiers):
+    """A stopping controller waits (up to its timeout) for a POST under way to be answered and
+    recorded: otherwise the next controller sends it again."""
+    held = Receiver(hold=1)
+    try:
+        notifier = Notifier(store, "", "always", delays=(), timeout=20)
+        ended(store, "site", JobState.FAILED, notify=held.url)
+        notifier.start()
+        held.wait(1)
+        threading.Timer(0.5, held.release).start()
+        notifier.stop(timeout=5)
+        assert pending(store) == []
+    finally:
+        held.close()
+
+
+def test_a_receiver_is_its_scheme_host_and_port():
+    assert notify.receiver("http://Hooks.example/a") == notify.receiver("HTTP://hooks.example:80/b")
+    assert notify.receiver("https://h/") == notify.receiver("https://u:p@h:443/x?y=1")
+    assert notify.receiver("http://h/") != notify.receiver("http://h:8080/")
+    assert notify.receiver("http://h/") != notify.receiver("https://h/")
