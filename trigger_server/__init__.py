@@ -51,7 +51,7 @@ def create_app(config: dict | None = None) -> Flask:
         store=store, pool=pool, dispatcher=dispatcher, checkpointer=checkpointer,
         log_tail=log_tail, notifier=notifier,
         scheduler=Scheduler(cfg["SCHEDULES"], store, dispatcher, cfg["TIMEZONE"],
-                            cfg["SCHEDULE_CATCHUP"]),
+                            cfg["SCHEDULE_CATCHUP"], pool),
         wait_slots=WaitSlots(cfg["MAX_WAITERS"]), pruner=Pruner(store, cfg["KEEP_JOBS"]))
     app.register_blueprint(bp)
     app.register_blueprint(hooks_bp)

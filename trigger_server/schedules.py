@@ -26,6 +26,7 @@ from .store import iso
 
 log = logging.getLogger(__name__)
 
+CHECK_WAIT = 300.0  # how long the start check waits for a healthy worker to ask
 MACROS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
 REBOOT = "@reboot"
 
@@ -155,7 +156,7 @@ class Scheduler:
     """One thread that sleeps until the next fire time and queues that schedule's job."""
 
     def __init__(self, schedules: list[Schedule], store, dispatcher, tz: tzinfo,
-                 catchup: str = "once"):
+                 catchup: str = "once", pool=None):
         if catchup not in ("once", "none"):
             raise ScheduleError(f"TRIGGER_SCHEDULE_CATCHUP must be once or none, not {catchup!r}")
         self.schedules = schedules
@@ -163,6 +164,7 @@ class Scheduler:
         self.dispatcher = dispatcher
         self.tz = tz
         self.catchup = catchup
+        self.pool = pool  # the workers, asked whether they offer each line's target and vars
         self._stop = threading.Event()
         self._next: dict[str, float | None] = {}
 
@@ -171,6 +173,8 @@ class Scheduler:
             return
         self.catch_up()
         threading.Thread(target=self._loop, name="scheduler", daemon=True).start()
+        if self.pool is not None:
+            threading.Thread(target=self.check_lines, name="schedule-check", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -193,6 +197,31 @@ class Scheduler:
                 else:
                     self.store.claim_fire(s.key, latest)
             self._next[s.key] = s.next_after(max(now, latest), self.tz)
+
+    def problem(self, s: Schedule) -> str | None:
+        """Why the workers would refuse the line's jobs, as far as they tell (None: nothing
+        known to be wrong, or no worker to ask)."""
+        if self.pool is None:
+            return None
+        return self.pool.lacks_target(None, s.target) or self.pool.refuses_vars(None, s.vars)
+
+    def check_lines(self, wait: float = CHECK_WAIT) -> None:
+        """Once a worker is healthy (waiting up to `wait`), log a warning for each line whose
+        target or variables the workers refuse: the start check can only look at the line's
+        syntax, and its fires would fail as jobs, each time."""
+        deadline = time.monotonic() + wait
+        while not any(w.healthy for w in self.pool.all()):
+            if self._stop.wait(0.5) or time.monotonic() >= deadline:
+                return
+        for s in self.schedules:
+            try:
+                problem = self.problem(s)
+            except Exception:
+                log.exception("schedule %r: cannot ask the workers about it", s.line)
+                continue
+            if problem:
+                log.warning("schedule %r: %s; its jobs will fail until that changes", s.line,
+                            problem)
 
     def _fire(self, s: Schedule, fire_time: float) -> None:
         """Queue the schedule's job, unless `fire_time` was claimed (fired) already."""
@@ -232,5 +261,6 @@ class Scheduler:
                 "next_fire": iso(self._next.get(s.key) or s.next_after(time.time(), self.tz)),
                 "last_fire": iso(last_fire),
                 "last_job": job.to_dict() if job else None,
+                "problem": self.problem(s),
             })
         return out

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+from .procs import wait_for
+
 
 def test_a_reboot_schedule_queues_a_job_at_start_and_is_listed(stack):
     stack.server([stack.worker()], TRIGGER_SCHEDULE="@reboot ok\n0 3 * * * fail")
@@ -39,3 +41,20 @@ def test_a_schedule_that_never_fires_stops_the_controller_naming_the_line(tmp_pa
                           env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
     assert "TRIGGER_SCHEDULE line 2" in proc.stderr and "never fires" in proc.stderr
+
+
+def test_lines_the_workers_refuse_are_logged_and_listed_with_the_reason(stack):
+    """The start check reads a line's syntax only; whether the makefile has its target and
+    WORKER_VARS takes its variables is the worker's to say. The controller asks once a
+    worker is healthy, and GET /schedules shows why each line's jobs would fail."""
+    server = stack.server([stack.worker()], TRIGGER_SCHEDULE="@daily ok\n@daily nosuch\n"
+                                                              "@daily ok N=1")
+    wait_for(lambda: "'@daily ok N=1'" in server.output(), what="the warnings")
+    log = server.output()
+    assert "schedule '@daily nosuch': target nosuch is not a target the worker offers" in log
+    assert "schedule '@daily ok N=1': " in log and "WORKER_VARS" in log
+    assert "schedule '@daily ok':" not in log
+    rows = stack.get("/schedules")["schedules"]
+    assert rows[0]["problem"] is None
+    assert "nosuch is not a target the worker offers" in rows[1]["problem"]
+    assert "WORKER_VARS" in rows[2]["problem"]
