@@ -23,10 +23,11 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 from worker import rules
 
 from .store import iso
+from .workers import not_offered
 
 log = logging.getLogger(__name__)
 
-CHECK_WAIT = 300.0  # how long the start check waits for a healthy worker to ask
+CHECK_EVERY = 300.0  # seconds between the workers' checks of the lines (check_lines)
 MACROS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
 REBOOT = "@reboot"
 
@@ -165,6 +166,7 @@ class Scheduler:
         self.tz = tz
         self.catchup = catchup
         self.pool = pool  # the workers, asked whether they offer each line's target and vars
+        self._problems: dict[str, str | None] = {}  # schedule key -> as of the last check
         self._stop = threading.Event()
         self._next: dict[str, float | None] = {}
 
@@ -174,7 +176,7 @@ class Scheduler:
         self.catch_up()
         threading.Thread(target=self._loop, name="scheduler", daemon=True).start()
         if self.pool is not None:
-            threading.Thread(target=self.check_lines, name="schedule-check", daemon=True).start()
+            threading.Thread(target=self._check_loop, name="schedule-check", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -198,30 +200,38 @@ class Scheduler:
                     self.store.claim_fire(s.key, latest)
             self._next[s.key] = s.next_after(max(now, latest), self.tz)
 
-    def problem(self, s: Schedule) -> str | None:
-        """Why the workers would refuse the line's jobs, as far as they tell (None: nothing
-        known to be wrong, or no worker to ask)."""
-        if self.pool is None:
-            return None
-        return self.pool.lacks_target(None, s.target) or self.pool.refuses_vars(None, s.vars)
+    def _check_loop(self) -> None:
+        """check_lines once a worker is healthy, and again every CHECK_EVERY."""
+        while not self._stop.is_set():
+            if any(w.healthy for w in self.pool.all()):
+                try:
+                    self.check_lines()
+                except Exception:
+                    log.exception("schedules: cannot ask the workers about the lines")
+                wait = CHECK_EVERY
+            else:
+                wait = 0.5
+            self._stop.wait(wait)
 
-    def check_lines(self, wait: float = CHECK_WAIT) -> None:
-        """Once a worker is healthy (waiting up to `wait`), log a warning for each line whose
-        target or variables the workers refuse: the start check can only look at the line's
-        syntax, and its fires would fail as jobs, each time."""
-        deadline = time.monotonic() + wait
-        while not any(w.healthy for w in self.pool.all()):
-            if self._stop.wait(0.5) or time.monotonic() >= deadline:
-                return
+    def check_lines(self) -> None:
+        """Ask the workers whether they take each line's target and variables, from one
+        listing of their targets, and keep the answer for `describe`. The start check can only
+        read a line's syntax; a line the workers refuse fires as jobs that fail, each time.
+        A warning is logged when a line's problem appears or changes, a word when it is gone."""
+        offered = self.pool.offered()
         for s in self.schedules:
-            try:
-                problem = self.problem(s)
-            except Exception:
-                log.exception("schedule %r: cannot ask the workers about it", s.line)
-                continue
-            if problem:
+            problem = self.pool.refuses_vars(None, s.vars)
+            if problem is None and offered is not None and s.target not in offered:
+                problem = not_offered(s.target)
+            before = self._problems.get(s.key)
+            if offered is None and problem is None and before == not_offered(s.target):
+                problem = before  # no list now: the last one's word on the target stands
+            self._problems[s.key] = problem
+            if problem and problem != before:
                 log.warning("schedule %r: %s; its jobs will fail until that changes", s.line,
                             problem)
+            elif before and not problem:
+                log.info("schedule %r: the workers take it now", s.line)
 
     def _fire(self, s: Schedule, fire_time: float) -> None:
         """Queue the schedule's job, unless `fire_time` was claimed (fired) already."""
@@ -261,6 +271,6 @@ class Scheduler:
                 "next_fire": iso(self._next.get(s.key) or s.next_after(time.time(), self.tz)),
                 "last_fire": iso(last_fire),
                 "last_job": job.to_dict() if job else None,
-                "problem": self.problem(s),
+                "problem": self._problems.get(s.key),
             })
         return out

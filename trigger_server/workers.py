@@ -330,6 +330,11 @@ def _short(exc: BaseException) -> str:
     return f"{type(_root_cause(exc)).__name__}: {_root_cause(exc)}"[:300]
 
 
+def not_offered(target: str) -> str:
+    return (f"target {target} is not a target the worker offers: not in its makefile, or not "
+            "allowed by its WORKER_TARGETS (see GET /targets)")
+
+
 class WorkerPool:
     """Every known worker, kept fresh by one background thread (resolution and health)."""
 
@@ -565,8 +570,13 @@ class WorkerPool:
         listed = self._listed(selector, wait=TARGETS_WAIT, cached=False)
         if listed is None or target in listed[1] or listed[2]:  # stale: the worker decides
             return None
-        return (f"target {target} is not a target the worker offers: not in its makefile, or "
-                "not allowed by its WORKER_TARGETS (see GET /targets)")
+        return not_offered(target)
+
+    def offered(self, selector: str | None = None) -> frozenset[str] | None:
+        """The names of the targets a healthy matching worker offers, freshly listed (waiting
+        up to LIST_WAIT); None if none listed them, or its list may be out of date."""
+        listed = self._listed(selector, wait=LIST_WAIT, cached=False)
+        return None if listed is None or listed[2] else listed[1]
 
     def _listed(self, selector: str | None, wait: float, cached: bool = True) -> Listed | None:
         known = self._targets_cache.get(selector) if cached else None

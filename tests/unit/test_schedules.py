@@ -1,14 +1,17 @@
 """Schedules: parsing, exactly-once fire times, catch-up and no pile-up, on a real store."""
 
+import logging
 import sqlite3
+import time
 from datetime import datetime
 
 import pytest
 
+from trigger_server import workers as workers_module
 from trigger_server.dispatch import Dispatcher
 from trigger_server.schedules import Schedule, ScheduleError, Scheduler, parse, timezone
 from trigger_server.store import JobState, Store, StoreError
-from trigger_server.workers import WorkerClient, WorkerPool
+from trigger_server.workers import Worker, WorkerClient, WorkerPool
 
 UTC = timezone("UTC")
 
@@ -200,3 +203,80 @@ def test_a_fire_whose_job_could_not_be_queued_is_fired_again(store, tmp_path):
     s.run_due(ts("2026-11-27T10:01:01+00:00"))  # the scheduler's loop tries again
     assert [(j.target, j.source) for j in store.list_jobs()] == [("site", "schedule")]
     assert store.schedule_state(s.schedules[0].key)[1] == store.list_jobs()[0].id
+
+
+# --- asking the workers about the lines ------------------------------------------------------
+class Lister:
+    """Stands in for the worker client's `targets` (the integration test asks a real worker):
+    `names` after `delay` seconds, counting the listings."""
+
+    def __init__(self, *names, delay=0.0):
+        self.names, self.delay, self.calls = list(names), delay, 0
+
+    def targets(self, worker):
+        self.calls += 1
+        time.sleep(self.delay)
+        return [{"name": n, "description": ""} for n in self.names], False
+
+
+@pytest.fixture
+def asking(store):
+    """A scheduler whose pool has one healthy worker that lists its targets with a Lister."""
+    made = []
+
+    def make(lines, lister):
+        pool = WorkerPool(["http://w:8000"], lister)  # not started: the worker is put in by hand
+        pool._workers["http://w:8000"] = Worker(url="http://w:8000", name="w",
+                                                configured="http://w:8000", healthy=True,
+                                                vars=frozenset())
+        client = WorkerClient("token")
+        s = Scheduler(parse(lines, "test"), store, Dispatcher(store, WorkerPool([], client),
+                                                              client), UTC, "once", pool)
+        s.catch_up(ts("2026-11-27T02:00:00+00:00"))
+        made.append(pool)
+        return s
+    yield make
+    for pool in made:
+        pool.stop()
+
+
+def test_one_listing_answers_for_every_line_and_get_schedules_does_not_ask(asking, caplog):
+    lister = Lister("site")
+    s = asking("@daily site\n@daily nosuch1\n@daily nosuch2\n@daily site N=1", lister)
+    with caplog.at_level(logging.INFO, logger="trigger_server"):
+        s.check_lines()
+    assert lister.calls == 1
+    problems = [row["problem"] for row in s.describe()]
+    assert problems[0] is None and "nosuch1 is not a target" in problems[1]
+    assert "nosuch2 is not a target" in problems[2] and "WORKER_VARS" in problems[3]
+    assert "schedule '@daily nosuch1': target nosuch1 is not a target" in caplog.text
+    lister.delay = 5  # a worker slow to list: GET /schedules shows the last check's word
+    started = time.monotonic()
+    assert [row["problem"] for row in s.describe()] == problems
+    assert time.monotonic() - started < 1 and lister.calls == 1
+
+
+def test_a_slow_listing_still_gets_its_warning(asking, caplog, monkeypatch):
+    """The check waits for the list as long as GET /targets does, not a trigger's 3 s."""
+    monkeypatch.setattr(workers_module, "TARGETS_WAIT", 0.2)
+    s = asking("@daily nosuch", Lister("site", delay=1.0))
+    with caplog.at_level(logging.WARNING, logger="trigger_server"):
+        s.check_lines()
+    assert "schedule '@daily nosuch': target nosuch is not a target" in caplog.text
+
+
+def test_a_line_fixed_since_is_said_so_once_and_a_lost_list_changes_nothing(asking, caplog):
+    lister = Lister("site")
+    s = asking("@daily other", lister)
+    s.check_lines()
+    lister.names.append("other")  # the makefile gained the target
+    with caplog.at_level(logging.INFO, logger="trigger_server"):
+        s.check_lines()
+        s.check_lines()
+    assert caplog.text.count("schedule '@daily other': the workers take it now") == 1
+    assert s.describe()[0]["problem"] is None
+    lister.names.remove("other")
+    s.check_lines()
+    lister.targets = lambda worker: (_ for _ in ()).throw(OSError("gone"))  # no list at all
+    s.check_lines()
+    assert "other is not a target" in s.describe()[0]["problem"]
