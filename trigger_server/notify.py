@@ -10,10 +10,12 @@ dispatcher never waits, and a controller that is killed or restarted sends, once
 still to send. A notification is deleted once a receiver accepted it: at least once, not
 exactly once (a crash between the POST and the delete sends it again).
 
-Each receiver (scheme, host and port) gets its notifications one at a time, in the order they
-fall due, from a lane (thread) of its own. The receivers of jobs' own `notify` URLs, which
-anyone who may trigger can set, share MAX_LANES lanes; TRIGGER_NOTIFY_URL's receiver always has
-one more, and one POST past its deadline of its own (MAX_STUCK counts the others). So a job's
+Each receiver gets its notifications one at a time, in the order they fall due, from a lane
+(a thread that sends them until none of its receiver's is due). A receiver is a scheme, host and
+port, except TRIGGER_NOTIFY_URL, which is a receiver of its own whatever other URLs share its
+host. The receivers of jobs' own `notify` URLs, which anyone who may trigger can set, share
+MAX_LANES lanes; TRIGGER_NOTIFY_URL always has one more. Each receiver has one POST past its
+deadline at most, and those of jobs' receivers are bounded as a whole (MAX_STUCK). So a job's
 receiver that is slow or down delays its own notifications and, with MAX_LANES like it, those
 of other jobs' receivers, never the operator's.
 """
@@ -21,7 +23,6 @@ of other jobs' receivers, never the operator's.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from urllib.parse import urlsplit
@@ -36,9 +37,12 @@ POLICIES = ("failure", "always", "change")
 RETRY_DELAYS = (1.0, 4.0, 15.0)  # after the first try: four attempts in about 20 s
 IDLE_WAIT = 60.0  # the longest the sender sleeps without being woken (a backstop)
 STORE_RETRY = 5.0  # after the database failed the sender
-MAX_STUCK = 8  # POSTs past their deadline that may still hold a thread each (one a receiver)
+# POSTs to jobs' receivers past their deadline that may still hold a thread each, one a
+# receiver: MAX_STUCK, and up to MAX_LANES - 1 more that were under way together.
+MAX_STUCK = 8
 MAX_LANES = 8  # receivers of jobs' own URLs sent to at once, one POST at a time each
-DUE_PAGE = 500  # due notifications read at a time
+LANE_PAGE = 50  # due notifications a lane reads at a time
+OPERATOR = "TRIGGER_NOTIFY_URL"  # the receiver TRIGGER_NOTIFY_URL is, whatever its host
 
 
 def where(url: str) -> str:
@@ -57,7 +61,9 @@ def receiver(url: str) -> str:
     """Whom a URL reaches: its scheme, host and port. Its notifications go one at a time."""
     try:
         parts = urlsplit(url)
-        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), "")
+        port = parts.port
+        if port is None:
+            port = {"http": 80, "https": 443}.get(parts.scheme.lower(), "")
     except ValueError:
         return url  # refused when it is tried
     return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
@@ -100,13 +106,18 @@ class Notifier:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None  # the running sender's own
-        self._stuck = 0  # POSTs past their deadline whose threads have not ended yet
-        self._stuck_at: set[str] = set()  # the receivers of those POSTs
+        self._stuck = 0  # POSTs to jobs' receivers past their deadline, threads not ended
+        self._stuck_at: set[str] = set()  # the receivers with such a POST (the operator too)
         self._lanes: dict[str, threading.Thread] = {}  # receiver -> the lane sending to it
         self._failed_until = 0.0  # (monotonic) a lane failed: no new lanes until then
         # Sent (or given up), but the database failed to record it: not sent again meanwhile.
         self._unsettled: dict[int, tuple[int, float] | None] = {}
         store.notify_targets = self.targets
+        store.notify_receiver = self.receiver_of
+
+    def receiver_of(self, url: str) -> str:
+        """The receiver a notification to `url` is queued for (one lane each)."""
+        return OPERATOR if self.url and url == self.url else receiver(url)
 
     def wanted(self, job: Job) -> bool:
         if self.policy == "always":
@@ -174,25 +185,27 @@ class Notifier:
     def send_due(self, now: float | None = None, stop: threading.Event | None = None,
                  wait: bool = True) -> float:
         """Start a lane for each receiver with notifications due that has none (see
-        `_start_lanes`); with `wait`, wait for the lanes and look again until nothing due is
-        left (a database error in a lane is raised here). Returns the seconds until the next
-        look: until a notification falls due, or STORE_RETRY after a database error. Due
-        notifications that wait for a lane are looked at again when a lane ends (it wakes the
-        sender thread)."""
+        `_start_lanes`); with `wait`, wait for every lane and look again until a look starts
+        none (a database error in a lane is raised here). Returns the seconds until the next
+        look: until a notification falls due, or STORE_RETRY after a database error. A
+        receiver left without a lane is looked at again when a lane ends (it wakes the sender
+        thread)."""
         stop = stop or threading.Event()
         with self._lock:
             paused = self._failed_until - time.monotonic()
         if paused > 0 and not wait:
             return paused
         self._settle()
+        if self.store.fill_receivers(self.receiver_of):
+            log.info("notifications: the receivers of those queued before are recorded now")
         when = time.time() if now is None else now
         while not stop.is_set():
-            lanes, left = self._start_lanes(when, stop)
+            lanes = self._start_lanes(when, now, stop)
             if not wait:
                 break
             with self._lock:  # the lanes just started, and any the sender thread runs
                 running = list(self._lanes.values())
-            if not lanes and not (left and running):
+            if not running:
                 break
             for lane in running:
                 lane.join()
@@ -207,39 +220,21 @@ class Notifier:
         return IDLE_WAIT if following is None else min(max(following - time.time(), 0.0),
                                                         IDLE_WAIT)
 
-    def _start_lanes(self, now: float, stop: threading.Event
-                     ) -> tuple[list[tuple[threading.Thread, list]], bool]:
-        """A lane (thread) for each receiver with notifications due by `now` that has none,
-        with those notifications, oldest first. Up to MAX_LANES lanes for the receivers jobs
-        named (`notify`), and one more for TRIGGER_NOTIFY_URL's, which those never take.
-        Returns the lanes started, each with the list its error goes to, and whether due
-        notifications were left for a lane that runs or for want of one."""
-        own = receiver(self.url) if self.url else None
+    def _start_lanes(self, when: float, now: float | None, stop: threading.Event
+                     ) -> list[tuple[threading.Thread, list]]:
+        """A lane for each receiver with notifications due by `when` that has none: up to
+        MAX_LANES for jobs' receivers, the one whose oldest is oldest first, and one for
+        OPERATOR. Returns the lanes started, each with the list its error goes to."""
         with self._lock:
             busy = set(self._lanes)
-            unsettled = set(self._unsettled)
-        room = MAX_LANES - sum(1 for key in busy if key != own)
-        by_receiver: dict[str, list[tuple[int, int, str, int]]] = {}
-        left, after = False, (-math.inf, 0)
-        while page := self.store.due_page(now, after, DUE_PAGE):
-            after = page[-1][4], page[-1][0]
-            for row in page:
-                key = receiver(row[2])
-                if row[0] in unsettled:
-                    continue
-                if key in busy:
-                    left = True
-                    continue
-                if key not in by_receiver and key != own:
-                    if room <= 0:
-                        left = True
-                        continue
-                    room -= 1
-                by_receiver.setdefault(key, []).append(row[:4])
+        room = MAX_LANES - len(busy - {OPERATOR})
+        keys = self.store.due_receivers(when, skip=busy | {OPERATOR}, limit=max(room, 0))
+        if OPERATOR not in busy and self.store.due_notifications(when, 1, receiver=OPERATOR):
+            keys.append(OPERATOR)
         started = []
-        for key, rows in by_receiver.items():
+        for key in keys:
             failed: list[BaseException] = []
-            lane = threading.Thread(target=self._lane, args=(key, rows, stop, failed),
+            lane = threading.Thread(target=self._lane, args=(key, now, stop, failed),
                                     name="notify-lane", daemon=True)
             with self._lock:
                 self._lanes[key] = lane
@@ -250,15 +245,25 @@ class Notifier:
                     del self._lanes[key]
                 raise
             started.append((lane, failed))
-        return started, left
+        return started
 
-    def _lane(self, key: str, rows: list[tuple[int, int, str, int]], stop: threading.Event,
+    def _lane(self, key: str, now: float | None, stop: threading.Event,
               failed: list[BaseException]) -> None:
+        """Send the receiver's due notifications, oldest first, a page at a time, until none
+        is due (a retry falls due after its delay, and is sent then, in its turn)."""
         try:
-            for notification in rows:
-                if stop.is_set():
+            while not stop.is_set():
+                with self._lock:
+                    unsettled = set(self._unsettled)
+                page = [row for row in self.store.due_notifications(
+                    time.time() if now is None else now, LANE_PAGE, receiver=key)
+                    if row[0] not in unsettled]
+                if not page:
                     break
-                self._send(*notification)
+                for notification in page:
+                    if stop.is_set():
+                        break
+                    self._send(*notification)
         except Exception as exc:  # the sender thread tries again after STORE_RETRY
             failed.append(exc)
             with self._lock:
@@ -318,13 +323,12 @@ class Notifier:
         """One POST within `deadline`: ("sent", ""), ("refused", why) for what retrying
         cannot change (a 4xx other than 408 and 429, a URL requests cannot use), or
         ("failed", why)."""
-        key = receiver(url)
+        key = self.receiver_of(url)
+        counted = key != OPERATOR  # (which has its one POST past its deadline, as every one)
         with self._lock:
             if key in self._stuck_at:
                 return "failed", "it has not answered an earlier POST yet"
-            # TRIGGER_NOTIFY_URL's receiver has one POST past its deadline at most: the
-            # receivers jobs named cannot use up MAX_STUCK for it.
-            if self._stuck >= MAX_STUCK and not (self.url and key == receiver(self.url)):
+            if counted and self._stuck >= MAX_STUCK:
                 return "failed", f"{self._stuck} receivers have not answered yet"
         result: list[tuple[str, str]] = []
         abandoned = threading.Event()
@@ -335,7 +339,7 @@ class Notifier:
             finally:
                 with self._lock:
                     if abandoned.is_set():
-                        self._stuck -= 1
+                        self._stuck -= counted
                         self._stuck_at.discard(key)
 
         thread = threading.Thread(target=run, name="notify-post", daemon=True)
@@ -344,7 +348,7 @@ class Notifier:
         with self._lock:
             if not result and thread.is_alive():
                 abandoned.set()
-                self._stuck += 1
+                self._stuck += counted
                 self._stuck_at.add(key)
                 return "failed", f"no answer within {self.deadline:g} s"
         return result[0] if result else ("failed", "the POST ended without a result")

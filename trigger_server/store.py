@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS notifications (
     job_id INTEGER NOT NULL,
     url TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    due REAL NOT NULL
+    due REAL NOT NULL,
+    receiver TEXT  -- whom the URL reaches (notify.Notifier.receiver_of); NULL: not yet known
 );
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (due);
 CREATE TABLE IF NOT EXISTS log_chunks (
@@ -258,6 +259,8 @@ class Store:
         # Asked, inside the transaction that ends a job, where to notify of its end: the
         # notifications are queued in that same transaction, so a crash loses none.
         self.notify_targets: Callable[[Job], list[str]] | None = None
+        # Whom a notification's URL reaches: its notifications are sent one at a time.
+        self.notify_receiver: Callable[[str], str] = lambda url: url
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         try:
@@ -282,6 +285,13 @@ class Store:
                 db.execute("ALTER TABLE schedule_state ADD COLUMN fired_at REAL")
                 db.execute("UPDATE schedule_state SET fired_at = last_fire "
                            "WHERE last_job IS NOT NULL")
+        if "receiver" not in {row["name"] for row in self._read(
+                "PRAGMA table_info(notifications)")}:
+            with self._tx() as db:  # filled in by the notifier (fill_receivers)
+                db.execute("ALTER TABLE notifications ADD COLUMN receiver TEXT")
+        with self._tx() as db:
+            db.execute("CREATE INDEX IF NOT EXISTS notifications_receiver "
+                       "ON notifications (receiver, due)")
         made = self._read("SELECT sql FROM sqlite_master WHERE name = 'log_chunks'")[0][0]
         if "WITHOUT ROWID" in made.upper():
             with self._tx() as db:
@@ -504,8 +514,9 @@ class Store:
                                           (job_id,)).fetchone())
             urls = self._notify_targets(job)
             if urls:
-                db.executemany("INSERT INTO notifications (job_id, url, due) VALUES (?, ?, ?)",
-                               [(job_id, url, time.time()) for url in urls])
+                db.executemany("INSERT INTO notifications (job_id, url, receiver, due) "
+                               "VALUES (?, ?, ?, ?)", [(job_id, url, self.notify_receiver(url),
+                                                        time.time()) for url in urls])
         return job
 
     def _notify_targets(self, job: Job) -> list[str]:
@@ -553,17 +564,35 @@ class Store:
         return len(ids), last
 
     # --- notifications (queued by finish) -----------------------------------------------
-    def due_notifications(self, now: float, limit: int = 100) -> list[tuple[int, int, str, int]]:
-        """(id, job id, url, attempts so far) of the notifications due by `now`, oldest first."""
-        return [row[:4] for row in self.due_page(now, limit=limit)]
-
-    def due_page(self, now: float, after: tuple[float, int] = (-math.inf, 0),
-                 limit: int = 100) -> list[tuple[int, int, str, int, float]]:
-        """(id, job id, url, attempts so far, due) of the notifications due by `now`, oldest
-        first, from after `after` (the due and id of the last one of the page before)."""
+    def due_notifications(self, now: float, limit: int = 100,
+                          receiver: str | None = None) -> list[tuple[int, int, str, int]]:
+        """(id, job id, url, attempts so far) of the notifications due by `now`, oldest first;
+        with `receiver`, those to that receiver only."""
+        where = "due <= ?" if receiver is None else "receiver = ? AND due <= ?"
+        args = (now,) if receiver is None else (receiver, now)
         return [tuple(row) for row in self._read(
-            "SELECT id, job_id, url, attempts, due FROM notifications WHERE due <= ? AND "
-            "(due, id) > (?, ?) ORDER BY due, id LIMIT ?", (now, *after, limit))]
+            f"SELECT id, job_id, url, attempts FROM notifications WHERE {where} "
+            "ORDER BY due, id LIMIT ?", (*args, limit))]
+
+    def due_receivers(self, now: float, skip: Collection[str] = (),
+                      limit: int = 100) -> list[str]:
+        """The receivers with notifications due by `now`, the one with the oldest first,
+        except those in `skip`."""
+        skip = list(skip)
+        rows = self._read(
+            "SELECT receiver FROM notifications WHERE due <= ? AND receiver IS NOT NULL"
+            + (f" AND receiver NOT IN ({', '.join('?' * len(skip))})" if skip else "")
+            + " GROUP BY receiver ORDER BY MIN(due) LIMIT ?", (now, *skip, limit))
+        return [row[0] for row in rows]
+
+    def fill_receivers(self, receiver_of: Callable[[str], str]) -> int:
+        """Set the receiver of notifications queued before it was recorded; how many."""
+        rows = self._read("SELECT id, url FROM notifications WHERE receiver IS NULL")
+        if rows:
+            with self._tx() as db:
+                db.executemany("UPDATE notifications SET receiver = ? WHERE id = ?",
+                               [(receiver_of(row["url"]), row["id"]) for row in rows])
+        return len(rows)
 
     def next_notification_due(self, after: float = -math.inf) -> float | None:
         """When the first notification due later than `after` is due."""
