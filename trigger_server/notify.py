@@ -16,8 +16,10 @@ port, except TRIGGER_NOTIFY_URL, which is a receiver of its own whatever other U
 host. The receivers of jobs' own `notify` URLs, which anyone who may trigger can set, share
 MAX_LANES lanes; TRIGGER_NOTIFY_URL always has one more. Each receiver has one POST past its
 deadline at most, and those of jobs' receivers are bounded as a whole (MAX_STUCK). So a job's
-receiver that is slow or down delays its own notifications and, with MAX_LANES like it, those
-of other jobs' receivers, never the operator's.
+receiver that is slow or down delays its own notifications, never the operator's. Many such
+receivers together do reach the others of jobs: MAX_LANES of them busy delay the rest, and
+MAX_STUCK of them with a POST past its deadline make the POSTs to the rest fail at once (each
+an attempt, so given up after the last) until one of those POSTs ends.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class Notifier:
         self.deadline = 3 * timeout
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._looking = threading.Lock()  # one look at a time starts lanes (_start_lanes)
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None  # the running sender's own
         self._stuck = 0  # POSTs to jobs' receivers past their deadline, threads not ended
@@ -224,28 +227,32 @@ class Notifier:
                      ) -> list[tuple[threading.Thread, list]]:
         """A lane for each receiver with notifications due by `when` that has none: up to
         MAX_LANES for jobs' receivers, the one whose oldest is oldest first, and one for
-        OPERATOR. Returns the lanes started, each with the list its error goes to."""
-        with self._lock:
-            busy = set(self._lanes)
-        room = MAX_LANES - len(busy - {OPERATOR})
-        keys = self.store.due_receivers(when, skip=busy | {OPERATOR}, limit=max(room, 0))
-        if OPERATOR not in busy and self.store.due_notifications(when, 1, receiver=OPERATOR):
-            keys.append(OPERATOR)
-        started = []
-        for key in keys:
-            failed: list[BaseException] = []
-            lane = threading.Thread(target=self._lane, args=(key, now, stop, failed),
-                                    name="notify-lane", daemon=True)
+        OPERATOR. Returns the lanes started, each with the list its error goes to. One look
+        at a time (the sender thread's, and a caller's of send_due): two would both see a
+        receiver without a lane, and start two."""
+        with self._looking:
             with self._lock:
-                self._lanes[key] = lane
-            try:
-                lane.start()
-            except BaseException:  # (no thread to be had): the receiver is not left lane-less
+                busy = set(self._lanes)
+            room = MAX_LANES - len(busy - {OPERATOR})
+            keys = self.store.due_receivers(when, skip=busy | {OPERATOR}, limit=max(room, 0))
+            if OPERATOR not in busy and self.store.due_notifications(when, 1,
+                                                                     receiver=OPERATOR):
+                keys.append(OPERATOR)
+            started = []
+            for key in keys:
+                failed: list[BaseException] = []
+                lane = threading.Thread(target=self._lane, args=(key, now, stop, failed),
+                                        name="notify-lane", daemon=True)
                 with self._lock:
-                    del self._lanes[key]
-                raise
-            started.append((lane, failed))
-        return started
+                    self._lanes[key] = lane
+                try:
+                    lane.start()
+                except BaseException:  # (no thread to be had): the receiver is not lane-less
+                    with self._lock:
+                        del self._lanes[key]
+                    raise
+                started.append((lane, failed))
+            return started
 
     def _lane(self, key: str, now: float | None, stop: threading.Event,
               failed: list[BaseException]) -> None:
@@ -275,7 +282,8 @@ class Notifier:
                               STORE_RETRY)
         finally:
             with self._lock:
-                del self._lanes[key]
+                if self._lanes.get(key) is threading.current_thread():
+                    del self._lanes[key]
             self._wake.set()
 
     def _send(self, notification_id: int, job_id: int, url: str, attempts: int) -> None:

@@ -259,8 +259,9 @@ class Store:
         # Asked, inside the transaction that ends a job, where to notify of its end: the
         # notifications are queued in that same transaction, so a crash loses none.
         self.notify_targets: Callable[[Job], list[str]] | None = None
-        # Whom a notification's URL reaches: its notifications are sent one at a time.
-        self.notify_receiver: Callable[[str], str] = lambda url: url
+        # Whom a notification's URL reaches (its notifications are sent one at a time); left
+        # NULL without one, and for the notifier to fill in (fill_receivers).
+        self.notify_receiver: Callable[[str], str] | None = None
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         try:
@@ -512,22 +513,32 @@ class Store:
                 return None
             job = Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?",
                                           (job_id,)).fetchone())
-            urls = self._notify_targets(job)
-            if urls:
+            targets = self._notify_targets(job)
+            if targets:
                 db.executemany("INSERT INTO notifications (job_id, url, receiver, due) "
-                               "VALUES (?, ?, ?, ?)", [(job_id, url, self.notify_receiver(url),
-                                                        time.time()) for url in urls])
+                               "VALUES (?, ?, ?, ?)", [(job_id, url, receiver, time.time())
+                                                       for url, receiver in targets])
         return job
 
-    def _notify_targets(self, job: Job) -> list[str]:
-        """Where to notify of the job's end; never fails the job's end itself."""
+    def _notify_targets(self, job: Job) -> list[tuple[str, str | None]]:
+        """Where to notify of the job's end, each URL with its receiver (None: for the
+        notifier to fill in); never fails the job's end itself."""
         if self.notify_targets is None:
             return []
         try:
-            return self.notify_targets(job)
+            urls = self.notify_targets(job)
         except Exception:
             log.exception("cannot tell whether to notify of job %s", job.id)
             return []
+        targets = []
+        for url in urls:
+            try:
+                receiver = self.notify_receiver(url) if self.notify_receiver else None
+            except Exception:
+                log.exception("cannot tell whom a notification of job %s reaches", job.id)
+                receiver = None
+            targets.append((url, receiver))
+        return targets
 
     def prune_jobs(self, keep: int, batch_bytes: int = 64 * 1024 * 1024,
                    after: int = 0) -> tuple[int, int]:

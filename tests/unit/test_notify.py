@@ -448,3 +448,43 @@ def test_the_operators_url_is_a_receiver_of_its_own(store):
     assert notifier.receiver_of("https://hooks.example/services/OPS") == notify.OPERATOR
     assert notifier.receiver_of("https://hooks.example/services/JOB") == "https://hooks.example:443"
     assert notify.receiver("http://h:0/") != notify.receiver("http://h/")
+
+
+def test_two_looks_at_once_start_one_lane_for_a_receiver(store, monkeypatch):
+    """A caller's send_due while the sender thread looks too (both read the receivers before
+    either started a lane): still one lane for the receiver, each notification sent once, and
+    every lane ends cleanly."""
+    held = Receiver(hold=1)
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    try:
+        notifier = Notifier(store, "", "always", delays=())
+        job = ended(store, "site", JobState.FAILED, notify=held.url)
+        due_receivers = store.due_receivers
+
+        def slow(*args, **kwargs):
+            keys = due_receivers(*args, **kwargs)
+            time.sleep(0.3)
+            return keys
+        store.due_receivers = slow
+        notifier.start()
+        time.sleep(0.1)
+        threading.Timer(1.0, held.release).start()
+        notifier.send_due()
+        time.sleep(0.5)
+        notifier.stop()
+        assert errors == []
+        assert [g["json"]["id"] for g in held.received] == [job.id]
+    finally:
+        held.close()
+
+
+def test_a_store_without_a_notifier_leaves_the_receiver_for_it_to_fill_in(store, receiver,
+                                                                          notifiers):
+    store.notify_targets = lambda job: [receiver.url]  # as before a Notifier is made
+    job = ended(store, "site", JobState.FAILED)
+    assert [tuple(r) for r in store._read("SELECT receiver FROM notifications")] == [(None,)]
+    notifier = Notifier(store, receiver.url, "always", delays=())
+    notifiers.append(notifier)
+    notifier.start_if_pending()
+    assert [g["json"]["id"] for g in receiver.wait(1)] == [job.id]
