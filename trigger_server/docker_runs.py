@@ -297,6 +297,8 @@ class DockerTransport:
             raise makefile.MakefileError(f"cannot run make: {(out + err).decode(errors='replace')}")
         database = makefile.check_database(out, err)
         names, makefiles = makefile.parse_targets(database)
+        if not makefiles:  # make read none (it prints a database all the same)
+            raise makefile.MakefileError(makefile.no_makefile(workdir))
         docs: dict[str, str] = {}
         if makefiles:
             paths = [posixpath.join(workdir, p) for p in makefiles]

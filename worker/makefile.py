@@ -60,13 +60,17 @@ def _may_have_makefile(workdir: str) -> bool:
     return False
 
 
+def no_makefile(workdir: str) -> str:
+    return (f"there is no makefile ({', '.join(DEFAULT_MAKEFILES)}) in {workdir}: is the right "
+            "folder mounted there?")
+
+
 def read_database(workdir: str, timeout: float = 30) -> str:
     """make's printed database for `workdir`, without running any recipe (`-pRrq`). A folder
     without a makefile is an error, not an empty list: make prints a database all the same,
     and a mistyped or unmounted workspace looked like a makefile without targets."""
     if not _may_have_makefile(workdir):
-        raise MakefileError(f"there is no makefile ({', '.join(DEFAULT_MAKEFILES)}) in "
-                            f"{workdir}: is the right folder mounted there?")
+        raise MakefileError(no_makefile(workdir))
     try:
         proc = subprocess.run(
             ["make", "-C", workdir, "-pRrq", "--", ":"], stdin=subprocess.DEVNULL,

@@ -179,6 +179,23 @@ def test_a_failing_target_reports_makes_exit_status(stack, workspace, containers
     assert text.endswith("*** maketrigger: failed: make ended with exit status 2\n")
 
 
+def test_a_workdir_without_a_makefile_is_named_as_the_reason(stack, containers, tmp_path):
+    """A mistyped or unmounted workspace: make prints a database without reading any makefile,
+    which looked like a makefile without targets ("target site is not defined")."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    os.chown(empty, *OWNER)
+    box = containers(str(empty))
+    controller(stack, f"docker://{box.name}")
+    healthy(stack)
+
+    resp = stack.post(json={"target": "site", "wait": 30})
+
+    assert 400 <= resp.status_code < 500, resp.text
+    assert ("there is no makefile (GNUmakefile, makefile, Makefile) in /workspace: is the right "
+            "folder mounted there?") in resp.json()["error"]
+
+
 def test_the_input_rules_of_workers_hold(stack, workspace, containers):
     box = containers(workspace)
     controller(stack, f"docker://{box.name}?targets=ok&targets=fail")
