@@ -36,7 +36,7 @@ from .store import Job, JobState, Store, StoreError
 log = logging.getLogger(__name__)
 
 POLICIES = ("failure", "always", "change")
-RETRY_DELAYS = (1.0, 4.0, 15.0)  # after the first try: four attempts in about 20 s
+RETRY_DELAYS = (1.0, 4.0, 15.0)  # after the first try: four attempts, 20 s of delays apart
 IDLE_WAIT = 60.0  # the longest the sender sleeps without being woken (a backstop)
 STORE_RETRY = 5.0  # after the database failed the sender
 # POSTs to jobs' receivers past their deadline that may still hold a thread each, one a

@@ -28,6 +28,7 @@ from .workers import not_offered
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 300.0  # seconds between the workers' checks of the lines (check_lines)
+CHECK_LOOK = 1.0  # seconds between looks at whether the workers changed (a check at once)
 MACROS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
 REBOOT = "@reboot"
 
@@ -201,17 +202,22 @@ class Scheduler:
             self._next[s.key] = s.next_after(max(now, latest), self.tz)
 
     def _check_loop(self) -> None:
-        """check_lines once a worker is healthy, and again every CHECK_EVERY."""
-        while not self._stop.is_set():
-            if any(w.healthy for w in self.pool.all()):
+        """check_lines once a worker is healthy, again every CHECK_EVERY, and as soon as the
+        healthy workers or the variables they take changed (a worker recreated with other
+        WORKER_VARS, or down and up again, perhaps on another makefile)."""
+        seen, changed, due = None, True, 0.0
+        while True:
+            workers = tuple(sorted((w.url, w.vars or frozenset()) for w in self.pool.all()
+                                   if w.healthy))
+            changed, seen = changed or workers != seen, workers
+            if workers and (changed or time.monotonic() >= due):
                 try:
                     self.check_lines()
                 except Exception:
                     log.exception("schedules: cannot ask the workers about the lines")
-                wait = CHECK_EVERY
-            else:
-                wait = 0.5
-            self._stop.wait(wait)
+                changed, due = False, time.monotonic() + CHECK_EVERY
+            if self._stop.wait(CHECK_LOOK):
+                return
 
     def check_lines(self) -> None:
         """Ask the workers whether they take each line's target and variables, from one

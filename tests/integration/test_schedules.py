@@ -58,3 +58,17 @@ def test_lines_the_workers_refuse_are_logged_and_listed_with_the_reason(stack):
     assert rows[0]["problem"] is None
     assert "nosuch is not a target the worker offers" in rows[1]["problem"]
     assert "WORKER_VARS" in rows[2]["problem"]
+
+
+def test_a_worker_started_again_with_other_vars_is_asked_again_at_once(stack):
+    """The lines are checked again as soon as the workers change (here: the worker started
+    again with WORKER_VARS=N), not only every 5 minutes."""
+    worker = stack.worker()
+    server = stack.server([worker], TRIGGER_SCHEDULE="@daily ok N=1")
+    wait_for(lambda: stack.get("/schedules")["schedules"][0]["problem"], what="the problem")
+    worker.stop()
+    worker.env["WORKER_VARS"] = "N"
+    worker.start()
+    wait_for(lambda: stack.get("/schedules")["schedules"][0]["problem"] is None, timeout=15,
+             what="the line to be checked again")
+    assert "schedule '@daily ok N=1': the workers take it now" in server.output()
