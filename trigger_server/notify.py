@@ -14,12 +14,15 @@ Each receiver gets its notifications one at a time, in the order they fall due, 
 (a thread that sends them until none of its receiver's is due). A receiver is a scheme, host and
 port, except TRIGGER_NOTIFY_URL, which is a receiver of its own whatever other URLs share its
 host. The receivers of jobs' own `notify` URLs, which anyone who may trigger can set, share
-MAX_LANES lanes; TRIGGER_NOTIFY_URL always has one more. Each receiver has one POST past its
-deadline at most, and those of jobs' receivers are bounded as a whole (MAX_STUCK). So a job's
-receiver that is slow or down delays its own notifications, never the operator's. Many such
-receivers together do reach the others of jobs: MAX_LANES of them busy delay the rest, and
-MAX_STUCK of them with a POST past its deadline make the POSTs to the rest fail at once (each
-an attempt, so given up after the last) until one of those POSTs ends.
+MAX_LANES lanes; TRIGGER_NOTIFY_URL always has one more. So a job's receiver that is slow or
+down delays its own notifications, never the operator's; MAX_LANES of them busy at once delay
+the other receivers of jobs.
+
+A POST past its deadline has its connection shut down (`cuttable`), so its thread ends. Only
+one that cannot be cut (through a SOCKS proxy) is left behind, one a receiver: the next POSTs
+to its receiver fail at once while it lasts, and MAX_STUCK of them (the operator's not counted)
+make the POSTs to the other receivers of jobs fail at once (each an attempt, so given up after
+the last) until one ends.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from . import cuttable
 from .store import Job, JobState, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ STORE_RETRY = 5.0  # after the database failed the sender
 # receiver: MAX_STUCK, and up to MAX_LANES - 1 more that were under way together.
 MAX_STUCK = 8
 MAX_LANES = 8  # receivers of jobs' own URLs sent to at once, one POST at a time each
+CUT_WAIT = 2.0  # seconds a POST past its deadline is given to end once its connection is cut
 LANE_PAGE = 50  # due notifications a lane reads at a time
 OPERATOR = "TRIGGER_NOTIFY_URL"  # the receiver TRIGGER_NOTIFY_URL is, whatever its host
 
@@ -345,6 +350,7 @@ class Notifier:
             try:
                 result.append(self._post(url, payload))
             finally:
+                cuttable.SOCKETS.forget()
                 with self._lock:
                     if abandoned.is_set():
                         self._stuck -= counted
@@ -353,17 +359,23 @@ class Notifier:
         thread = threading.Thread(target=run, name="notify-post", daemon=True)
         thread.start()
         thread.join(self.deadline)
+        late = f"no answer within {self.deadline:g} s"
+        if thread.is_alive() and cuttable.SOCKETS.cut(thread.ident):
+            thread.join(CUT_WAIT)  # its connection is shut down: the POST fails at once
+            if not thread.is_alive():
+                return "failed", late
         with self._lock:
-            if not result and thread.is_alive():
+            if not result and thread.is_alive():  # (a connection that could not be cut)
                 abandoned.set()
                 self._stuck += counted
                 self._stuck_at.add(key)
-                return "failed", f"no answer within {self.deadline:g} s"
+                return "failed", late
         return result[0] if result else ("failed", "the POST ended without a result")
 
     def _post(self, url: str, payload: dict) -> tuple[str, str]:
         try:
-            resp = requests.post(url, json=payload, timeout=self.timeout)
+            with cuttable.session() as session:
+                resp = session.post(url, json=payload, timeout=self.timeout)
         except ValueError as exc:  # requests' InvalidURL and the like, and what urllib3 raises
             return "refused", f"unusable URL: {exc}"
         except requests.RequestException as exc:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.receiver import Receiver
-from trigger_server import notify
+from trigger_server import cuttable, notify
 from trigger_server.notify import IDLE_WAIT, Notifier, describe
 from trigger_server.store import JobState, Store, StoreError
 
@@ -188,6 +188,7 @@ class Trickler:
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
         self.stop = threading.Event()
         self.connections = 0
+        self.cut = False
         threading.Thread(target=self._accept, args=(every,), daemon=True).start()
 
     def _accept(self, every):
@@ -207,25 +208,50 @@ class Trickler:
             for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000:
                 if self.stop.wait(0.05):
                     return
-                conn.sendall(bytes([byte]))
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:  # the sender cut the connection
+                    self.cut = True
+                    return
 
     def close(self):
         self.stop.set()
         self.listener.close()
 
 
-def test_a_receiver_that_trickles_its_answer_is_left_behind_at_the_deadline(store, receiver):
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline(store, receiver,
+                                                                        caplog):
     slow = Trickler()
     try:
         notifier = Notifier(store, "", "always", delays=(), timeout=0.2)
         ended(store, "site", JobState.FAILED, notify=slow.url)
         good = ended(store, "site", JobState.FAILED, notify=receiver.url)
         started = time.monotonic()
-        notifier.send_due()
+        with caplog.at_level(logging.ERROR, logger="trigger_server"):
+            notifier.send_due()
         assert time.monotonic() - started < 5  # the deadline is 0.6 s; the answer takes 50 s
-        assert notifier._stuck == 1
+        assert notifier._stuck == 0  # its connection was shut down: no thread left behind
+        wait_until = time.monotonic() + 5
+        while not slow.cut and time.monotonic() < wait_until:
+            time.sleep(0.05)
+        assert slow.cut and "no answer within 0.6 s" in caplog.text
         assert [g["json"]["id"] for g in receiver.received] == [good.id]
         assert pending(store) == []  # given up: no retries were asked for
+    finally:
+        slow.close()
+
+
+def test_a_post_whose_connection_cannot_be_cut_is_left_behind(store, receiver, monkeypatch):
+    """(Through a SOCKS proxy, say): the sender goes on without it, and counts it."""
+    monkeypatch.setattr(cuttable.SOCKETS, "cut", lambda thread_id: False)
+    slow = Trickler()
+    try:
+        notifier = Notifier(store, "", "always", delays=(), timeout=0.2)
+        ended(store, "site", JobState.FAILED, notify=slow.url)
+        good = ended(store, "site", JobState.FAILED, notify=receiver.url)
+        notifier.send_due()
+        assert notifier._stuck == 1
+        assert [g["json"]["id"] for g in receiver.received] == [good.id]
     finally:
         slow.close()
     deadline = time.monotonic() + 10
@@ -273,10 +299,11 @@ def test_a_slow_receiver_delays_only_its_own_notifications(store, receiver, noti
         held.close()
 
 
-def test_a_receiver_that_keeps_trickling_holds_one_post_at_most(store, receiver):
-    """Each receiver has at most one POST past its deadline: the next ones to it fail at once
-    (and are retried) instead of each holding a thread, so one bad receiver cannot use up
-    MAX_STUCK and fail every other receiver's notifications."""
+def test_a_receiver_that_keeps_trickling_holds_one_post_at_most(store, receiver, monkeypatch):
+    """Each receiver has at most one POST past its deadline that could not be cut: the next
+    ones to it fail at once (and are retried) instead of each holding a thread, so one bad
+    receiver cannot use up MAX_STUCK and fail every other receiver's notifications."""
+    monkeypatch.setattr(cuttable.SOCKETS, "cut", lambda thread_id: False)
     slow = Trickler(every=True)
     try:
         notifier = Notifier(store, "", "always", delays=(), timeout=0.2)
@@ -375,9 +402,11 @@ def test_receivers_that_jobs_named_never_hold_up_the_operators(store, receiver, 
             held.close()
 
 
-def test_receivers_that_keep_trickling_cannot_fail_the_operators_alerts(store, receiver):
-    """MAX_STUCK receivers with a POST past its deadline each (one host, as many ports): the
-    next POSTs to any other receiver fail at once, but not TRIGGER_NOTIFY_URL's."""
+def test_receivers_that_keep_trickling_cannot_fail_the_operators_alerts(store, receiver,
+                                                                       monkeypatch):
+    """MAX_STUCK receivers with a POST past its deadline each that could not be cut (one host,
+    as many ports): the next POSTs to any other receiver fail at once, not the operator's."""
+    monkeypatch.setattr(cuttable.SOCKETS, "cut", lambda thread_id: False)
     slow = [Trickler() for _ in range(notify.MAX_STUCK)]
     try:
         notifier = Notifier(store, receiver.url, "always", delays=(), timeout=0.2)
@@ -488,3 +517,22 @@ def test_a_store_without_a_notifier_leaves_the_receiver_for_it_to_fill_in(store,
     notifiers.append(notifier)
     notifier.start_if_pending()
     assert [g["json"]["id"] for g in receiver.wait(1)] == [job.id]
+
+
+def test_receivers_that_keep_trickling_cannot_fail_other_receivers(store, receiver):
+    """More receivers than MAX_STUCK that answer a byte at a time, for ever (anyone who may
+    trigger can name them): each POST is cut off at its deadline, so none holds a thread and
+    another job's receiver still gets its notification."""
+    slow = [Trickler(every=True) for _ in range(notify.MAX_STUCK + 1)]
+    try:
+        notifier = Notifier(store, "", "always", delays=(), timeout=0.2)
+        for trickler in slow:
+            ended(store, "site", JobState.FAILED, notify=trickler.url)
+        notifier.send_due()
+        assert notifier._stuck == 0
+        good = ended(store, "site", JobState.FAILED, notify=receiver.url)
+        notifier.send_due()
+        assert [g["json"]["id"] for g in receiver.received] == [good.id]
+    finally:
+        for trickler in slow:
+            trickler.close()
