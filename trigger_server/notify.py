@@ -18,8 +18,9 @@ MAX_LANES lanes; TRIGGER_NOTIFY_URL always has one more. So a job's receiver tha
 down delays its own notifications, never the operator's; MAX_LANES of them busy at once delay
 the other receivers of jobs.
 
-A POST past its deadline has its connection shut down (`cuttable`), so its thread ends. Only
-one that cannot be cut (through a SOCKS proxy) is left behind, one a receiver: the next POSTs
+A POST past its deadline has its connection shut down (`cuttable`), so its thread ends; one
+still connecting then is shut down once connected. Until then, or for good through a SOCKS
+proxy (which cannot be cut), it is left behind, one a receiver: the next POSTs
 to its receiver fail at once while it lasts, and MAX_STUCK of them (the operator's not counted)
 make the POSTs to the other receivers of jobs fail at once (each an attempt, so given up after
 the last) until one ends.
@@ -347,6 +348,7 @@ class Notifier:
         abandoned = threading.Event()
 
         def run() -> None:
+            cuttable.SOCKETS.begin()
             try:
                 result.append(self._post(url, payload))
             finally:
@@ -360,10 +362,10 @@ class Notifier:
         thread.start()
         thread.join(self.deadline)
         late = f"no answer within {self.deadline:g} s"
-        if thread.is_alive() and cuttable.SOCKETS.cut(thread.ident):
+        if thread.is_alive() and cuttable.SOCKETS.cut(thread):
             thread.join(CUT_WAIT)  # its connection is shut down: the POST fails at once
-            if not thread.is_alive():
-                return "failed", late
+            if not thread.is_alive():  # (unless it was answered just before the cut)
+                return result[0] if result and result[0][0] != "failed" else ("failed", late)
         with self._lock:
             if not result and thread.is_alive():  # (a connection that could not be cut)
                 abandoned.set()

@@ -243,7 +243,7 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline(store, r
 
 def test_a_post_whose_connection_cannot_be_cut_is_left_behind(store, receiver, monkeypatch):
     """(Through a SOCKS proxy, say): the sender goes on without it, and counts it."""
-    monkeypatch.setattr(cuttable.SOCKETS, "cut", lambda thread_id: False)
+    monkeypatch.setattr(cuttable.SOCKETS, "cut", lambda thread: False)
     slow = Trickler()
     try:
         notifier = Notifier(store, "", "always", delays=(), timeout=0.2)
@@ -303,7 +303,7 @@ def test_a_receiver_that_keeps_trickling_holds_one_post_at_most(store, receiver,
     """Each receiver has at most one POST past its deadline that could not be cut: the next
     ones to it fail at once (and are retried) instead of each holding a thread, so one bad
     receiver cannot use up MAX_STUCK and fail every other receiver's notifications."""
-    monkeypatch.setattr(cuttable.SOCKETS, "cut", lambda thread_id: False)
+    monkeypatch.setattr(cuttable.SOCKETS, "cut", lambda thread: False)
     slow = Trickler(every=True)
     try:
         notifier = Notifier(store, "", "always", delays=(), timeout=0.2)
@@ -406,7 +406,7 @@ def test_receivers_that_keep_trickling_cannot_fail_the_operators_alerts(store, r
                                                                        monkeypatch):
     """MAX_STUCK receivers with a POST past its deadline each that could not be cut (one host,
     as many ports): the next POSTs to any other receiver fail at once, not the operator's."""
-    monkeypatch.setattr(cuttable.SOCKETS, "cut", lambda thread_id: False)
+    monkeypatch.setattr(cuttable.SOCKETS, "cut", lambda thread: False)
     slow = [Trickler() for _ in range(notify.MAX_STUCK)]
     try:
         notifier = Notifier(store, receiver.url, "always", delays=(), timeout=0.2)
