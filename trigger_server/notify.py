@@ -108,7 +108,7 @@ class Notifier:
         self.store, self.url, self.policy = store, url, policy
         self.delays, self.timeout = delays, timeout
         # A receiver that trickles its answer keeps each read within `timeout`: every POST
-        # also has a deadline of its own, after which the sender goes on without it.
+        # also has a deadline of its own, at which its connection is shut down (`post`).
         self.deadline = 3 * timeout
         self._wake = threading.Event()
         self._lock = threading.Lock()
