@@ -10,6 +10,7 @@ from .checkpoint import Checkpointer
 from .dispatch import Dispatcher
 from .history import Pruner
 from .hooks import bp as hooks_bp
+from .joined import JoinedAnswers
 from .log_tail import LogTail
 from .notify import Notifier
 from .schedules import Scheduler
@@ -52,7 +53,8 @@ def create_app(config: dict | None = None) -> Flask:
         log_tail=log_tail, notifier=notifier,
         scheduler=Scheduler(cfg["SCHEDULES"], store, dispatcher, cfg["TIMEZONE"],
                             cfg["SCHEDULE_CATCHUP"], pool),
-        wait_slots=WaitSlots(cfg["MAX_WAITERS"]), pruner=Pruner(store, cfg["KEEP_JOBS"]))
+        wait_slots=WaitSlots(cfg["MAX_WAITERS"]), pruner=Pruner(store, cfg["KEEP_JOBS"]),
+        joined=JoinedAnswers())
     app.register_blueprint(bp)
     app.register_blueprint(hooks_bp)
     return app

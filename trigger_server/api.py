@@ -269,6 +269,8 @@ def create_job():
     finally:
         if wait:
             slots.give()
+    if coalesced and not wait and job.state is JobState.QUEUED and job.worker is None:
+        return current_app.extensions["joined"].answer(job)
     resp = jsonify({**job.to_dict(), "coalesced": coalesced})
     resp.status_code = status
     resp.headers["Location"] = f"/jobs/{job.id}"

@@ -29,6 +29,24 @@ def test_identical_triggers_while_queued_coalesce_into_one_job(stack):
     assert len(stack.get("/jobs?target=ok")["jobs"]) == 1
 
 
+def test_a_joining_trigger_is_answered_with_the_queued_job_as_it_is(stack):
+    """Answers to triggers that join a queued job are made once per job: each is the job as
+    GET /jobs/<id> shows it, with `"coalesced": true`, for every job a burst joins."""
+    stack.server([stack.worker()])
+    running = stack.trigger("slow")["id"]
+    stack.wait_state(running, "running")
+    for target in ("ok", "other"):
+        first = stack.post(json={"target": target, "notify": "http://127.0.0.1:9/x"})
+        joins = [stack.post(json={"target": target}) for _ in range(3)]
+        queued = stack.job(first.json()["id"])
+        assert first.json() == {**queued, "coalesced": False}
+        for join in joins:
+            assert join.status_code == 202 and join.json() == {**queued, "coalesced": True}
+            assert join.headers["Location"] == f"/jobs/{queued['id']}"
+            assert join.headers["Content-Type"] == "application/json"
+    stack.http.delete(f"{stack.url}/jobs/{running}", timeout=10)
+
+
 def test_concurrent_triggers_coalesce_too(stack):
     stack.server([stack.worker()])
     running = stack.trigger("slow")["id"]
