@@ -90,6 +90,15 @@ def _redacted(text: str, url: str) -> str:
     return text
 
 
+def _log_failure(exc: Exception) -> None:
+    """The sender's words on an error that pauses it for STORE_RETRY."""
+    if isinstance(exc, StoreError):
+        log.error("notifications: %s (trying again in %g s)", exc, STORE_RETRY)
+    else:
+        log.exception("notifications: unexpected error (trying again in %g s)", STORE_RETRY,
+                      exc_info=exc)
+
+
 def describe(job: Job) -> str:
     """The one-line `text` of a notification."""
     text = f"maketrigger: job {job.id} ({job.target}) {job.state.value}"
@@ -119,6 +128,9 @@ class Notifier:
         self._stuck_at: set[str] = set()  # the receivers with such a POST (the operator too)
         self._lanes: dict[str, threading.Thread] = {}  # receiver -> the lane sending to it
         self._failed_until = 0.0  # (monotonic) a lane failed: no new lanes until then
+        # Notifications queued before this notifier told the store their receivers are
+        # filled in at the first look (after that, the store asks receiver_of as it queues).
+        self._receivers_filled = False
         # Sent (or given up), but the database failed to record it: not sent again meanwhile.
         self._unsettled: dict[int, tuple[int, float] | None] = {}
         store.notify_targets = self.targets
@@ -182,12 +194,8 @@ class Notifier:
             self._wake.clear()  # before looking: a lane that ends meanwhile wakes the next look
             try:
                 pause = self.send_due(stop=stop, wait=False)
-            except StoreError as exc:
-                log.error("notifications: %s (trying again in %g s)", exc, STORE_RETRY)
-                pause = STORE_RETRY
-            except Exception:
-                log.exception("notifications: unexpected error (trying again in %g s)",
-                              STORE_RETRY)
+            except Exception as exc:
+                _log_failure(exc)
                 pause = STORE_RETRY
             self._wake.wait(pause)
 
@@ -205,8 +213,10 @@ class Notifier:
         if paused > 0 and not wait:
             return paused
         self._settle()
-        if self.store.fill_receivers(self.receiver_of):
-            log.info("notifications: the receivers of those queued before are recorded now")
+        if not self._receivers_filled:
+            if self.store.fill_receivers(self.receiver_of):
+                log.info("notifications: the receivers of those queued before are recorded now")
+            self._receivers_filled = True
         when = time.time() if now is None else now
         while not stop.is_set():
             lanes = self._start_lanes(when, now, stop)
@@ -281,11 +291,7 @@ class Notifier:
             failed.append(exc)
             with self._lock:
                 self._failed_until = time.monotonic() + STORE_RETRY
-            if isinstance(exc, StoreError):
-                log.error("notifications: %s (trying again in %g s)", exc, STORE_RETRY)
-            else:
-                log.exception("notifications: unexpected error (trying again in %g s)",
-                              STORE_RETRY)
+            _log_failure(exc)
         finally:
             with self._lock:
                 if self._lanes.get(key) is threading.current_thread():
