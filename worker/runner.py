@@ -449,7 +449,10 @@ class Runner:
             self._active.pop(run.id, None)  # from here on, get() reads the saved record
             if not saved:
                 self._unsaved[run.id] = run  # ... or this one, until it is saved
-        log.info("run %s: make %s %s (%s)", run.id, run.target, state.value, error or "ok")
+        # A run that succeeded is news at `debug` only: the controller logs every job's end
+        # already, and under Docker each line costs the round trip 0.1-0.15 ms (its log driver).
+        log.log(logging.DEBUG if state is RunState.SUCCEEDED else logging.INFO,
+                "run %s: make %s %s (%s)", run.id, run.target, state.value, error or "ok")
 
     def _stop(self, run: Run, state: RunState, reason: str) -> None:
         """SIGTERM make, then (TERM_LEAD later) its whole process group, then SIGKILL what is

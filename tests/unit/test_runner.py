@@ -367,3 +367,18 @@ def test_a_stopped_build_gives_its_whole_tree_sigterm_first(tmp_path):
     again = runner.start("2", "top", {}, None)  # the workspace is free: nothing is left
     runner.cancel(again.id)
     wait_done(again)
+
+
+def test_a_run_that_succeeded_is_logged_at_debug_and_one_that_failed_at_info(
+        workspace, tmp_path, caplog):
+    """The controller logs every job's end; the worker adds a line at `info` only for a run
+    that did not succeed (each line costs a job's round trip under Docker's log driver)."""
+    (workspace / "Makefile").write_text("ok:\n\t@echo ok\nbad:\n\t@exit 3\n")
+    r = Runner(str(workspace), str(tmp_path / "s"))
+    caplog.set_level("DEBUG", logger="worker.runner")
+    for run_id, target in (("1", "ok"), ("2", "bad")):
+        wait_done(r.start(run_id, target, {}, None))
+    wait_recorded(r)
+    ends = {rec.getMessage().split(":")[0]: rec.levelname for rec in caplog.records
+            if "make ok" in rec.getMessage() or "make bad" in rec.getMessage()}
+    assert ends == {"run 1": "DEBUG", "run 2": "INFO"}
