@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     notify TEXT,
     retries INTEGER NOT NULL DEFAULT 0,
     attempt INTEGER NOT NULL DEFAULT 0,
-    log_base INTEGER NOT NULL DEFAULT 0
+    log_base INTEGER NOT NULL DEFAULT 0,
+    run_key TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (state, target, vars, selector)
@@ -157,6 +158,7 @@ class Job:
     retries: int = 0
     attempt: int = 0
     log_base: int = 0  # where the current attempt's log starts in the stored log
+    run_key: str | None = None  # random, in its run ids (None: a job of an older version)
 
     @property
     def run_log_offset(self) -> int:
@@ -276,7 +278,7 @@ class Store:
         have = {row["name"] for row in self._read("PRAGMA table_info(jobs)")}
         for column, decl in (("notify", "TEXT"), ("retries", "INTEGER NOT NULL DEFAULT 0"),
                              ("attempt", "INTEGER NOT NULL DEFAULT 0"),
-                             ("log_base", "INTEGER NOT NULL DEFAULT 0")):
+                             ("log_base", "INTEGER NOT NULL DEFAULT 0"), ("run_key", "TEXT")):
             if column not in have:
                 with self._tx() as db:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
@@ -311,9 +313,13 @@ class Store:
             return db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()[0]
 
     def run_id(self, job: Job) -> str:
-        """The id a worker knows (this attempt of) a job by."""
+        """The id a worker knows (this attempt of) a job by. The job's random key is part of it:
+        a database restored from a backup (or one that lost its last commits) gives its ids to
+        new jobs again, and a new job must not take a run of the old one for its own (a start
+        the worker refuses as `exists` is followed as the job's run)."""
         suffix = f".{job.attempt}" if job.attempt else ""
-        return f"{self.instance}-{job.id}{suffix}"
+        key = f"-{job.run_key}" if job.run_key else ""
+        return f"{self.instance}-{job.id}{key}{suffix}"
 
     # --- connections ---------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -393,8 +399,8 @@ class Store:
             return row, True
         cur = db.execute(
             "INSERT INTO jobs (target, vars, selector, state, source, timeout, created_at, "
-            "notify, retries) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-            (*key, source, timeout, time.time(), notify, retries))
+            "notify, retries, run_key) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+            (*key, source, timeout, time.time(), notify, retries, secrets.token_hex(4)))
         return db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone(), False
 
     def build_since(self, target: str, selector: str | None, since: float,

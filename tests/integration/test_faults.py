@@ -218,3 +218,31 @@ def test_a_lost_job_with_retries_runs_again_but_a_failed_one_never(stack):
     assert log.index("first") < log.index("attempt 1 lost") < log.index("second attempt")
     failed = stack.post(json={"target": "fail", "retries": 3, "wait": True}).json()
     assert failed["state"] == "failed" and failed["attempt"] == 0
+
+
+def test_a_database_restored_from_a_backup_does_not_give_a_new_job_an_old_run(stack):
+    """A restored database gives its job ids to new jobs again; the worker still has the runs
+    of the jobs that had them. A new job's start must not be taken for a repeat of its own (a
+    run the worker refuses as `exists`) and report the old build's result and log."""
+    import sqlite3
+
+    w = stack.worker(WORKER_VARS="MSG")
+    server = stack.server([w])
+    db = stack.tmp / "trigger.db"
+    backup = stack.tmp / "backup.db"
+    with sqlite3.connect(db) as live, sqlite3.connect(backup) as copy:
+        live.backup(copy)
+    old = stack.post(json={"target": "marker", "vars": {"MSG": "before the restore"},
+                           "wait": 10}).json()
+    assert old["state"] == "succeeded", old
+    assert "before the restore" in stack.log(old["id"])
+    server.stop()
+    for suffix in ("", "-wal", "-shm"):
+        (stack.tmp / f"trigger.db{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup, db)
+    server.start()
+    new = stack.post(json={"target": "fail", "wait": 10}).json()
+    assert new["id"] == old["id"]  # the same id again
+    assert new["state"] == "failed" and new["exit_code"] == 2, new
+    assert "about to fail" in stack.log(new["id"])
+    assert "before the restore" not in stack.log(new["id"])

@@ -1,5 +1,6 @@
 """The SQLite store: jobs, coalescing, guarded state changes, and logs by byte offset."""
 
+import dataclasses
 import threading
 import time
 from contextlib import contextmanager
@@ -7,6 +8,7 @@ from contextlib import contextmanager
 import pytest
 
 from trigger_server.store import DELIVERY_DAYS, TRUNCATION_MARKER, JobState, Store
+from worker.runner import RUN_ID_RE
 
 
 @pytest.fixture
@@ -242,7 +244,34 @@ def test_the_database_survives_reopening(tmp_path):
     again = Store(path)
     assert again.get_job(job.id).target == "html"
     assert again.instance == first.instance  # run ids stay stable across restarts
+    assert again.run_id(again.get_job(job.id)) == first.run_id(job)
     assert again.integrity_ok()
+
+
+def test_run_ids_carry_a_random_key_of_the_job_except_for_jobs_of_older_versions(tmp_path):
+    """A new job that gets an id again (a database restored from a backup) gets another run
+    id; a job queued by a version without keys keeps the run id its worker knows it by."""
+    store = Store(str(tmp_path / "t.db"))
+    a, _ = store.create_job("html", {}, None, "api")
+    b, _ = store.create_job("pdf", {}, None, "api")
+    assert a.run_key and b.run_key and a.run_key != b.run_key
+    assert store.run_id(a) == f"{store.instance}-{a.id}-{a.run_key}"
+    old = dataclasses.replace(a, run_key=None, attempt=2)
+    assert store.run_id(old) == f"{store.instance}-{a.id}.2"
+    assert RUN_ID_RE.fullmatch(store.run_id(dataclasses.replace(a, id=2**63 - 1, attempt=99)))
+
+
+def test_a_jobs_table_made_before_run_keys_gets_the_column_and_keeps_its_run_ids(tmp_path):
+    path = str(tmp_path / "old.db")
+    store = Store(path)
+    job, _ = store.create_job("html", {}, None, "api")
+    with store._tx() as db:
+        db.execute("ALTER TABLE jobs DROP COLUMN run_key")
+    again = Store(path)
+    old = again.get_job(job.id)
+    assert old.run_key is None and again.run_id(old) == f"{again.instance}-{job.id}"
+    new, _ = again.create_job("pdf", {}, None, "api")
+    assert again.get_job(new.id).run_key == new.run_key and new.run_key
 
 
 def test_a_log_table_made_by_an_older_version_is_moved_to_the_faster_layout(tmp_path):
