@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 import tempfile
 
 from . import watch
@@ -107,6 +108,28 @@ def load(overrides: dict | None = None, environ=None) -> dict:
     except watch.WatchError as exc:
         raise ConfigError(str(exc)) from None
     if not cfg["STATE_DIR"]:
-        digest = hashlib.sha256(cfg["WORKDIR"].encode()).hexdigest()[:12]
-        cfg["STATE_DIR"] = os.path.join(tempfile.gettempdir(), f"maketrigger-worker-{digest}")
+        cfg["STATE_DIR"] = default_state_dir(cfg["WORKDIR"])
     return cfg
+
+
+def default_state_dir(workdir: str) -> str:
+    """The state folder when WORKER_STATE_DIR is not set: in the shared temporary folder, where
+    anyone can guess its name, so it is made private (0700) and one that is not this user's
+    own private folder is refused. Whoever could write in it could plant run records that make
+    the worker signal processes at its start (`Runner.recover`), or forge a build's result."""
+    digest = hashlib.sha256(workdir.encode()).hexdigest()[:12]
+    uid = os.geteuid()
+    path = os.path.join(tempfile.gettempdir(), f"maketrigger-worker-{uid}-{digest}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot make the state folder {path}: {exc}; set WORKER_STATE_DIR"
+                          ) from None
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
+        raise ConfigError(
+            f"{path} (the default WORKER_STATE_DIR) is not a folder that only this user (uid "
+            f"{uid}) can use: someone else may have made it. Remove it, or set WORKER_STATE_DIR")
+    return path

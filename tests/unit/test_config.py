@@ -107,3 +107,34 @@ def test_a_controller_open_beyond_loopback_without_an_api_token_says_so(caplog):
         assert caplog.text == ""
         _warn_if_open(["127.0.0.1:8080", "0.0.0.0:8080"], "")
     assert "no TRIGGER_API_TOKEN: anyone who can reach 0.0.0.0:8080" in caplog.text
+
+
+def test_the_default_state_folder_is_private_and_one_someone_else_made_is_refused(
+        tmp_path, monkeypatch):
+    """Its name in the shared temporary folder is predictable: a folder planted there first
+    (or a symlink) must not be used, or its records could make the worker kill processes."""
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    settings = {"WORKER_WORKDIR": str(ws), "TRIGGER_WORKER_TOKEN": "t"}
+    path = worker_config.load(environ=settings)["STATE_DIR"]
+    assert os.path.dirname(path) == str(tmp_path)
+    assert os.stat(path).st_mode & 0o777 == 0o700 and os.stat(path).st_uid == os.geteuid()
+    assert worker_config.load(environ=settings)["STATE_DIR"] == path  # again: the same one
+    os.chmod(path, 0o777)
+    with pytest.raises(worker_config.ConfigError, match="someone else may have made it"):
+        worker_config.load(environ=settings)
+    os.rmdir(path)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    os.symlink(tmp_path / "elsewhere", path)
+    with pytest.raises(worker_config.ConfigError, match="someone else may have made it"):
+        worker_config.load(environ=settings)
+    os.unlink(path)
+    if os.geteuid() == 0:  # (CI runs as root) a private folder, but nobody's
+        os.mkdir(path, 0o700)
+        os.chown(path, 65534, 65534)
+        with pytest.raises(worker_config.ConfigError, match="someone else may have made it"):
+            worker_config.load(environ=settings)
