@@ -292,14 +292,15 @@ class Dispatcher:
         (left by a previous controller), "follow" (started: `events` is the run as it goes on),
         "reconcile" (a store error came between: find out where the job is, as "recover" does).
         """
-        handed_over = False
+        handed_over, ran = False, how != "start" and how != "start here"
         try:
             while True:
                 try:
-                    handed_over = self._drive(job, worker, how, events)
+                    handed_over, ran = self._drive(job, worker, how, events)
                     return
                 except StoreError as exc:  # the worker may run it: never leave it unfollowed
                     events = None  # (_start closed a start's stream)
+                    ran = True  # it may have started
                     if how == "start here":  # a request's thread: a follower takes it on
                         log.error("job %s: %s; reconciling it in a follower", job.id, exc)
                         self._followers.submit(self._run, job, worker, "reconcile")
@@ -310,48 +311,56 @@ class Dispatcher:
                         return
                     how = "reconcile"
         except Exception as exc:
+            ran = True  # (or not: what locked a worker may have been this job all the same)
             log.exception("job %s: follower failed", job.id)
             self._end(job.id, JobState.LOST, error=f"the controller lost track of it: {exc}")
         finally:
             if not handed_over:
-                self._release(job, worker)
+                self._release(job, worker, ran)
 
-    def _drive(self, job: Job, worker: Worker, how: str, events: Iterable | None) -> bool:
-        """One go at `_run`; True once following the job is handed to a follower thread."""
+    def _drive(self, job: Job, worker: Worker, how: str,
+               events: Iterable | None) -> tuple[bool, bool]:
+        """One go at `_run`: (whether following the job was handed to a follower thread,
+        whether it may have run on the worker)."""
         if how == "reconcile":
             job = self.store.get_job(job.id) or job
             if job.state.ended or (job.state is JobState.QUEUED and job.worker is None):
-                return False  # ended, or waits in the queue again
+                return False, True  # ended, or waits in the queue again
             if job.state is JobState.QUEUED and not self._reclaim(job, worker):
-                return False
+                return False, True
         elif how in ("start", "start here"):
             job.worker = worker.url
             started, events = self._start(job, worker)
             if not started:
-                return False
+                return False, False
             if how == "start here":
                 self._followers.submit(self._run, job, worker, "follow", events)
-                return True
+                return True, True
         elif how == "recover" and job.state is JobState.QUEUED and not self._reclaim(
                 job, worker):
-            return False
+            return False, True
         while True:
             try:
                 self._follow(job, worker, events)
-                return False
+                return False, True
             except StoreError as exc:  # the worker keeps the log: catch up once it works
                 events = None
                 log.error("job %s: %s; following again shortly", job.id, exc)
                 if self._stop.wait(2.0):
-                    return False
+                    return False, True
 
-    def _release(self, job: Job, worker: Worker) -> None:
+    def _release(self, job: Job, worker: Worker, ran: bool = True) -> None:
         """The job no longer occupies its worker: what waits for the worker may go. A cancel
-        that came while it was lost and queued again (retries) ends it now."""
+        that came while it was lost and queued again (retries) ends it now. `ran`: whether it
+        may have run there; if it did not (the worker refused it as busy), the workers that
+        refused starts as busy stay refused for their BUSY_BACKOFF: what locks them is not it,
+        and dispatching at once would ask the same worker again and again, thousands of times
+        a second (the walkthrough's `--scale worker=3` on one workspace)."""
         with self.pool.lock:
             worker.jobs.pop(job.id, None)
-            for w in self.pool.all():
-                w.blocked_until = 0.0  # whatever locked them may have been this job
+            if ran:
+                for w in self.pool.all():
+                    w.blocked_until = 0.0  # whatever locked them may have been this job
         if self._drop(job.id, worker):
             self._cancel_waiting_logged(job.id)
         self.notify()
@@ -379,7 +388,7 @@ class Dispatcher:
         except RunStarted:
             pass  # our own start, retried: the first attempt got through
         except WorkerBusy as exc:
-            log.info("job %s: %s is busy (%s); requeued", job.id, worker.url, exc)
+            log.debug("job %s: %s is busy (%s); requeued", job.id, worker.url, exc)
             worker.blocked_until = time.monotonic() + BUSY_BACKOFF
             self._unclaim(job, worker)
             return False, None

@@ -140,3 +140,28 @@ def test_with_target_locks_a_shared_workspace_builds_different_targets_at_once(s
     assert ja["worker"] != jb["worker"]
     for job_id in (a, b):
         stack.http.delete(f"{stack.url}/jobs/{job_id}", timeout=10)
+
+
+def test_a_worker_whose_workspace_something_else_locks_is_asked_again_once_a_second(stack):
+    """A build the controller does not know of (another stack on the workspace, a replica's)
+    holds the workspace lock: the worker refuses starts as busy, and the controller asks it
+    again after BUSY_BACKOFF (1 s), not at once and for ever (it asked thousands of times a
+    second: each refusal's release undid the back-off). The job runs once the lock is free."""
+    import fcntl
+    import os
+    import time
+
+    ws = stack.workspace()
+    access = stack.tmp / "access.log"
+    stack.server([stack.worker(ws, WORKER_ACCESS_LOG=str(access))])
+    fd = os.open(ws, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the worker's builds take it
+        job = stack.trigger("ok")["id"]
+        time.sleep(3)
+        assert stack.job(job)["state"] == "queued"
+    finally:
+        os.close(fd)
+    assert stack.wait_state(job)["state"] == "succeeded"
+    starts = access.read_text().count('"POST /runs ')
+    assert 2 <= starts <= 8, f"{starts} starts asked in about 3 s"
