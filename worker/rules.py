@@ -216,11 +216,23 @@ def check_vars_allowed(variables: Mapping[str, str], allowed: Iterable[str],
             raise RuleError(f"variable {name} refused: not listed in {setting}")
 
 
+# What a make puts in its recipes' environment for the makes they start. In a worker started
+# by a make recipe (MAKELEVEL is set), they are that make's, not the operator's: `make -n`'s
+# MAKEFLAGS=n would make every build a dry run that succeeds.
+_FROM_A_PARENT_MAKE = frozenset({
+    "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "MAKE_RESTARTS", "MAKE_TERMOUT",
+    "MAKE_TERMERR",
+})
+
+
 def build_environ(environ: Mapping[str, str], **extra: str) -> dict[str, str]:
     """The environment make runs in: the agent's own, less the secrets maketrigger was given
     (the worker token above all), so that a recipe that prints its environment does not put
-    them in a log any API client can read."""
-    env = {k: v for k, v in environ.items() if not _SECRET_NAME.match(k)}
+    them in a log any API client can read, and less what a make that started the worker
+    passed on to it (an operator's own MAKEFLAGS, e.g. `-j4`, stays)."""
+    inherited = _FROM_A_PARENT_MAKE if "MAKELEVEL" in environ else frozenset()
+    env = {k: v for k, v in environ.items()
+           if not _SECRET_NAME.match(k) and k not in inherited}
     env.update(extra)
     return env
 

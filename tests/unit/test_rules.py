@@ -108,6 +108,30 @@ def test_builds_get_the_environment_without_maketriggers_secrets():
         "HOME": "/h", "R_HOME": "/r", "WORKER_VARS": "V", "LC_ALL": "C"}
 
 
+def test_builds_do_not_get_what_a_make_that_started_the_worker_passed_on():
+    """A worker started from a make recipe (`make -n serve`) inherits that make's MAKEFLAGS:
+    every build would be a dry run that succeeds. An operator's own MAKEFLAGS stays."""
+    parent = {"HOME": "/h", "MAKELEVEL": "1", "MAKEFLAGS": "n", "MFLAGS": "-n",
+              "MAKEOVERRIDES": "${-*-command-variables-*-}", "MAKE_TERMOUT": "/dev/pts/0",
+              "GNUMAKEFLAGS": "--no-print-directory"}
+    assert rules.build_environ(parent) == {"HOME": "/h", "GNUMAKEFLAGS": "--no-print-directory"}
+    assert rules.build_environ({"HOME": "/h", "MAKEFLAGS": "-j4"}) == {
+        "HOME": "/h", "MAKEFLAGS": "-j4"}
+
+
+def test_a_worker_started_by_a_dry_run_make_still_runs_its_builds(tmp_path, monkeypatch):
+    from worker.runner import Runner
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "Makefile").write_text("bad:\n\t@echo about to fail; exit 3\n")
+    monkeypatch.setenv("MAKEFLAGS", "n")
+    monkeypatch.setenv("MAKELEVEL", "1")
+    run = Runner(str(ws), str(tmp_path / "s")).start("1", "bad", {}, None)
+    assert run.done.wait(10)
+    assert run.state.value == "failed" and run.exit_code == 2
+
+
 def _fake_make(folder) -> str:
     folder.mkdir()
     make = folder / "make"
