@@ -8,7 +8,8 @@ script tells a failed build from a failed trigger:
     64   usage error (bad options or arguments)
     65   rejected by the server or by the CLI's own checks (bad target, variable, token...), or
          with --wait by the worker when the job started
-    69   server unreachable, or it answered with a server error or as too busy (429); while
+    69   server unreachable, or it answered with a server error, as too busy (429) or not as
+         a maketrigger controller does (another server at the URL); while
          following a job (--wait, --follow, log --follow) only once unreachable or failing
          for GIVE_UP seconds (too busy to stream, it is waited for)
     124  timed out (--timeout elapsed, or the job hit its own time limit)
@@ -77,7 +78,31 @@ class Api:
         raise Abort(f"server said {resp.status_code}: {message}", code)
 
     def json(self, method: str, path: str, **kw) -> dict:
-        return self.call(method, path, **kw).json()
+        return answer(self.call(method, path, **kw))
+
+
+class NotTheApi(Exception):
+    """The server answered, but not as maketrigger's API does (another server at the URL, a
+    proxy's page): exit 69, as for a server that cannot be used, not a traceback and 1."""
+
+
+def answer(resp: requests.Response) -> dict:
+    """The JSON object of an answer."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        kind = resp.headers.get("Content-Type", "no content type")
+        raise NotTheApi(f"{resp.status_code} with a body that is not a JSON object ({kind})")
+    return body
+
+
+def a_job(body: dict) -> dict:
+    """`body`, if it is a job as the API shows one."""
+    if not isinstance(body.get("id"), int) or not isinstance(body.get("state"), str):
+        raise NotTheApi(f"an answer that is not a job: {json.dumps(body)[:200]}")
+    return body
 
 
 def job_exit(job: dict) -> int:
@@ -221,7 +246,7 @@ def run(api: Api, target, assignments, wait, follow_log, timeout, job_timeout, w
     resp = api.call("POST", "/jobs", json=body)
     if resp.status_code >= 400:
         api.fail(resp)
-    job = resp.json()
+    job = a_job(answer(resp))
     note = " (joined an identical queued job)" if job.get("coalesced") else ""
     click.echo(f"job {job['id']}: {target} {job['state']}{note}", err=True)
     if not (wait or follow_log):
@@ -241,7 +266,7 @@ def run(api: Api, target, assignments, wait, follow_log, timeout, job_timeout, w
 def status(api: Api, job_id, limit):
     """One job as JSON, or a table of the latest jobs."""
     if job_id is not None:
-        click.echo(json.dumps(api.json("GET", f"/jobs/{job_id}"), indent=2))
+        click.echo(json.dumps(a_job(api.json("GET", f"/jobs/{job_id}")), indent=2))
         return
     jobs = api.json("GET", "/jobs", params={"limit": limit})["jobs"]
     click.echo(f"{'ID':>6}  {'STATE':<10} {'EXIT':>4}  {'SOURCE':<8} {'TARGET':<24} CREATED")
@@ -267,7 +292,7 @@ def log(api: Api, job_id, follow_log):
 @click.pass_obj
 def cancel(api: Api, job_id):
     """Cancel a queued or running job."""
-    job = api.json("DELETE", f"/jobs/{job_id}")
+    job = a_job(api.json("DELETE", f"/jobs/{job_id}"))
     click.echo(f"job {job['id']}: {job['state']} (cancel requested)", err=True)
 
 
@@ -306,3 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     except Abort as exc:
         click.echo(f"trigger: {exc}", err=True)
         sys.exit(exc.code)
+    except (NotTheApi, KeyError, TypeError, ValueError) as exc:
+        # (a field missing or of another type in an answer: the same)
+        what = exc if isinstance(exc, NotTheApi) else f"{type(exc).__name__}: {exc}"
+        click.echo(f"trigger: the server did not answer as a maketrigger controller does: "
+                   f"{what}", err=True)
+        sys.exit(EXIT_UNREACHABLE)

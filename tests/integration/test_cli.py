@@ -243,3 +243,40 @@ def test_a_stopping_server_that_ends_every_follow_at_once_is_not_hammered():
         assert 2 <= len(follows) <= 6, len(follows)  # after pauses of 0.5, 1, 2 s
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("body,kind", [(b"<html>hello</html>", "text/html"),
+                                       (b'{"something": "else"}', "application/json"),
+                                       (b"[1, 2]", "application/json")])
+def test_a_server_that_is_not_a_controller_exits_69_with_a_word_not_a_traceback(
+        cli_stack, body, kind):
+    """Another server at the URL (a proxy's page, a mistyped port) answers 200 with something
+    else: exit 69 with a line saying so, not a traceback and exit 1 (make's own status)."""
+    import http.server
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_DELETE = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for args in (["workers"], ["targets"], ["status"], ["status", "1"], ["run", "ok"],
+                     ["cancel", "1"]):
+            out = trigger(cli_stack, *args, url=url)
+            assert out.returncode == 69, (args, out.stderr)
+            assert "did not answer as a maketrigger controller does" in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
