@@ -251,6 +251,11 @@ def github():
                            "with TRIGGER_GITHUB_SECRET)")
     target = _target(GITHUB)
     event = request.headers.get("X-GitHub-Event", "")
+    signed = "sha256:" + hashlib.sha256(body).hexdigest()
+    if event != "push":
+        # Its signed body is remembered all the same: the event's name is not signed, and a
+        # body with a `ref` (workflow_dispatch, ...) sent again as a push must not queue.
+        current_app.extensions["store"].record_delivery(GITHUB.name, signed)
     if event == "ping":
         return _answer(200, ok=True, event="ping")
     if request.mimetype == "application/x-www-form-urlencoded":  # the webhook's other format
@@ -268,7 +273,7 @@ def github():
         deleted=payload.get("deleted") is True or payload.get("after") == ZERO_SHA,
         default_branch=_get(payload, "repository", "default_branch"),
         delivery=_delivery("X-GitHub-Delivery"),
-        signed="sha256:" + hashlib.sha256(body).hexdigest()))
+        signed=signed))
 
 
 @bp.post("/gitlab")

@@ -433,3 +433,19 @@ def test_webhooks_need_no_api_token(stack):
     wrong = send_github(stack.url, github_push("main"), secret="wrong")
     assert wrong.status_code == 401 and "X-Hub-Signature-256" in wrong.json()["error"]
     assert requests.get(stack.url + "/jobs", timeout=5).status_code == 401  # the API still is
+
+
+def test_a_signed_delivery_of_another_event_sent_again_as_a_push_is_not_queued(hooked):
+    """The event's name (X-GitHub-Event) is not signed: a captured delivery of another event
+    whose body has a branch `ref` (workflow_dispatch) must not be replayable as a push."""
+    before = job_ids(hooked)
+    dispatch = {"ref": "refs/heads/main", "inputs": {}, "workflow": ".github/workflows/x.yml",
+                "repository": {"full_name": "octo-org/site", "default_branch": "main"}}
+    body = json.dumps(dispatch).encode()
+    first = send_github(hooked.url, None, event="workflow_dispatch", body=body)
+    assert first.status_code == 200 and "ignored" in first.json()
+    again = send_github(hooked.url, None, event="push", body=body)
+    assert again.status_code == 200, again.text
+    assert again.json() == {"ignored": "duplicate delivery with the same signed body as an "
+                                       "earlier one"}
+    assert_nothing_queued(hooked, before)
