@@ -42,11 +42,16 @@ REFUSED_VARS = frozenset({
 # when WORKER_VARS lists them.
 ENVIRONMENT_VARS = frozenset({
     "PATH", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "CDPATH", "GLOBIGNORE",
-    "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PERL5OPT", "PERL5LIB", "RUBYOPT",
-    "NODE_OPTIONS", "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER", "R_LIBS",
-    "R_LIBS_USER",
+    "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER", "R_LIBS", "R_LIBS_USER",
+    # where programs read their own settings and start-up code from (~/.Rprofile, git's
+    # config with its core.fsmonitor command), and the commands programs run for a user
+    "HOME", "XDG_CONFIG_HOME", "GCONV_PATH", "EDITOR", "VISUAL", "PAGER", "BROWSER",
+    "SSH_ASKPASS", "JDK_JAVA_OPTIONS",
 })
-_ENVIRONMENT_PREFIXES = ("LD_", "BASH_FUNC_")
+# git's (GIT_SSH_COMMAND, GIT_CONFIG_KEY_0=core.fsmonitor, ...), and the interpreters' start-up
+# code and module paths (PYTHONUSERBASE, PERLLIB, RUBYLIB, NODE_PATH, JAVA_TOOL_OPTIONS, ...)
+_ENVIRONMENT_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_", "PYTHON", "PERL", "RUBY", "NODE_",
+                         "JAVA_", "_JAVA_", "LUA_", "GLIBC_")
 
 # The secrets maketrigger is given, kept out of make's environment (build_environ).
 _SECRET_NAME = re.compile(r"TRIGGER_\w*(TOKEN|SECRET)")

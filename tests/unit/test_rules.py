@@ -90,8 +90,11 @@ def test_a_dash_inside_a_word_is_fine(value):
     assert rules.check_var_value("V", value) == value
 
 
-@pytest.mark.parametrize("name", sorted(rules.ENVIRONMENT_VARS) + ["LD_PRELOAD", "LD_AUDIT",
-                                                                   "BASH_FUNC_x"])
+@pytest.mark.parametrize("name", sorted(rules.ENVIRONMENT_VARS) + [
+    "LD_PRELOAD", "LD_AUDIT", "BASH_FUNC_x", "GIT_SSH_COMMAND", "GIT_CONFIG_KEY_0",
+    "GIT_CONFIG_VALUE_0", "GIT_PROXY_COMMAND", "PYTHONPATH", "PYTHONUSERBASE", "PYTHONWARNINGS",
+    "PERL5OPT", "PERLLIB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH",
+    "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "LUA_INIT", "GLIBC_TUNABLES"])
 def test_it_always_refuses_variables_that_change_the_recipes_environment(name):
     """make exports command-line variables to the recipes: PATH= or LD_PRELOAD= there picks
     the programs and code they run."""
@@ -216,7 +219,8 @@ def test_nothing_outside_the_rules_ever_reaches_makes_argv(target, variables):
         name, _, value = arg.partition("=")
         assert rules.VAR_NAME_RE.fullmatch(name)
         assert name not in rules.REFUSED_VARS and not name.startswith("MAKE")
-        assert name not in rules.ENVIRONMENT_VARS and not name.startswith("LD_")
+        assert name not in rules.ENVIRONMENT_VARS and not name.startswith(
+            rules._ENVIRONMENT_PREFIXES)
         assert all(c.isalnum() or c in rules.VALUE_PUNCTUATION for c in value)
         assert not any(word.startswith(("-", "+", "@")) for word in value.split())
 
