@@ -274,6 +274,9 @@ class Dispatcher:
         """Follow again the jobs a previous controller left running or being started."""
         claimed = [j for j in self.store.jobs_in(JobState.QUEUED) if j.worker]
         for job in self.store.jobs_in(JobState.RUNNING) + claimed:
+            if job.cancel_requested:  # asked of the previous controller: delivered now
+                with self._lock:
+                    self._cancel.add(job.id)
             worker = self.pool.get(job.worker) if job.worker else None
             if worker is None:
                 self._end(job.id, JobState.LOST, error="no worker was recorded for this job")
@@ -630,6 +633,10 @@ class Dispatcher:
                 return True
         else:
             return False
+        try:  # kept for a controller that restarts before the worker has it
+            self.store.request_cancel(job.id)
+        except StoreError as exc:
+            log.error("job %s: the cancel asked for cannot be recorded: %s", job.id, exc)
         try:
             self.client.cancel_run(assigned[0], self.store.run_id(job))
         except RunUnknown:

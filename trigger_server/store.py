@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     retries INTEGER NOT NULL DEFAULT 0,
     attempt INTEGER NOT NULL DEFAULT 0,
     log_base INTEGER NOT NULL DEFAULT 0,
-    run_key TEXT
+    run_key TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (state, target, vars, selector)
@@ -159,6 +160,7 @@ class Job:
     attempt: int = 0
     log_base: int = 0  # where the current attempt's log starts in the stored log
     run_key: str | None = None  # random, in its run ids (None: a job of an older version)
+    cancel_requested: bool = False  # a cancel was asked for while a worker had it
 
     @property
     def run_log_offset(self) -> int:
@@ -171,6 +173,7 @@ class Job:
         d["vars"] = json.loads(d["vars"])
         d["state"] = JobState(d["state"])
         d["log_truncated"] = bool(d["log_truncated"])
+        d["cancel_requested"] = bool(d.get("cancel_requested"))
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -278,7 +281,8 @@ class Store:
         have = {row["name"] for row in self._read("PRAGMA table_info(jobs)")}
         for column, decl in (("notify", "TEXT"), ("retries", "INTEGER NOT NULL DEFAULT 0"),
                              ("attempt", "INTEGER NOT NULL DEFAULT 0"),
-                             ("log_base", "INTEGER NOT NULL DEFAULT 0"), ("run_key", "TEXT")):
+                             ("log_base", "INTEGER NOT NULL DEFAULT 0"), ("run_key", "TEXT"),
+                             ("cancel_requested", "INTEGER NOT NULL DEFAULT 0")):
             if column not in have:
                 with self._tx() as db:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
@@ -469,6 +473,13 @@ class Store:
             cur = db.execute("UPDATE jobs SET worker = ? WHERE id = ? AND state = 'queued' "
                              "AND worker IS NULL", (worker, job_id))
         return cur.rowcount == 1
+
+    def request_cancel(self, job_id: int) -> None:
+        """Record that a cancel was asked for a job a worker has (started, or being started),
+        so that a controller that restarts before the worker got it still delivers it."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? "
+                       "AND state IN ('queued', 'running')", (job_id,))
 
     def unclaim(self, job_id: int) -> bool:
         """Back to waiting, for a start the worker did not accept."""

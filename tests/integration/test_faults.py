@@ -6,6 +6,7 @@ import signal
 import subprocess
 import threading
 import time
+import types
 
 import pytest
 import requests
@@ -246,3 +247,69 @@ def test_a_database_restored_from_a_backup_does_not_give_a_new_job_an_old_run(st
     assert new["state"] == "failed" and new["exit_code"] == 2, new
     assert "about to fail" in stack.log(new["id"])
     assert "before the restore" not in stack.log(new["id"])
+
+
+class DroppingProxy:
+    """A TCP relay to a worker that can drop everything sent to it (the worker hears nothing,
+    as across a network that fails one way), while its answers still come back."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.drop = threading.Event()
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, to_worker: bool):
+        try:
+            while data := src.recv(65536):
+                if not (to_worker and self.drop.is_set()):
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_cancel_the_worker_did_not_get_is_delivered_after_a_controller_restart(stack):
+    """DELETE answers 202 while the worker cannot be reached (the follower delivers the cancel
+    once it can). A controller that restarts meanwhile must still deliver it, not follow the
+    build to its end as if no cancel had been asked for."""
+    w = stack.worker()
+    proxy = DroppingProxy(w.port)
+    try:
+        server = stack.server([types.SimpleNamespace(url=proxy.url)])
+        job_id = stack.trigger("slow", vars={})["id"]
+        stack.wait_state(job_id, "running")
+        proxy.drop.set()
+        resp = stack.http.delete(f"{stack.url}/jobs/{job_id}", timeout=30)
+        assert resp.status_code == 202, resp.text
+        server.kill(signal.SIGKILL)
+        proxy.drop.clear()
+        server.start()
+        job = stack.wait_state(job_id, timeout=20)
+        assert job["state"] == "cancelled", job
+        assert "done" not in stack.log(job_id)
+    finally:
+        proxy.close()
