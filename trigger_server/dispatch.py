@@ -619,6 +619,15 @@ class Dispatcher:
             self._dispatch_here()
         return fired
 
+    def deliver(self, provider: str, keys: list[str], target: str,
+                source: str) -> tuple[Job, bool] | None:
+        """A webhook delivery: recorded with its job (Store.queue_delivery), then started if it
+        can start now. None if it was seen before."""
+        queued = self.store.queue_delivery(provider, keys, target, source)
+        if queued is not None and not queued[1]:
+            self._dispatch_here()
+        return queued
+
     def cancel(self, job: Job) -> bool:
         """Cancel a job waiting in the queue at once, or ask the worker to stop one that is
         running or being started (a start on its way may already have reached make: the worker

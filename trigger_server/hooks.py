@@ -20,7 +20,6 @@ from flask import Blueprint, current_app, jsonify, request
 from worker import rules
 
 from . import config as config_module
-from .store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -219,20 +218,15 @@ def on_push(host: Host, target: str, push: Push):
     _check_makefile_has(host, target)
     store = current_app.extensions["store"]
     keys = [key for key in (push.delivery, push.signed) if key is not None]
-    if keys and not store.record_delivery(host.name, *keys):  # all of them, or none
-        # the same delivery id, or the same signed body, as before
+    # The delivery is recorded with its job, all of its keys or none: a StoreError records
+    # nothing, so the host's redelivery may try again.
+    queued = current_app.extensions["dispatcher"].deliver(host.name, keys, target, SOURCE)
+    if queued is None:  # the same delivery id, or the same signed body, as before
         replayed = push.delivery is None or not store.delivery_seen(host.name, push.delivery)
         shown = "with the same signed body as an earlier one" if replayed else push.delivery
         log.info("%s delivery %s seen before: not queued again", host.title, shown)
         return _ignored(f"duplicate delivery {shown}")
-    try:
-        job, coalesced = current_app.extensions["dispatcher"].submit(target, {}, None, SOURCE)
-    except StoreError:
-        if keys:  # let the host's redelivery try again
-            store.forget_delivery(host.name, *keys)
-        raise
-    if keys:
-        store.delivery_job(host.name, job.id, *keys)
+    job, coalesced = queued
     log.info("%s push to %s (delivery %s): job %s%s", host.title, branch, push.delivery,
              job.id, " (coalesced)" if coalesced else "")
     resp = jsonify({**job.to_dict(), "coalesced": coalesced})

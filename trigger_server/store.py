@@ -19,7 +19,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -681,37 +681,45 @@ class Store:
         transaction; False, recording none, if any was seen before (a redelivery, a replay).
         Keys older than DELIVERY_DAYS are forgotten (at most once an hour): git hosts
         redeliver only recent deliveries (GitHub: the past 3 days)."""
-        now = time.time()
         try:
             with self._tx() as db:
-                if now - self._deliveries_pruned > 3600:
-                    db.execute("DELETE FROM deliveries WHERE received_at < ?",
-                               (now - DELIVERY_DAYS * 86400,))
-                    self._deliveries_pruned = now
-                for key in keys:
-                    cur = db.execute("INSERT OR IGNORE INTO deliveries (provider, delivery, "
-                                     "received_at) VALUES (?, ?, ?)", (provider, key, now))
-                    if cur.rowcount != 1:
-                        raise _SeenBefore  # rolls back the keys inserted before it
+                self._record_delivery(db, provider, keys)
         except _SeenBefore:
             return False
         return True
 
+    def queue_delivery(self, provider: str, keys: Sequence[str], target: str,
+                       source: str) -> tuple[Job, bool] | None:
+        """Record a webhook delivery by its keys and queue its job (or join the identical
+        waiting one) in one transaction: a delivery is never recorded without its job, so a
+        crash between the two cannot make the host's redelivery look like a duplicate. None,
+        recording nothing, if any key was seen before."""
+        try:
+            with self._tx() as db:
+                self._record_delivery(db, provider, keys)
+                row, coalesced = self._queue(db, (target, "{}", None), source)
+                db.executemany("UPDATE deliveries SET job_id = ? WHERE provider = ? "
+                               "AND delivery = ?", [(row["id"], provider, key) for key in keys])
+        except _SeenBefore:
+            return None
+        return Job.from_row(row), coalesced
+
+    def _record_delivery(self, db: sqlite3.Connection, provider: str,
+                         keys: Sequence[str]) -> None:
+        now = time.time()
+        if now - self._deliveries_pruned > 3600:
+            db.execute("DELETE FROM deliveries WHERE received_at < ?",
+                       (now - DELIVERY_DAYS * 86400,))
+            self._deliveries_pruned = now
+        for key in keys:
+            cur = db.execute("INSERT OR IGNORE INTO deliveries (provider, delivery, "
+                             "received_at) VALUES (?, ?, ?)", (provider, key, now))
+            if cur.rowcount != 1:
+                raise _SeenBefore  # rolls back the keys inserted before it
+
     def delivery_seen(self, provider: str, key: str) -> bool:
         return bool(self._read("SELECT 1 FROM deliveries WHERE provider = ? AND delivery = ?",
                                (provider, key)))
-
-    def forget_delivery(self, provider: str, *keys: str) -> None:
-        """Forget a delivery whose job could not be queued, so a redelivery may queue it."""
-        with self._tx() as db:
-            db.executemany("DELETE FROM deliveries WHERE provider = ? AND delivery = ? "
-                           "AND job_id IS NULL", [(provider, key) for key in keys])
-
-    def delivery_job(self, provider: str, job_id: int, *keys: str) -> None:
-        """Note which job a delivery queued."""
-        with self._tx() as db:
-            db.executemany("UPDATE deliveries SET job_id = ? WHERE provider = ? AND delivery = ?",
-                           [(job_id, provider, key) for key in keys])
 
     # --- logs ----------------------------------------------------------------------------
     def append_log(self, job_id: int, offset: int, data: bytes) -> int:

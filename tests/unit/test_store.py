@@ -1,6 +1,7 @@
 """The SQLite store: jobs, coalescing, guarded state changes, and logs by byte offset."""
 
 import dataclasses
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -307,6 +308,27 @@ def test_webhook_delivery_ids_are_forgotten_after_delivery_days(tmp_path):
     assert store.record_delivery("github", "new")
     assert store.record_delivery("github", "old")  # forgotten: a delivery that old is new again
     assert not store.record_delivery("github", "new")
+
+
+def test_a_webhook_delivery_is_recorded_with_its_job_or_not_at_all(tmp_path, monkeypatch):
+    """One transaction: a crash (here, a failing insert of the job) between recording the
+    delivery and queueing its job must not leave the delivery recorded without a job, or the
+    host's redelivery would be ignored as a duplicate and the push never built."""
+    store = Store(str(tmp_path / "t.db"))
+
+    def no_job(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Store, "_queue", staticmethod(no_job))
+    with pytest.raises(Exception, match="disk I/O error"):
+        store.queue_delivery("github", ["d1", "sha256:x"], "site", "github")
+    monkeypatch.undo()
+    job, coalesced = store.queue_delivery("github", ["d1", "sha256:x"], "site", "github")
+    assert job.target == "site" and job.source == "github" and not coalesced
+    rows = store._read("SELECT delivery, job_id FROM deliveries ORDER BY delivery")
+    assert [tuple(r) for r in rows] == [("d1", job.id), ("sha256:x", job.id)]
+    assert store.queue_delivery("github", ["d2", "sha256:x"], "site", "github") is None
+    assert not store.delivery_seen("github", "d2")  # all of its keys, or none
 
 
 def test_a_log_read_is_bounded_and_spans_pieces(store):
