@@ -372,7 +372,9 @@ def list_targets():
         abort(400, f"unknown worker {selector!r}; see GET /workers")
     found = _pool().targets(selector)
     if found is None:
-        abort(503, "no healthy worker listed its targets; see GET /workers")
+        why = _pool().why_unlisted(selector)
+        abort(503, "no healthy worker listed its targets" + (f" ({why})" if why else "")
+              + "; see GET /workers")
     return jsonify(targets=found)
 
 

@@ -351,6 +351,8 @@ class WorkerPool:
         self._checks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
         self._targets_cache: dict[str | None,
                                  tuple[float, Listed]] = {}
+        # Why the last listing for a selector found nothing: each worker's refusal.
+        self._unlisted: dict[str | None, str] = {}
         # Listings under way, one per selector, in threads of their own: a slow makefile
         # neither holds a trigger longer than TARGETS_WAIT nor delays the health checks.
         self._listing: dict[str | None, Future] = {}
@@ -614,13 +616,22 @@ class WorkerPool:
                 del self._listing[selector]
 
     def _fetch(self, selector: str | None) -> Listed | None:
+        problems = []
         for worker in [w for w in self.all() if w.healthy and w.matches(selector)]:
             try:
                 found, stale = self.client.targets(worker)
             except WorkerError as exc:
                 log.warning("cannot list targets of %s: %s", worker.url, exc)
+                problems.append(f"{worker.url}: {exc}"[:500])
                 continue
             listed = (found, frozenset(t["name"] for t in found), stale)
             self._targets_cache[selector] = (time.monotonic(), listed)  # stale: for what it has
+            self._unlisted.pop(selector, None)
             return listed
+        self._unlisted[selector] = "; ".join(problems[:3]) or "no healthy worker"
         return None
+
+    def why_unlisted(self, selector: str | None = None) -> str | None:
+        """What the workers said when they last failed to list their targets (a workspace
+        without a makefile, a makefile make cannot read), if that is the latest word."""
+        return self._unlisted.get(selector)

@@ -160,6 +160,10 @@ def test_a_workspace_without_a_makefile_is_named_as_such(stack):
     assert resp.json()["error"].endswith(
         f"there is no makefile (GNUmakefile, makefile, Makefile) in {empty}: is the right "
         "folder mounted there?")
+    # GET /targets says so too, rather than only "no healthy worker listed its targets"
+    listed = stack.http.get(f"{stack.url}/targets", timeout=30)
+    assert listed.status_code == 503
+    assert "there is no makefile" in listed.json()["error"], listed.text
 
 
 def test_a_broken_makefile_fails_the_job_with_makes_message(stack):
