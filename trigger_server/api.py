@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 import math
+import re
 import time
 from importlib import resources
 
 import requests
 from flask import Blueprint, Response, abort, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 
 from worker import rules
 
@@ -98,12 +99,18 @@ def _too_large(limit: int) -> str:
     return f"request body over {limit} bytes ({hook[1] if hook else 'TRIGGER_MAX_BODY'})"
 
 
+_NOT_A_JOB_ID = re.compile(r"/jobs/([^/]+)(?:/log)?")
+
+
 @bp.app_errorhandler(HTTPException)
 def http_error(exc: HTTPException):
     if isinstance(exc, RequestEntityTooLarge) and request.max_content_length is not None:
         # werkzeug's own words ("The data value transmitted exceeds the capacity limit.") for
         # a Content-Length over the limit; ours, as for a chunked body (refuse_long_bodies)
         return error(413, _too_large(request.max_content_length))
+    bad_id = _NOT_A_JOB_ID.fullmatch(request.path) if isinstance(exc, NotFound) else None
+    if bad_id and request.url_rule is None:  # /jobs/abc, /jobs/-1/log: no route took it
+        return error(404, f"no job {bad_id[1]!r}: job ids are positive integers")
     return error(exc.code or 500, exc.description or exc.name)
 
 
@@ -177,7 +184,8 @@ def _positive(key: str, value, allow_zero: bool = False) -> float:
     try:
         seconds = float(value)
     except OverflowError:  # an integer beyond any float
-        abort(400, f"{key} must be >= 0" if value < 0 else f"{key} is too large")
+        abort(400, f"{key} must be {'>= 0' if allow_zero else '> 0'}" if value < 0
+              else f"{key} is too large")
     if not math.isfinite(seconds):  # json and float() take NaN and Infinity; JSON cannot carry them
         abort(400, f"{key} must be a finite number of seconds")
     if seconds < 0 or (seconds == 0 and not allow_zero):

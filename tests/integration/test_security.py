@@ -291,6 +291,14 @@ def test_unknown_routes_and_methods_answer_json(guarded):
     assert wrong.status_code == 405 and "error" in wrong.json()
     missing = requests.get(stack.url + "/jobs/999", timeout=5)
     assert missing.status_code == 404 and missing.json()["error"] == "no job 999"
+    for path in ("/jobs/abc", "/jobs/-1", "/jobs/-1/log"):  # not Flask's "URL not found" words
+        resp = requests.get(stack.url + path, timeout=5)
+        assert resp.status_code == 404 and resp.json()["error"] == (
+            f"no job {path.split('/')[2]!r}: job ids are positive integers"), resp.text
+    big_negative = requests.post(stack.url + "/jobs", json={"target": "ok", "timeout": -10**400},
+                                 timeout=5)
+    assert big_negative.status_code == 400
+    assert big_negative.json()["error"] == "timeout must be > 0"
     for bad in ("/jobs?limit=0", "/jobs?limit=x", "/jobs?state=bogus", "/jobs/1/log?offset=-1"):
         resp = requests.get(stack.url + bad, timeout=5)
         assert resp.status_code in (400, 404) and "error" in resp.json(), bad
