@@ -42,16 +42,39 @@ REFUSED_VARS = frozenset({
 # when WORKER_VARS lists them.
 ENVIRONMENT_VARS = frozenset({
     "PATH", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "CDPATH", "GLOBIGNORE",
+    "ZDOTDIR",
     "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER", "R_LIBS", "R_LIBS_USER",
+    "R_LIBS_SITE",
     # where programs read their own settings and start-up code from (~/.Rprofile, git's
     # config with its core.fsmonitor command), and the commands programs run for a user
     "HOME", "XDG_CONFIG_HOME", "GCONV_PATH", "EDITOR", "VISUAL", "PAGER", "BROWSER",
-    "SSH_ASKPASS", "JDK_JAVA_OPTIONS",
+    "SSH_ASKPASS", "DOCKER_HOST", "DOCKER_CONFIG",
+    # git's commands and settings
+    "GIT_ASKPASS", "GIT_EXEC_PATH", "GIT_EDITOR", "GIT_SEQUENCE_EDITOR", "GIT_PAGER",
+    "GIT_EXTERNAL_DIFF", "GIT_PROXY_COMMAND", "GIT_TEMPLATE_DIR", "GIT_DIR", "GIT_WORK_TREE",
+    # the interpreters' and tool chains' start-up code, module paths and package sources
+    "PERL5LIB", "PERL5OPT", "PERLLIB", "PERL5DB", "PERL_MB_OPT", "PERL_MM_OPT",
+    "RUBYOPT", "RUBYLIB", "RUBYSHELL", "GEM_HOME", "GEM_PATH", "BUNDLE_GEMFILE",
+    "NODE_OPTIONS", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE",
+    "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH",
+    "GOFLAGS", "GOPROXY", "GOSUMDB", "GONOSUMDB", "GOPRIVATE", "GOINSECURE", "GOTOOLCHAIN",
+    "RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "RUSTDOCFLAGS",
+    "GLIBC_TUNABLES",
+    # where downloads come from
+    "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy",
 })
-# git's (GIT_SSH_COMMAND, GIT_CONFIG_KEY_0=core.fsmonitor, ...), and the interpreters' start-up
-# code and module paths (PYTHONUSERBASE, PERLLIB, RUBYLIB, NODE_PATH, JAVA_TOOL_OPTIONS, ...)
-_ENVIRONMENT_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_", "PYTHON", "PERL", "RUBY", "NODE_",
-                         "JAVA_", "_JAVA_", "LUA_", "GLIBC_")
+_ENVIRONMENT_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG", "GIT_SSH", "GIT_TRACE",
+                         "npm_config_", "NPM_CONFIG_", "PIP_", "UV_INDEX", "UV_EXTRA_INDEX",
+                         "UV_DEFAULT_INDEX", "CARGO_", "LUA_INIT", "LUA_PATH", "LUA_CPATH")
+# Python's own variables: PYTHON and capitals, no underscore (PYTHONPATH, PYTHONUSERBASE,
+# PYTHONWARNINGS, ...); PYTHON or PYTHON_VERSION, a makefile's own, stay possible.
+_PYTHON_VAR = re.compile(r"PYTHON[A-Z0-9]+")
+
+
+def _changes_the_environment(name: str) -> bool:
+    return (name in ENVIRONMENT_VARS or name.startswith(_ENVIRONMENT_PREFIXES)
+            or _PYTHON_VAR.fullmatch(name) is not None)
+
 
 # The secrets maketrigger is given, kept out of make's environment (build_environ).
 _SECRET_NAME = re.compile(r"TRIGGER_\w*(TOKEN|SECRET)")
@@ -169,7 +192,7 @@ def check_var_name(name: object) -> str:
         raise RuleError(f"variable name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
     if name in REFUSED_VARS or name.startswith((".", "MAKE")):
         raise RuleError(f"variable {name} is always refused (it changes how make runs commands)")
-    if name in ENVIRONMENT_VARS or name.startswith(_ENVIRONMENT_PREFIXES):
+    if _changes_the_environment(name):
         raise RuleError(f"variable {name} is always refused (make exports it to the recipes, "
                         "where it changes what the shell and the programs they run do)")
     return name
