@@ -261,9 +261,10 @@ class Dispatcher:
                         if self._drop(job.id, worker):
                             self._cancel_waiting_logged(job.id)
                         raise
-                    if not claimed:
+                    if not claimed:  # ended meanwhile, or a cancel was recorded for it
                         self._drop(job.id, worker)
-                        continue  # cancelled meanwhile
+                        self._cancel_waiting_logged(job.id)  # (ends only a job still waiting)
+                        continue
                     worker.jobs[job.id] = job.target
                 busy_targets.add(job.target)
                 yield job, worker
@@ -271,8 +272,13 @@ class Dispatcher:
                     return
 
     def recover(self) -> None:
-        """Follow again the jobs a previous controller left running or being started."""
-        claimed = [j for j in self.store.jobs_in(JobState.QUEUED) if j.worker]
+        """Follow again the jobs a previous controller left running or being started, and end
+        the waiting ones it was asked to cancel (the cancel was recorded before their claim)."""
+        queued = self.store.jobs_in(JobState.QUEUED)
+        for job in queued:
+            if job.worker is None and job.cancel_requested:
+                self._cancel_waiting_logged(job.id)
+        claimed = [j for j in queued if j.worker]
         for job in self.store.jobs_in(JobState.RUNNING) + claimed:
             if job.cancel_requested:  # asked of the previous controller: delivered now
                 with self._lock:
@@ -280,6 +286,8 @@ class Dispatcher:
             worker = self.pool.get(job.worker) if job.worker else None
             if worker is None:
                 self._end(job.id, JobState.LOST, error="no worker was recorded for this job")
+                with self._lock:
+                    self._cancel.discard(job.id)
                 continue
             log.info("job %s: following it again on %s", job.id, worker.url)
             with self.pool.lock:

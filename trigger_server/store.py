@@ -468,10 +468,11 @@ class Store:
 
     def claim(self, job_id: int, worker: str) -> bool:
         """Record that `worker` is being asked to start the job (it stays `queued` until the
-        worker accepts). False if the job is no longer waiting."""
+        worker accepts). False if the job is no longer waiting, or a cancel was recorded for it
+        (`request_cancel`: the caller ends it)."""
         with self._waiting.moving(job_id), self._tx() as db:
             cur = db.execute("UPDATE jobs SET worker = ? WHERE id = ? AND state = 'queued' "
-                             "AND worker IS NULL", (worker, job_id))
+                             "AND worker IS NULL AND cancel_requested = 0", (worker, job_id))
         return cur.rowcount == 1
 
     def request_cancel(self, job_id: int) -> None:

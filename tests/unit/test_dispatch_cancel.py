@@ -142,3 +142,23 @@ def test_a_cancel_while_a_lost_job_waits_to_run_again_ends_it(idle):
     ended = store.get_job(job.id)
     assert (ended.state, ended.error) == (JobState.CANCELLED, "cancelled before it started")
     assert store.dispatchable() == []
+
+
+def test_a_cancel_recorded_before_the_claim_ends_the_job_at_the_next_controllers_start(
+        tmp_path):
+    """A DELETE that lands while the job is being claimed (in `_running`, the claim not yet
+    committed) is recorded with the worker still unset. A controller killed then must not
+    run the job after its restart: the claim refuses it, and the restart ends it cancelled."""
+    store = Store(str(tmp_path / "t.db"))
+    job, _ = store.create_job("html", {}, None, "api")
+    other, _ = store.create_job("pdf", {}, None, "api")
+    store.request_cancel(job.id)
+    assert store.get_job(job.id).cancel_requested and store.get_job(job.id).worker is None
+    assert not store.claim(job.id, "http://w:8000")  # as the next dispatch would try
+    client = NoRuns()
+    dispatcher = Dispatcher(store, WorkerPool([], client), client)
+    dispatcher.recover()
+    ended = store.get_job(job.id)
+    assert (ended.state, ended.error) == (JobState.CANCELLED, "cancelled before it started")
+    assert store.get_job(other.id).state is JobState.QUEUED  # only that one
+    assert not dispatcher._cancel
