@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -235,6 +236,13 @@ def on_push(host: Host, target: str, push: Push):
     return resp
 
 
+def _is_commit(value) -> bool:
+    return isinstance(value, str) and _COMMIT_ID.fullmatch(value) is not None
+
+
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1, or a SHA-256 repository's
+
+
 # --- the endpoints ------------------------------------------------------------------------------
 @bp.post("/github")
 def github():
@@ -262,6 +270,12 @@ def github():
                            "form with a `payload` field)")
     if event != "push":
         return _ignored(f"event {event or '(none)'} is not handled; only push is")
+    if not (_is_commit(payload.get("before")) and _is_commit(payload.get("after"))
+            and isinstance(payload.get("pusher"), dict)):
+        # The event's name is not signed: another event's signed body (one that names a
+        # branch, as workflow_dispatch's) sent as a push, one this controller never saw
+        raise Refused(400, "not a push payload: a push has `before` and `after` commit ids "
+                           "and a `pusher`")
     return on_push(GITHUB, target, Push(
         ref=payload.get("ref"),
         deleted=payload.get("deleted") is True or payload.get("after") == ZERO_SHA,

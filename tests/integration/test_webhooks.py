@@ -437,15 +437,29 @@ def test_webhooks_need_no_api_token(stack):
 
 def test_a_signed_delivery_of_another_event_sent_again_as_a_push_is_not_queued(hooked):
     """The event's name (X-GitHub-Event) is not signed: a captured delivery of another event
-    whose body has a branch `ref` (workflow_dispatch) must not be replayable as a push."""
+    must not be replayable as a push. Every signed body is remembered as it arrives, so even a
+    body shaped as a push (the shape is checked too: see below) that came as another event is
+    a duplicate when it comes again as a push."""
     before = job_ids(hooked)
-    dispatch = {"ref": "refs/heads/main", "inputs": {}, "workflow": ".github/workflows/x.yml",
-                "repository": {"full_name": "octo-org/site", "default_branch": "main"}}
-    body = json.dumps(dispatch).encode()
-    first = send_github(hooked.url, None, event="workflow_dispatch", body=body)
+    body = json.dumps(github_push("main")).encode()
+    first = send_github(hooked.url, None, event="workflow_run", body=body)
     assert first.status_code == 200 and "ignored" in first.json()
     again = send_github(hooked.url, None, event="push", body=body)
     assert again.status_code == 200, again.text
     assert again.json() == {"ignored": "duplicate delivery with the same signed body as an "
                                        "earlier one"}
+    assert_nothing_queued(hooked, before)
+
+
+def test_a_signed_body_that_is_not_a_push_is_refused_as_one_even_if_never_seen(hooked):
+    """A delivery of another event this controller never received (the hook sends only
+    pushes, as README advises; or it failed) can still be captured, signature and all, from
+    GitHub's delivery log: sent as a push, it must not queue a build."""
+    before = job_ids(hooked)
+    dispatch = {"ref": "refs/heads/main", "inputs": {"n": str(uuid.uuid4())},
+                "workflow": ".github/workflows/x.yml",
+                "repository": {"full_name": "octo-org/site", "default_branch": "main"}}
+    resp = send_github(hooked.url, dispatch, event="push")
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"].startswith("not a push payload")
     assert_nothing_queued(hooked, before)
