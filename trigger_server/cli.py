@@ -284,7 +284,10 @@ def log(api: Api, job_id, follow_log):
     """Print a job's log."""
     if follow_log:
         sys.exit(job_exit(follow(api, job_id, None, echo=True)))
-    sys.stdout.buffer.write(api.call("GET", f"/jobs/{job_id}/log").content)
+    resp = api.call("GET", f"/jobs/{job_id}/log")
+    if not resp.headers.get("Content-Type", "").startswith("text/plain"):
+        raise NotTheApi(f"a log that is not text/plain ({resp.headers.get('Content-Type')})")
+    sys.stdout.buffer.write(resp.content)
 
 
 @cli.command()
@@ -331,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     except Abort as exc:
         click.echo(f"trigger: {exc}", err=True)
         sys.exit(exc.code)
-    except (NotTheApi, KeyError, TypeError, ValueError) as exc:
+    except (NotTheApi, KeyError, TypeError) as exc:
         # (a field missing or of another type in an answer: the same)
         what = exc if isinstance(exc, NotTheApi) else f"{type(exc).__name__}: {exc}"
         click.echo(f"trigger: the server did not answer as a maketrigger controller does: "

@@ -616,6 +616,7 @@ class WorkerPool:
                 del self._listing[selector]
 
     def _fetch(self, selector: str | None) -> Listed | None:
+        self._unlisted.pop(selector, None)  # the word of a listing before this one is old news
         problems = []
         for worker in [w for w in self.all() if w.healthy and w.matches(selector)]:
             try:
@@ -626,7 +627,6 @@ class WorkerPool:
                 continue
             listed = (found, frozenset(t["name"] for t in found), stale)
             self._targets_cache[selector] = (time.monotonic(), listed)  # stale: for what it has
-            self._unlisted.pop(selector, None)
             return listed
         self._unlisted[selector] = "; ".join(problems[:3]) or "no healthy worker"
         return None

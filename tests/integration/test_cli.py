@@ -272,7 +272,7 @@ def test_a_server_that_is_not_a_controller_exits_69_with_a_word_not_a_traceback(
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         for args in (["workers"], ["targets"], ["status"], ["status", "1"], ["run", "ok"],
-                     ["cancel", "1"]):
+                     ["cancel", "1"], ["log", "1"]):
             out = trigger(cli_stack, *args, url=url)
             assert out.returncode == 69, (args, out.stderr)
             assert "did not answer as a maketrigger controller does" in out.stderr, out.stderr
