@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import math
 import re
 import time
@@ -62,7 +61,7 @@ def require_token():
     if not token or request.path in PUBLIC_PATHS or request.path.startswith("/hooks/"):
         return None
     given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    if not rules.bearer_matches(given, token):
         return error(401, "missing or wrong API token (Authorization: Bearer ...)")
     return None
 

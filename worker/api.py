@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import os
@@ -51,7 +50,7 @@ def require_token():
     if not token:
         return None
     given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    if not rules.bearer_matches(given, token):
         return jsonify(error="missing or wrong worker token"), 401
     return None
 

@@ -8,6 +8,7 @@ this module for its early syntax checks, so the rules live in exactly one place.
 from __future__ import annotations
 
 import fnmatch
+import hmac
 import json
 import os
 import re
@@ -263,6 +264,15 @@ def build_environ(environ: Mapping[str, str], **extra: str) -> dict[str, str]:
            if not _SECRET_NAME.match(k) and k not in inherited}
     env.update(extra)
     return env
+
+
+def bearer_matches(authorization: str, token: str) -> bool:
+    """Whether an Authorization header carries `token` as a Bearer credential. The scheme's
+    name is case-insensitive and may be followed by more than one space (RFC 9110 11.1, 11.4);
+    the token itself is compared in constant time."""
+    scheme, _, credentials = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.lstrip(" ").encode(), token.encode())
 
 
 def make_program(environ: Mapping[str, str]) -> str:

@@ -49,6 +49,12 @@ def test_an_api_token_guards_everything_but_healthz(stack):
         assert "token" in resp.json()["error"]
     ok = requests.get(stack.url + "/jobs", headers={"Authorization": "Bearer s3cret"}, timeout=5)
     assert ok.status_code == 200
+    # the scheme's name is case-insensitive (RFC 9110); the token is not, nor may it be cut
+    for header, status in (("bearer s3cret", 200), ("BEARER  s3cret", 200),
+                           ("Bearer S3CRET", 401), ("Bearer s3cre", 401), ("Bearer", 401),
+                           ("Basic s3cret", 401), ("Bearer s3cret x", 401), ("s3cret", 401)):
+        resp = requests.get(stack.url + "/jobs", headers={"Authorization": header}, timeout=5)
+        assert resp.status_code == status, header
 
 
 @pytest.fixture(scope="module")

@@ -289,3 +289,12 @@ def test_the_largest_valid_run_request_fits_the_worker_body_limit():
 ])
 def test_json_object(data, expected):
     assert rules.json_object(data) == expected
+
+
+@pytest.mark.parametrize("header,ok", [
+    ("Bearer t0k", True), ("bearer t0k", True), ("BEARER   t0k", True), ("Bearer T0K", False),
+    ("Bearer t0", False), ("Bearer t0kk", False), ("Bearer", False), ("Bearer ", False),
+    ("Basic t0k", False), ("t0k", False), ("", False), ("Bearer t0k ", False),
+    ("Bearer\tt0k", False)])
+def test_a_bearer_token_is_matched_with_any_case_of_the_scheme_only(header, ok):
+    assert rules.bearer_matches(header, "t0k") is ok
