@@ -57,7 +57,8 @@ class Api:
             raise Abort(f"server {self.url} did not answer in time: {exc}",
                         EXIT_UNREACHABLE) from None
         except requests.RequestException as exc:
-            raise Abort(f"cannot reach server {self.url}: {exc}", EXIT_UNREACHABLE) from None
+            raise Abort(f"cannot reach server {self.url}: {_reason(exc)}",
+                        EXIT_UNREACHABLE) from None
         if resp.status_code >= 400 and not (method == "POST" and path == "/jobs"):
             self.fail(resp)
         return resp
@@ -79,6 +80,22 @@ class Api:
 
     def json(self, method: str, path: str, **kw) -> dict:
         return answer(self.call(method, path, **kw))
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a requests error, without urllib3's pool and object names:
+    "Failed to establish a new connection: [Errno 111] Connection refused"."""
+    for _ in range(8):
+        inner = getattr(exc, "reason", None)
+        if inner is None and exc.args and isinstance(exc.args[0], BaseException):
+            inner = exc.args[0]
+        if not isinstance(inner, BaseException) or inner is exc:
+            break
+        exc = inner
+    text = str(exc)
+    if text.startswith(("HTTPConnection(", "HTTPSConnection(")) and "): " in text:
+        text = text.split("): ", 1)[1]
+    return text
 
 
 class NotTheApi(Exception):

@@ -81,6 +81,8 @@ def test_an_unreachable_server_exits_69(cli_stack):
     out = trigger(cli_stack, "status", url=f"http://127.0.0.1:{free_port()}")
     assert out.returncode == 69
     assert "cannot reach server" in out.stderr
+    # the cause itself, not urllib3's pool and object names around it
+    assert "Connection refused" in out.stderr and "HTTPConnectionPool" not in out.stderr
 
 
 def test_timeout_bounds_the_wait_and_exits_124(cli_stack):
