@@ -2,7 +2,8 @@
 
 `TRIGGER_NOTIFY_URL` (and a job's own `notify` URL) receive the job's JSON plus a Slack-compatible
 `text`. `TRIGGER_NOTIFY_ON` chooses when: `failure` (failed or lost; the default), `always`, or
-`change` (the job's state differs from the previous ended job of the same target).
+`change` (the job's state differs from the previous ended job of the same target; a target's
+first job notifies unless it succeeded).
 
 The notifications of a job are queued in the database, in the transaction that ends the job
 (`Store.notify_targets`), and a sender thread delivers them, retrying with backoff; so the
@@ -146,7 +147,9 @@ class Notifier:
         if self.policy == "failure":
             return job.state in (JobState.FAILED, JobState.LOST)
         previous = self.store.previous_state(job.target, job.id)
-        return previous is not None and previous is not job.state
+        if previous is None:  # the target's first end: a failure is news, a success is not
+            return job.state is not JobState.SUCCEEDED
+        return previous is not job.state
 
     def targets(self, job: Job) -> list[str]:
         """Where to send the end of this job (called by the store as the job ends)."""

@@ -56,6 +56,17 @@ def test_failures_are_posted_with_a_slack_text(store, receiver, notifiers):
     assert "job" in got["json"]["text"] and "exit status 2" in got["json"]["text"]
 
 
+def test_change_notifies_of_a_targets_first_job_unless_it_succeeded(store, receiver,
+                                                                      notifiers):
+    """A first build that fails is news to whoever chose `change`; a first success is not."""
+    notifier = Notifier(store, receiver.url, "change", delays=())
+    notifiers.append(notifier)
+    notifier.job_ended(ended(store, "site", JobState.SUCCEEDED))
+    notifier.job_ended(ended(store, "docs", JobState.FAILED))
+    got = receiver.wait(1)
+    assert [(g["json"]["target"], g["json"]["state"]) for g in got] == [("docs", "failed")]
+
+
 def test_change_notifies_only_when_the_result_differs(store, receiver, notifiers):
     notifier = Notifier(store, receiver.url, "change", delays=())
     notifiers.append(notifier)
