@@ -159,11 +159,19 @@ def test_the_branch_setting_overrides_the_default_branch(tmp_path):
     assert github(client, github_push("release"), delivery="d-2").status_code == 202
 
 
+PUSH_SHAPE = {"before": "0" * 40, "after": "1" * 40, "pusher": {"name": "octocat"}}
+
+
 @pytest.mark.parametrize("payload,error", [
     ([1, 2], "JSON object"),
-    ({"after": "x", "repository": {"default_branch": "main"}}, "no ref"),
-    ({"ref": "refs/heads/main", "repository": {}}, "set TRIGGER_GITHUB_BRANCH"),
-    ({"ref": "refs/heads/main", "repository": "main"}, "set TRIGGER_GITHUB_BRANCH"),
+    ({**PUSH_SHAPE, "repository": {"default_branch": "main"}}, "no ref"),
+    ({**PUSH_SHAPE, "ref": 5, "repository": {"default_branch": "main"}}, "must be a string"),
+    ({**PUSH_SHAPE, "ref": "refs/heads/main", "repository": {}}, "set TRIGGER_GITHUB_BRANCH"),
+    ({**PUSH_SHAPE, "ref": "refs/heads/main", "repository": "main"},
+     "set TRIGGER_GITHUB_BRANCH"),
+    # no before/after/pusher: another event's body (workflow_dispatch) sent as a push
+    ({"ref": "refs/heads/main", "repository": {"default_branch": "main"}}, "not a push payload"),
+    ({**PUSH_SHAPE, "after": "x", "ref": "refs/heads/main"}, "not a push payload"),
 ])
 def test_a_signed_but_unusable_payload_is_a_400(app, client, payload, error):
     resp = github(client, payload)
