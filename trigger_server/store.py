@@ -516,10 +516,12 @@ class Store:
         return cur.rowcount == 1
 
     def finish(self, job_id: int, state: JobState, exit_code: int | None = None,
-               error: str | None = None, *, only_waiting: bool = False) -> Job | None:
+               error: str | None = None, *, only_waiting: bool = False,
+               note: str | None = None) -> Job | None:
         """Move a queued (or running) job to an end state: the ended job, or None if it was not
         in one of those states. `only_waiting`: only a queued job no worker was asked to start
-        (a claimed one may already run make)."""
+        (a claimed one may already run make). `note`: a line added to its log, in the same
+        transaction (the controller's word on an end no worker wrote into the log)."""
         assert state.ended
         states = "('queued') AND worker IS NULL" if only_waiting else "('queued', 'running')"
         with self._waiting.moving(job_id), self._tx() as db:
@@ -529,6 +531,13 @@ class Store:
                 (state.value, exit_code, error, time.time(), job_id))
             if cur.rowcount != 1:
                 return None
+            if note:
+                size = db.execute("SELECT log_size FROM jobs WHERE id = ?",
+                                  (job_id,)).fetchone()[0]
+                data = (note if size else note.lstrip("\n")).encode()
+                db.execute("INSERT INTO log_chunks (job_id, offset, data) VALUES (?, ?, ?)",
+                           (job_id, size, data))
+                db.execute("UPDATE jobs SET log_size = ? WHERE id = ?", (size + len(data), job_id))
             job = Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?",
                                           (job_id,)).fetchone())
             targets = self._notify_targets(job)

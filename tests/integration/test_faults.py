@@ -26,6 +26,8 @@ def test_a_worker_killed_mid_build_ends_the_job_lost_and_the_next_job_runs(stack
     assert job["state"] == "lost", job
     assert time.monotonic() - killed_at < 5
     assert "worker gone" in job["error"]
+    # its log ends with the controller's word on it, as a retried loss's does
+    assert stack.log(job_id).endswith(f"\n*** maketrigger: lost: {job['error']}\n")
     # A worker started again on the same workspace ends the orphaned make before any work.
     assert pids_of("sleep 30$")
     w.start()

@@ -331,6 +331,18 @@ def test_a_webhook_delivery_is_recorded_with_its_job_or_not_at_all(tmp_path, mon
     assert not store.delivery_seen("github", "d2")  # all of its keys, or none
 
 
+def test_an_end_can_add_a_last_line_to_the_log_in_its_transaction(store):
+    """The controller's word on an end no worker wrote into the log (lost, refused)."""
+    job, _ = store.create_job("html", {}, None, "api")
+    store.append_log(job.id, 0, b"building\n")
+    ended = store.finish(job.id, JobState.LOST, error="worker gone", note="\n*** lost\n")
+    assert store.read_log(job.id) == b"building\n\n*** lost\n"
+    assert ended.log_size == len(b"building\n\n*** lost\n")
+    empty, _ = store.create_job("pdf", {}, None, "api")
+    store.finish(empty.id, JobState.FAILED, error="rejected", note="\n*** rejected\n")
+    assert store.read_log(empty.id) == b"*** rejected\n"  # no blank first line
+
+
 def test_a_log_read_is_bounded_and_spans_pieces(store):
     job, _ = store.create_job("big", {}, None, "api")
     assert store.append_logs(job.id, 0, [b"a" * 100, b"b" * 100]) == 200
