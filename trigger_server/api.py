@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
 from importlib import resources
+from urllib.parse import parse_qsl
 
 import requests
 from flask import Blueprint, Response, abort, current_app, jsonify, request
@@ -143,10 +145,20 @@ def _job_request() -> dict:
     if request.mimetype == "application/json":
         body = rules.json_object(request.get_data(cache=True))
         if body is None:
-            abort(400, "body must be a JSON object (valid UTF-8 JSON)")
+            abort(400, "body must be a JSON object (valid UTF-8 JSON): "
+                       f"{_not_an_object(request.get_data(cache=True))}")
         return body
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data") or (
             not request.get_data(cache=True)):
+        raw = request.get_data(cache=True)
+        if raw and not request.form:  # werkzeug drops a form it cannot read, silently
+            abort(400, "the form could not be read: a form must be UTF-8 text, and a "
+                       "multipart body well formed")
+        if raw and request.mimetype == "application/x-www-form-urlencoded":
+            try:  # werkzeug keeps %-escapes that are not UTF-8 as they are: `sit%E9`
+                parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+            except ValueError:  # (UnicodeDecodeError too)
+                abort(400, "the form's %-escapes must encode UTF-8 text")
         form = request.values
         body = {k: form.get(k) for k in JOB_FIELDS if k in form and k != "var"}
         assignments = form.getlist("var")
@@ -164,6 +176,17 @@ def _job_request() -> dict:
                 body[key] = _form_number(key, body[key])
         return body
     abort(415, "send application/json or a form (application/x-www-form-urlencoded)")
+
+
+def _not_an_object(data: bytes) -> str:
+    """Why a body is not a JSON object, in a few words."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        return "nested too deeply"
+    except ValueError as exc:
+        return str(exc)[:200]
+    return f"a JSON {type(value).__name__}, not an object"
 
 
 def _form_number(key: str, text: str):

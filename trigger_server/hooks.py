@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -201,7 +202,9 @@ def on_push(host: Host, target: str, push: Push):
     """Queue `target` for a push to the wanted branch; ignore every other push."""
     ref = push.ref
     if not isinstance(ref, str) or not ref:
-        raise Refused(400, "the push payload has no ref")
+        raise Refused(400, "the push payload has no ref" if ref is None or ref == "" else
+                      f"the push payload's ref must be a string (refs/heads/<branch>), not "
+                      f"{json.dumps(ref)[:50]}")
     if ref.startswith("refs/tags/"):
         return _ignored(f"tag push {ref}")
     if not ref.startswith("refs/heads/"):

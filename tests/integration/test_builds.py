@@ -292,3 +292,13 @@ def test_reading_the_targets_never_remakes_included_makefiles_beside_a_build(sta
     assert remade.read_text().count("remade") == before.count("remade") + 1  # after the build
     listed = requests.get(f"{w.url}/targets", headers=auth, timeout=30).json()
     assert listed["stale"] is False and "fresh" in [t["name"] for t in listed["targets"]]
+
+
+def test_fields_may_come_in_the_query_string_of_a_post_without_a_json_body(stack):
+    """For tools that can only be given a URL (README); the query wins over a form's field."""
+    stack.server([stack.worker()])
+    resp = stack.http.post(f"{stack.url}/jobs?target=ok&wait=1", timeout=30)
+    assert resp.status_code == 200 and resp.json()["target"] == "ok", resp.text
+    both = stack.http.post(f"{stack.url}/jobs?target=ok&wait=1", data={"target": "fail"},
+                           timeout=30)
+    assert both.json()["target"] == "ok", both.text

@@ -210,6 +210,16 @@ def test_values_reach_make_as_literal_text(stack):
     ({"json": {"target": "ok", "notify": "http://\u0000x/"}}, 400, "notify must be"),
     ({"json": {"target": "ok", "notify": "http://a\u007fb/"}}, 400, "notify must be"),
     ({"data": b"x", "headers": {"Content-Type": "text/plain"}}, 415, "application/json"),
+    # what werkzeug drops or keeps undecoded is named as such, not "target must be a string"
+    ({"data": b"target=ok&wait=\xff", "headers": {
+        "Content-Type": "application/x-www-form-urlencoded"}}, 400, "the form could not be read"),
+    ({"data": b"target=ok%e9", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+     400, "the form's %-escapes must encode UTF-8 text"),
+    ({"data": b"--x\r\nContent-Disposition: form-data; name=target\r\n\r\nok\r\n",
+      "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 400,
+     "the form could not be read"),
+    ({"data": b'{"target": "ok", "wait": ' + b"1" * 5000 + b"}", "headers": {
+        "Content-Type": "application/json"}}, 400, "limit (4300 digits)"),
     ({"json": {"target": "ok", "vars": {"V": "x" * 70000}}}, 413, ""),
 ])
 def test_malformed_requests_get_a_json_error(guarded, kwargs, status, message):

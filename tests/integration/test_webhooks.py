@@ -463,3 +463,12 @@ def test_a_signed_body_that_is_not_a_push_is_refused_as_one_even_if_never_seen(h
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"].startswith("not a push payload")
     assert_nothing_queued(hooked, before)
+
+
+def test_a_push_whose_ref_is_not_a_string_is_told_so(hooked):
+    push = github_push("main")
+    push["ref"] = 5
+    resp = send_github(hooked.url, push)
+    assert resp.status_code == 400
+    assert resp.json()["error"] == ("the push payload's ref must be a string "
+                                    "(refs/heads/<branch>), not 5")
