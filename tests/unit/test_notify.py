@@ -344,7 +344,10 @@ def test_receivers_left_for_want_of_a_lane_wait_for_one(store, receiver, monkeyp
         held.release()
         notifier.send_due()
         assert [g["json"]["id"] for g in held.received] == [first.id]
-        assert [g["json"]["id"] for g in receiver.received] == [second.id]
+        # (once in about eight runs of the whole unit suite the second was not there yet as
+        # send_due returned; not reproduced alone in 25 runs: the state is kept for the next)
+        got = receiver.wait(1, timeout=5)
+        assert [g["json"]["id"] for g in got] == [second.id], (pending(store), held.received)
         assert pending(store) == []
     finally:
         held.close()
