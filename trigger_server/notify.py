@@ -222,11 +222,14 @@ class Notifier:
             self._receivers_filled = True
         when = time.time() if now is None else now
         while not stop.is_set():
-            lanes = self._start_lanes(when, now, stop)
+            lanes, busy = self._start_lanes(when, now, stop)
             if not wait:
                 break
             with self._lock:  # the lanes just started, and any the sender thread runs
-                running = list(self._lanes.values())
+                running = set(self._lanes.values())
+            # and those that kept the look from starting one, even if they have ended since:
+            # their receivers' lanes may now be started
+            running |= set(busy)
             if not running:
                 break
             for lane in running:
@@ -243,15 +246,17 @@ class Notifier:
                                                         IDLE_WAIT)
 
     def _start_lanes(self, when: float, now: float | None, stop: threading.Event
-                     ) -> list[tuple[threading.Thread, list]]:
+                     ) -> tuple[list[tuple[threading.Thread, list]], list[threading.Thread]]:
         """A lane for each receiver with notifications due by `when` that has none: up to
         MAX_LANES for jobs' receivers, the one whose oldest is oldest first, and one for
-        OPERATOR. Returns the lanes started, each with the list its error goes to. One look
+        OPERATOR. Returns the lanes started, each with the list its error goes to, and the
+        lanes that were running as it looked (busy receivers, and no room for more). One look
         at a time (the sender thread's, and a caller's of send_due): two would both see a
         receiver without a lane, and start two."""
         with self._looking:
             with self._lock:
                 busy = set(self._lanes)
+                running = list(self._lanes.values())
             room = MAX_LANES - len(busy - {OPERATOR})
             keys = self.store.due_receivers(when, skip=busy | {OPERATOR}, limit=max(room, 0))
             if OPERATOR not in busy and self.store.due_notifications(when, 1,
@@ -271,7 +276,7 @@ class Notifier:
                         del self._lanes[key]
                     raise
                 started.append((lane, failed))
-            return started
+            return started, running
 
     def _lane(self, key: str, now: float | None, stop: threading.Event,
               failed: list[BaseException]) -> None:
