@@ -142,15 +142,14 @@ def unexpected(exc: Exception):
 # --- jobs ---------------------------------------------------------------------------------
 def _job_request() -> dict:
     """The fields of POST /jobs, from a JSON object or a form (`curl -d target=html`)."""
+    raw = request.get_data(cache=True)  # (read first: the form is then parsed from it)
     if request.mimetype == "application/json":
-        body = rules.json_object(request.get_data(cache=True))
+        body = rules.json_object(raw)
         if body is None:
-            abort(400, "body must be a JSON object (valid UTF-8 JSON): "
-                       f"{_not_an_object(request.get_data(cache=True))}")
+            abort(400, f"body must be a JSON object (valid UTF-8 JSON): {_not_an_object(raw)}")
         return body
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data") or (
-            not request.get_data(cache=True)):
-        raw = request.get_data(cache=True)
+            not raw):
         if raw and not request.form:  # werkzeug drops a form it cannot read, silently
             abort(400, "the form could not be read: a form must be UTF-8 text, and a "
                        "multipart body well formed")

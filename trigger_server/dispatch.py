@@ -303,7 +303,7 @@ class Dispatcher:
         (left by a previous controller), "follow" (started: `events` is the run as it goes on),
         "reconcile" (a store error came between: find out where the job is, as "recover" does).
         """
-        handed_over, ran = False, how != "start" and how != "start here"
+        handed_over, ran = False, how not in ("start", "start here")
         try:
             while True:
                 try:
