@@ -252,6 +252,8 @@ class Dispatcher:
                 with self.pool.lock:
                     worker = self.pool.pick(job.selector, job.target)
                     if worker is None:
+                        if job.selector is None:  # no worker takes it now: nor its later jobs
+                            busy_targets.add(job.target)  # (skipped in SQL from the next page)
                         continue
                     with self._lock:  # before the claim: a cancel finds it in one or the other
                         self._running[job.id] = (worker, job.target)
@@ -371,7 +373,7 @@ class Dispatcher:
             worker.jobs.pop(job.id, None)
             if ran:
                 for w in self.pool.all():
-                    w.blocked_until = 0.0  # whatever locked them may have been this job
+                    w.unblock()  # whatever locked them may have been this job
         if self._drop(job.id, worker):
             self._cancel_waiting_logged(job.id)
         self.notify()
@@ -400,7 +402,8 @@ class Dispatcher:
             pass  # our own start, retried: the first attempt got through
         except WorkerBusy as exc:
             log.debug("job %s: %s is busy (%s); requeued", job.id, worker.url, exc)
-            worker.blocked_until = time.monotonic() + BUSY_BACKOFF
+            with self.pool.lock:
+                worker.block(job.target, time.monotonic() + BUSY_BACKOFF)
             self._unclaim(job, worker)
             return False, None
         except WorkerRejected as exc:

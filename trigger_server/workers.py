@@ -86,7 +86,10 @@ class Worker:
     vars_setting: str = "WORKER_VARS"  # where that list is set, for messages
     checked_at: float | None = None
     gone: bool = False
-    blocked_until: float = 0.0
+    blocked_until: float = 0.0  # refused a start as busy: asked again after this (monotonic)
+    # The same, of one target, for a worker that locks targets (WORKER_LOCK=target): the lock
+    # that refused one target's start does not keep the worker from building the others.
+    blocked_targets: dict[str, float] = field(default_factory=dict)
     watch_boot: str = ""
     watch_ack: int = 0
     jobs: dict[int, str] = field(default_factory=dict)  # job id -> target
@@ -104,6 +107,24 @@ class Worker:
         if self.lock == "target":
             return target not in self.jobs.values()
         return not self.jobs
+
+    def blocked(self, target: str, now: float) -> bool:
+        """Whether a start of `target` was refused as busy too recently to ask again."""
+        return self.blocked_until > now or self.blocked_targets.get(target, 0.0) > now
+
+    def block(self, target: str, until: float) -> None:
+        """A start of `target` was refused as busy: the worker's lock (or the target's, if it
+        locks targets) is held by something this controller did not start."""
+        if self.lock == "target":
+            now = time.monotonic()
+            self.blocked_targets = {t: u for t, u in self.blocked_targets.items() if u > now}
+            self.blocked_targets[target] = until
+        else:
+            self.blocked_until = until
+
+    def unblock(self) -> None:
+        self.blocked_until = 0.0
+        self.blocked_targets.clear()
 
     def to_dict(self) -> dict:
         return {"url": self.url, "name": self.name, "healthy": bool(self.healthy),
@@ -495,7 +516,7 @@ class WorkerPool:
         with self.lock:
             fit = [w for w in self._workers.values()
                    if w.healthy and not w.gone and w.matches(selector)
-                   and w.blocked_until <= now and w.can_take(target)]
+                   and not w.blocked(target, now) and w.can_take(target)]
             if any(w.fails_jobs for w in fit) and any(
                     not w.fails_jobs and not w.gone and w.matches(selector)
                     for w in self._workers.values()):
