@@ -3,8 +3,10 @@ in the database with the job's end, so a restarted controller still sends them."
 
 import logging
 import socket
+import sys
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -34,6 +36,17 @@ def ended(store, target, state, error=None, notify=None):
 
 def pending(store):
     return store.due_notifications(time.time() + 3600)
+
+
+def diagnosis(store, notifier) -> str:
+    """What a failed wait for notifications is told: what is still queued, the lanes, and
+    where every thread of the notifier stands (a rare failure left nothing else to go on)."""
+    frames = sys._current_frames()
+    stacks = [f"--- {t.name}\n" + "".join(traceback.format_stack(frames[t.ident]))
+              for t in threading.enumerate()
+              if t.name.startswith("notify") and t.ident in frames]
+    return (f"queued: {pending(store)}; lanes: {notifier._lanes}; wake set: "
+            f"{notifier._wake.is_set()}; unsettled: {notifier._unsettled}\n" + "".join(stacks))
 
 
 @pytest.fixture
@@ -75,7 +88,8 @@ def test_change_notifies_only_when_the_result_differs(store, receiver, notifiers
     for state in states:
         notifier.job_ended(ended(store, "site", state))
     got = receiver.wait(2)
-    assert [g["json"]["state"] for g in got] == ["failed", "succeeded"]
+    assert [g["json"]["state"] for g in got] == ["failed", "succeeded"], diagnosis(store,
+                                                                                  notifier)
 
 
 def test_the_notification_is_queued_in_the_transaction_that_ends_the_job(store, receiver):
