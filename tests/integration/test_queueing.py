@@ -165,3 +165,32 @@ def test_a_worker_whose_workspace_something_else_locks_is_asked_again_once_a_sec
     assert stack.wait_state(job)["state"] == "succeeded"
     starts = access.read_text().count('"POST /runs ')
     assert 2 <= starts <= 8, f"{starts} starts asked in about 3 s"
+
+
+def test_a_target_locked_from_outside_keeps_only_that_target_waiting(stack):
+    """WORKER_LOCK=target: a build the controller did not start holds one target's lock. The
+    worker refuses that target as busy and the controller asks again later, while other
+    targets still build on it; the held one runs once its lock is free."""
+    import fcntl
+    import hashlib
+    import os
+    import time
+
+    ws = stack.workspace()
+    stack.server([stack.worker(ws, WORKER_LOCK="target")])
+    locks = os.path.join(ws, ".maketrigger", "locks")
+    os.makedirs(locks, exist_ok=True)
+    held = os.path.join(locks, hashlib.sha256(b"slow").hexdigest()[:32] + ".lock")
+    fd = os.open(held, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another worker's build of `slow` takes it
+        slow = stack.trigger("slow")["id"]
+        time.sleep(1.5)  # refused at least once: the worker is in its back-off for `slow`
+        assert stack.job(slow)["state"] == "queued"
+        for _ in range(3):
+            assert stack.trigger("ok", wait=30)["state"] == "succeeded"
+        assert stack.job(slow)["state"] == "queued"
+    finally:
+        os.close(fd)
+    assert stack.wait_state(slow, "running")["state"] == "running"
+    stack.http.delete(f"{stack.url}/jobs/{slow}", timeout=10)
