@@ -212,6 +212,8 @@ def run_log(run_id: str):
                 if data:
                     yield data
                     continue
+                if follow:
+                    runner.refresh(run)  # (a run another worker process runs)
                 if not follow or run.done.is_set():
                     rest = f.read()  # anything written just before the end
                     if rest:
@@ -230,6 +232,7 @@ def _frames(run: Run, log_file, *, started: bool) -> Response:
     The end frame's log_size is the log file's size then (more than was sent if something
     outlived the build and still writes: the controller follows again)."""
     first = b"run " + json.dumps(_run_json(run)).encode() + b"\n" if started else b""
+    runner = _runner()
 
     def frames():
         # Frames that are ready together go out in one piece (one write, one wake-up of the
@@ -259,6 +262,7 @@ def _frames(run: Run, log_file, *, started: bool) -> Response:
                 if time.monotonic() - sent >= TICK:
                     yield b"tick\n"
                     sent = time.monotonic()
+                runner.refresh(run)  # (a run another worker process runs)
                 run.done.wait(poll)
                 poll = min(poll * 2, FOLLOW_POLL)
 

@@ -25,11 +25,13 @@ setup_logging(loglevel)
 def post_worker_init(worker):
     """Start watching the workspace (TRIGGER_WATCH). On SIGTERM (a `docker stop`), cancel
     running builds before gunicorn stops serving, so the controller still hears how they
-    ended."""
+    ended. SIGINT and SIGQUIT (Ctrl-C, gunicorn's quick stop: the master passes them on as
+    SIGQUIT) do the same, then stop the same way: gunicorn's own handler for them exits at once,
+    which left the builds running with no one to enforce their time limit."""
     tune_interpreter()
     worker.wsgi.extensions["watcher"].start()
     runner = worker.wsgi.extensions["runner"]
-    gunicorn_handler = signal.getsignal(signal.SIGTERM)
+    gunicorn_handler = signal.getsignal(signal.SIGTERM)  # graceful: stops serving, then exits
 
     def finish_then_exit():
         try:
@@ -39,7 +41,8 @@ def post_worker_init(worker):
         finally:
             gunicorn_handler(signal.SIGTERM, None)
 
-    def on_sigterm(signum, frame):
+    def on_sigterm(signum, frame):  # (and SIGINT, SIGQUIT)
         threading.Thread(target=finish_then_exit, name="shutdown", daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, on_sigterm)

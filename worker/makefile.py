@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -71,14 +73,23 @@ def read_database(workdir: str, timeout: float = 30) -> str:
     and a mistyped or unmounted workspace looked like a makefile without targets."""
     if not _may_have_makefile(workdir):
         raise MakefileError(no_makefile(workdir))
-    try:
-        proc = subprocess.run(
+    try:  # in a group of its own: what `$(shell ...)` started goes too when it times out
+        proc = subprocess.Popen(
             ["make", "-C", workdir, "-pRrq", "--", ":"], stdin=subprocess.DEVNULL,
-            capture_output=True, timeout=timeout, check=False,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             env=rules.build_environ(os.environ, LC_ALL="C"))  # make's messages, untranslated
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except OSError as exc:
         raise MakefileError(f"could not run make: {exc}") from exc
-    return check_database(proc.stdout, proc.stderr)
+    with proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=5)  # reaped (a child that left the group may hold on)
+            raise MakefileError(f"could not run make: {exc}") from None
+    return check_database(stdout, stderr)
 
 
 def check_database(stdout: bytes, stderr: bytes) -> str:

@@ -36,6 +36,7 @@ from .threads import DaemonThreads
 log = logging.getLogger(__name__)
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+POLL_SLICE = 86400.0  # seconds: the longest single wait for make's end (see `exited`)
 
 
 class RunState(str, Enum):
@@ -148,7 +149,15 @@ def exited(proc: subprocess.Popen, timeout: float | None) -> bool:
     try:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        return bool(poller.poll(None if timeout is None else timeout * 1000))
+        if timeout is None:
+            return bool(poller.poll())
+        deadline = time.monotonic() + timeout
+        while True:  # in slices: poll takes at most 2**31 - 1 ms (24.8 days) at a time
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if poller.poll(min(left, POLL_SLICE) * 1000):
+                return True
     finally:
         os.close(fd)
 
@@ -416,6 +425,11 @@ class Runner:
                 run.group_gone.wait(TERM_LEAD + self.kill_grace + 5)
         except Exception:
             log.exception("run %s: lost track of make", run.id)
+            # Not left running unwatched, holding its locks, with no time limit: stopped, and
+            # reaped (or it stays a zombie) before the run is reported.
+            kill_group(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=self.kill_grace + 5)
             self._finish(run, None, RunState.LOST, "the worker lost track of make")
         else:  # not in the try: a run that has ended must not end again as `lost`
             self._finish(run, code)
@@ -504,6 +518,37 @@ class Runner:
             raise UnknownRun(run_id)
         return run
 
+    def refresh(self, run: Run) -> None:
+        """Bring a run that this process does not run up to date for its followers: one loaded
+        from its record (a sibling worker's on the same state folder, or one that a process
+        before this one ran, as after a gunicorn HUP). Its end is seen once its record shows
+        one, or once no live worker on this host owns it (then it is `lost` to them; the next
+        worker start's `recover` records that). This process's own runs are ended by `_wait`."""
+        if run.done.is_set():
+            return
+        with self._lock:
+            if self._active.get(run.id) is run or self._unsaved.get(run.id) is run:
+                return
+        again = self._load(run.id)
+        if again is None:
+            run.state, run.error = RunState.LOST, "its record on the worker is gone"
+        elif again.state is not RunState.RUNNING:
+            run.state, run.exit_code, run.error, run.finished_at = (
+                again.state, again.exit_code, again.error, again.finished_at)
+        elif again.host != self.host or _alive(again.owner_pid):
+            return  # still running, as far as anyone here can tell
+        else:
+            run.state, run.error = RunState.LOST, "the worker process that ran it is gone"
+        run.done.set()
+
+    def _running_elsewhere(self, run_id: str) -> bool:
+        """Whether another worker may still be running this run (its record says running and
+        its owner lives, or is on another host): a sibling on the same state folder."""
+        run = self._load(run_id)
+        if run is None or run.state is not RunState.RUNNING:
+            return False
+        return run.host != self.host or (run.owner_pid != os.getpid() and _alive(run.owner_pid))
+
     def active(self) -> list[Run]:
         with self._lock:
             return list(self._active.values())
@@ -586,6 +631,8 @@ class Runner:
             drop = max(drop, by_size)
         for path in oldest[:drop]:
             stem = os.path.splitext(path)[0]
+            if path.endswith(".json") and self._running_elsewhere(os.path.basename(stem)):
+                continue  # a sibling's build, still going: its log and record stay
             for p in (stem + ".json", stem + ".log"):
                 try:
                     os.unlink(p)

@@ -162,7 +162,8 @@ class Watcher:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.debounce)
+            # Nothing pending: asleep until a change (a zero debounce must not spin here).
+            self._wake.wait(max(self.debounce, 0.05) if self._changed else None)
             self._wake.clear()
             now = time.monotonic()
             with self._lock:

@@ -1,9 +1,11 @@
 """Cancel and time limits stop the whole build: make and everything it started."""
 
 import os
+import subprocess
 import threading
 import time
 
+import pytest
 import requests
 
 from .procs import MAKEFILE, pids_of, wait_for
@@ -98,13 +100,21 @@ def test_the_worker_default_time_limit_applies_and_bounds_requests(stack):
     assert resp.status_code == 400 and "at most 1 s" in resp.json()["error"]
 
 
-def test_sigterm_to_the_worker_cancels_its_build_and_reports_it(stack):
+@pytest.mark.parametrize("signum", [15, 2, 3], ids=["SIGTERM", "SIGINT", "SIGQUIT"])
+def test_a_stop_signal_to_the_worker_cancels_its_build_and_reports_it(stack, signum):
+    """SIGTERM is what `docker stop` sends; SIGINT is Ctrl-C (the master passes it on to its
+    worker process as SIGQUIT, gunicorn's quick stop), which left the build running."""
     w = stack.worker()
     stack.server([w])
     job_id = stack.trigger("slow")["id"]
     stack.wait_state(job_id, "running")
     wait_for(lambda: "start" in stack.log(job_id), what="make to start")
-    w.proc.send_signal(15)  # what `docker stop` sends
+    make = [int(p) for p in subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True,
+                                           text=True).stdout.split()]
+    assert make, "the recipe's sleep is not running"
+    w.proc.send_signal(signum)
     job = stack.wait_state(job_id)
     assert job["state"] == "cancelled" and job["error"] == "worker shutdown"
     assert w.proc.wait(30) == 0
+    for pid in make:  # the recipe's sleep, whose only ancestor left was the worker
+        wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), what=f"{pid} to end")

@@ -166,3 +166,26 @@ def test_a_plain_log_from_a_worker_without_frames_is_still_followed(stack):
     followed.close()
     assert all(isinstance(i, bytes) for i in items)  # no end state: the controller asks for it
     assert b"".join(items) == plain_log(w, "t-plain")
+
+
+def test_a_follow_of_a_run_a_sibling_worker_runs_ends_with_it(stack):
+    """Two workers on one workspace and one state folder (the default folder of two workers
+    on a workspace): following B's run on A ticked for ever, as A read the run's record once
+    and waited for an end only B's process could signal."""
+    ws = stack.workspace("shared", "slow:\n\t@echo start; sleep 1; echo done\n")
+    state = str(stack.tmp / "shared-state")
+    a = stack.worker(ws, name="a", WORKER_LOCK="target", WORKER_STATE_DIR=state)
+    b = stack.worker(ws, name="b", WORKER_LOCK="target", WORKER_STATE_DIR=state)
+    conns = worker_http.Connections(TOKEN)
+    on_b = conns.request(b.url, "POST", "/runs", stream=True, timeout=(2, 30),
+                         body={"id": "long", "target": "slow", "follow": True})
+    assert on_b.status_code == 201
+    on_a = conns.request(a.url, "GET", "/runs/long/log", stream=True, timeout=(2, 10),
+                         params={"follow": "1", "frames": "1"})
+    assert on_a.status_code == 200
+    plain = requests.get(f"{a.url}/runs/long/log", params={"follow": "1"}, timeout=10,
+                         headers={"Authorization": f"Bearer {TOKEN}"})
+    log, end = follow(on_a)
+    assert end["state"] == "succeeded" and b"done" in log
+    assert b"done\nmake: Leaving directory" in plain.content  # (it ended: read to its end)
+    assert follow(on_b)[1]["state"] == "succeeded"

@@ -132,3 +132,29 @@ def test_a_folder_without_a_makefile_is_an_error_unless_makefiles_names_one(tmp_
     monkeypatch.setenv("MAKEFILES", str(common))
     names, _ = makefile.parse_targets(makefile.read_database(str(tmp_path)))
     assert names == ["hello"]
+
+
+def test_a_makefile_read_that_times_out_leaves_no_process_behind(tmp_path):
+    """`$(shell ...)` runs while make reads the makefile: a read that timed out killed make
+    only, and left what the shell started running (its parent then init) after each try."""
+    import os
+    import time
+
+    (tmp_path / "Makefile").write_text(
+        "X := $(shell echo $$$$ > $(CURDIR)/pid; sleep 30)\nall:\n\t@:\n")
+    try:
+        makefile.read_database(str(tmp_path), timeout=0.5)
+    except makefile.MakefileError as exc:
+        assert "timed out" in str(exc)
+    else:
+        raise AssertionError("the read did not time out")
+    pid = int((tmp_path / "pid").read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    raise AssertionError(f"the shell of $(shell ...) (pid {pid}) still runs")

@@ -388,3 +388,108 @@ def test_a_run_that_succeeded_is_logged_at_debug_and_one_that_failed_at_info(
     ends = {rec.getMessage().split(":")[0]: rec.levelname for rec in caplog.records
             if "make ok" in rec.getMessage() or "make bad" in rec.getMessage()}
     assert ends == {"run 1": "DEBUG", "run 2": "INFO"}
+
+
+# --- found by a review of the worker (2026-12-06) ---------------------------------------------
+def test_a_job_timeout_beyond_what_poll_takes_at_once_still_waits_for_make(tmp_path):
+    """poll() takes at most 2**31 - 1 ms (24.8 days): WORKER_JOB_TIMEOUT=3000000 made every
+    build `lost` at once (OverflowError) while make went on, unwatched and holding its lock."""
+    import subprocess
+
+    quick = subprocess.Popen(["sh", "-c", "sleep 0.2; exit 3"])
+    assert runner_module.exited(quick, 3_000_000)
+    assert quick.wait() == 3
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "Makefile").write_text("ok:\n\t@sleep 0.2; echo ok\n")
+    r = Runner(str(ws), str(tmp_path / "s"), job_timeout=3_000_000)
+    run = wait_done(r.start("1", "ok", {}, None))
+    assert (run.state, run.error) == (RunState.SUCCEEDED, None)
+
+
+def test_make_is_stopped_and_reaped_when_the_worker_loses_track_of_it(workspace, tmp_path,
+                                                                       monkeypatch):
+    """A run ended `lost` by a failure while waiting must not leave make running, with its
+    lock and no time limit, nor a zombie."""
+    def broken(proc, timeout):
+        raise OSError("waiting failed")
+    monkeypatch.setattr(runner_module, "exited", broken)
+    r = Runner(str(workspace), str(tmp_path / "s"), kill_grace=1)
+    run = wait_done(r.start("1", "slow", {}, None))
+    assert (run.state, run.error) == (RunState.LOST, "the worker lost track of make")
+    assert runner_module._process_start(run.pid) is None  # gone, and not a zombie
+    wait_recorded(r)
+    wait_done(r.start("2", "other", {}, None))  # the workspace lock was let go
+    r.cancel("2")
+
+
+def _foreign_record(tmp_path, runner, run_id, owner_pid):
+    """A run another worker process on the same state folder records as running."""
+    run = runner_module.Run(id=run_id, target="slow", vars={}, started_at=time.time(),
+                            owner_pid=owner_pid, host=runner.host)
+    (tmp_path / "s" / "runs" / f"{run_id}.log").write_bytes(b"+ make slow\n")
+    (tmp_path / "s" / "runs" / f"{run_id}.json").write_text(json.dumps(run.record()) + "\n")
+    old = time.time() - 3600  # the oldest in the folder
+    for ext in (".json", ".log"):
+        os.utime(tmp_path / "s" / "runs" / f"{run_id}{ext}", (old, old))
+    return run
+
+
+def test_pruning_leaves_a_running_build_of_a_sibling_worker_alone(workspace, tmp_path):
+    """Two workers on one state folder (the default folder of two on one workspace): the one
+    that pruned deleted the other's running build's log and record mid-build."""
+    import subprocess
+
+    r = Runner(str(workspace), str(tmp_path / "s"), keep_runs=2)
+    sibling = subprocess.Popen(["sleep", "60"])
+    try:
+        _foreign_record(tmp_path, r, "long", sibling.pid)
+        _foreign_record(tmp_path, r, "orphan", 2**22 + 7)  # its worker is gone: prunable
+        for i in range(5):
+            wait_done(r.start(str(i), "ok", {}, None))
+            wait_recorded(r)
+        names = {p.name for p in (tmp_path / "s" / "runs").iterdir()}
+        assert {"long.json", "long.log"} <= names
+        assert "orphan.json" not in names
+    finally:
+        sibling.kill()
+        sibling.wait()
+
+
+def test_a_follower_of_a_sibling_workers_run_sees_its_end(workspace, tmp_path):
+    """A run read from its record (another worker process runs it) ends for its followers when
+    its record says so, or when no live worker owns it any more."""
+    import subprocess
+
+    r = Runner(str(workspace), str(tmp_path / "s"))
+    sibling = subprocess.Popen(["sleep", "60"])
+    try:
+        _foreign_record(tmp_path, r, "long", sibling.pid)
+        run = r.get("long")
+        r.refresh(run)
+        assert not run.done.is_set()  # still running over there
+        ended = runner_module.Run(**{**run.record(), "state": RunState.SUCCEEDED,
+                                     "exit_code": 0, "finished_at": time.time()})
+        with open(tmp_path / "s" / "runs" / "long.json", "a") as f:
+            f.write(json.dumps(ended.record()) + "\n")
+        r.refresh(run)
+        assert run.done.is_set() and (run.state, run.exit_code) == (RunState.SUCCEEDED, 0)
+        _foreign_record(tmp_path, r, "dead", sibling.pid)
+        gone = r.get("dead")
+        sibling.kill()
+        sibling.wait()
+        r.refresh(gone)
+        assert (gone.state, gone.error) == (RunState.LOST,
+                                            "the worker process that ran it is gone")
+    finally:
+        sibling.kill()
+        sibling.wait()
+
+
+def test_a_runs_own_process_ends_it_not_refresh(workspace, tmp_path):
+    r = Runner(str(workspace), str(tmp_path / "s"), kill_grace=1)
+    run = r.start("1", "slow", {}, None)
+    r.refresh(run)
+    assert not run.done.is_set() and run.state is RunState.RUNNING
+    r.cancel("1")
+    wait_done(run)
