@@ -66,15 +66,20 @@ class Api:
     @staticmethod
     def fail(resp: requests.Response):
         try:
-            message = resp.json().get("error", resp.reason)
-        except (ValueError, AttributeError):
-            message = resp.text.strip()[:200] or resp.reason
+            body = resp.json()
+        except ValueError:
+            body = None
+        ours = isinstance(body, dict) and isinstance(body.get("error"), str)
+        message = body["error"] if ours else resp.text.strip()[:200] or resp.reason
         if resp.status_code == 429:  # a temporary state of the server, not a refusal
             try:
                 after = min(max(float(resp.headers.get("Retry-After", "")), 0.5), 30.0)
             except ValueError:
                 after = 5.0
             raise Abort(f"server said 429: {message}", EXIT_UNREACHABLE, retry_after=after)
+        if not ours and resp.status_code < 500:  # another server at --url, a proxy's page
+            raise Abort(f"server said {resp.status_code}, not as a maketrigger controller does "
+                        f"(is --url right?): {message}", EXIT_UNREACHABLE)
         code = EXIT_UNREACHABLE if resp.status_code >= 500 else EXIT_REJECTED
         raise Abort(f"server said {resp.status_code}: {message}", code)
 
@@ -170,6 +175,8 @@ def follow(api: Api, job_id: int, deadline: float | None, echo: bool) -> dict:
                         if echo:
                             sys.stdout.buffer.write(chunk)
                             sys.stdout.flush()
+                        if deadline is not None and time.monotonic() >= deadline:
+                            break  # a build that keeps printing: --timeout all the same
                 except requests.RequestException as exc:
                     # A quiet build (no byte for 20 s) or a dropped link: again, at once,
                     # unless it broke straight away with nothing sent (then as any trouble).
@@ -357,3 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"trigger: the server did not answer as a maketrigger controller does: "
                    f"{what}", err=True)
         sys.exit(EXIT_UNREACHABLE)
+
+
+if __name__ == "__main__":  # python -m trigger_server.cli
+    main()

@@ -282,3 +282,45 @@ def test_a_server_that_is_not_a_controller_exits_69_with_a_word_not_a_traceback(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("how", ["--wait", "--follow"])
+def test_timeout_bounds_a_build_that_keeps_printing(cli_stack, how):
+    """The time limit was only the stream's read timeout: a build printing a line every 0.2 s
+    (`chatty`, 1 s in all) kept a `--timeout 0.3` waiting to its end, and exited 0."""
+    out = trigger(cli_stack, "run", "chatty", how, "--timeout", "0.3")
+    assert out.returncode == 124, out.stderr
+    job_id = int(out.stderr.split()[1].rstrip(":"))
+    assert f"job {job_id} still running after --timeout" in out.stderr, out.stderr
+    cli_stack.wait_state(job_id)
+
+
+def test_another_servers_error_page_exits_69_not_65(cli_stack):
+    """A mistyped --url that reaches another server's 404 page is not a refusal by the API
+    (65: fix the request) but a server that is not the controller (69)."""
+    import http.server
+
+    class NotFound(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for args in (["status", "5"], ["targets"], ["run", "ok"], ["log", "5"]):
+            out = trigger(cli_stack, *args, url=url)
+            assert out.returncode == 69, (args, out.stderr)
+            if args[0] != "run":  # (a POST gets that server's 501: a failing server, as said)
+                assert "not as a maketrigger controller does (is --url right?)" in out.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    refused = trigger(cli_stack, "status", "999999")  # the API's own 404 is still a refusal
+    assert refused.returncode == 65 and "no job 999999" in refused.stderr, refused.stderr
+
+
+def test_python_m_runs_the_cli(cli_stack):
+    out = subprocess.run([sys.executable, "-m", "trigger_server.cli", "--url", cli_stack.url,
+                          "run", "ok", "--wait"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "succeeded" in out.stderr, out.stderr
