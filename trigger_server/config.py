@@ -116,6 +116,10 @@ def load(overrides: dict | None = None, environ=None) -> dict:
         raise ConfigError("TRIGGER_SCHEDULE_CATCHUP must be 'once' or 'none'")
     if not cfg["MAX_WAITERS"]:
         cfg["MAX_WAITERS"] = max(1, cfg["THREADS"] - 4)
+    if not cfg["WORKERS"] and "WORKERS" not in (overrides or {}):  # (tests may mean none)
+        raise ConfigError("TRIGGER_WORKERS is not set: name the workers that run the builds, "
+                          "e.g. http://worker:8000 (a comma-separated list); without one, "
+                          "every job would wait in the queue for ever")
     return cfg
 
 
@@ -125,3 +129,8 @@ def _check_worker_entry(entry: str) -> None:
         workers.check_entry(entry)
     except ValueError as exc:
         raise ConfigError(f"TRIGGER_WORKERS: {exc}") from None
+    except ImportError as exc:  # docker:// without the Docker SDK installed
+        raise ConfigError(f"TRIGGER_WORKERS: {entry!r} needs the Docker SDK, which is not "
+                          f"installed ({exc}): pip install '.[docker]' in maketrigger's "
+                          "source folder, or pip install docker (the controller's image has "
+                          "it)") from None

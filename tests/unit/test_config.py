@@ -27,7 +27,8 @@ def test_the_worker_refuses_a_number_that_is_not_finite(tmp_path, var, value):
                                  "TRIGGER_DB_BUSY_TIMEOUT"])
 def test_the_controller_refuses_a_number_that_is_not_finite(var, value):
     with pytest.raises(controller_config.ConfigError, match=var):
-        controller_config.load(environ={"TRIGGER_WORKER_TOKEN": "t", var: value})
+        controller_config.load(environ={"TRIGGER_WORKERS": "http://worker:8000",
+                                        "TRIGGER_WORKER_TOKEN": "t", var: value})
 
 
 def test_finite_numbers_are_taken(tmp_path):
@@ -36,7 +37,8 @@ def test_finite_numbers_are_taken(tmp_path):
                                          "WORKER_KILL_GRACE": "0"})
     assert worker["JOB_TIMEOUT"] == 90.5 and worker["KILL_GRACE"] == 0
     controller = controller_config.load(environ={"TRIGGER_WORKER_TOKEN": "t",
-                                                 "TRIGGER_MAX_WAIT": "1e3"})
+                                                 "TRIGGER_MAX_WAIT": "1e3",
+                                                 "TRIGGER_WORKERS": "http://worker:8000"})
     assert controller["MAX_WAIT"] == 1000
 
 
@@ -54,7 +56,8 @@ def test_the_controller_refuses_a_value_out_of_range_naming_it(var, value):
     """Taken before, such values made every POST a 413 (MAX_BODY=-1), every wait return at
     once (MAX_WAIT=-1), a traceback at boot (THREADS=0) or jobs queued for ever (a bad URL)."""
     with pytest.raises(controller_config.ConfigError, match=var):
-        controller_config.load(environ={"TRIGGER_WORKER_TOKEN": "t", var: value})
+        controller_config.load(environ={"TRIGGER_WORKERS": "http://worker:8000",
+                                        "TRIGGER_WORKER_TOKEN": "t", var: value})
 
 
 @pytest.mark.parametrize("var,value", [
@@ -138,3 +141,31 @@ def test_the_default_state_folder_is_private_and_one_someone_else_made_is_refuse
         os.chown(path, 65534, 65534)
         with pytest.raises(worker_config.ConfigError, match="someone else may have made it"):
             worker_config.load(environ=settings)
+
+
+def test_a_controller_without_workers_does_not_start():
+    """A mistyped TRIGGER_WORKERS (TRIGGER_WORKER=...) left a controller that queued every job
+    for ever without a word."""
+    for value in (None, "", " , "):
+        environ = {"TRIGGER_WORKER_TOKEN": "t"}
+        if value is not None:
+            environ["TRIGGER_WORKERS"] = value
+        with pytest.raises(controller_config.ConfigError, match="TRIGGER_WORKERS is not set"):
+            controller_config.load(environ=environ)
+
+
+def test_a_docker_worker_without_the_docker_sdk_is_a_config_error(monkeypatch):
+    """Not a traceback (ModuleNotFoundError) after the plain `pip install .` README gives."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "docker" or m.startswith("docker.")] + [
+            "trigger_server.docker_workers"]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import trigger_server
+
+    monkeypatch.delattr(trigger_server, "docker_workers", raising=False)
+    monkeypatch.setitem(sys.modules, "docker", None)  # import docker: ImportError
+    with pytest.raises(controller_config.ConfigError,
+                       match=r"needs the Docker SDK.*pip install '\.\[docker\]'"):
+        controller_config.load(environ={"TRIGGER_WORKER_TOKEN": "t",
+                                        "TRIGGER_WORKERS": "docker://rbuilder"})

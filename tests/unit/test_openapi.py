@@ -10,7 +10,8 @@ from trigger_server import create_app
 
 @pytest.fixture
 def app(tmp_path):
-    return create_app({"DB": str(tmp_path / "t.db"), "INSECURE": True, "WORKER_TOKEN": ""})
+    return create_app({"DB": str(tmp_path / "t.db"), "INSECURE": True, "WORKER_TOKEN": "",
+                       "WORKERS": []})
 
 
 def routes(app) -> set[tuple[str, str]]:
@@ -29,7 +30,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(app):
 
 def test_the_description_is_served_without_a_token(tmp_path):
     app = create_app({"DB": str(tmp_path / "t.db"), "INSECURE": True, "WORKER_TOKEN": "",
-                      "API_TOKEN": "s3cret"})
+                      "WORKERS": [], "API_TOKEN": "s3cret"})
     client = app.test_client()
     assert client.get("/openapi.json").json["openapi"].startswith("3.")
     assert client.get("/jobs").status_code == 401

@@ -31,6 +31,7 @@ def test_a_zero_debounce_sleeps_until_a_change_instead_of_spinning(tmp_path):
         deadline = time.monotonic() + 10
         while not watcher.pending(0) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert [e["target"] for e in watcher.pending(0)] == ["hello"]
+        # (with no debounce, the file's create and its write may each request it)
+        assert {e["target"] for e in watcher.pending(0)} == {"hello"}
     finally:
         watcher.stop()
