@@ -153,12 +153,17 @@ def _job_request() -> dict:
         if raw and not request.form:  # werkzeug drops a form it cannot read, silently
             abort(400, "the form could not be read: a form must be UTF-8 text, and a "
                        "multipart body well formed")
-        if raw and request.mimetype == "application/x-www-form-urlencoded":
+        forms = [("the form", raw)] if raw and request.mimetype == \
+            "application/x-www-form-urlencoded" else []
+        for what, encoded in (*forms, ("the query string", request.query_string)):
             try:  # werkzeug keeps %-escapes that are not UTF-8 as they are: `sit%E9`
-                parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+                parse_qsl(encoded.decode("utf-8"), keep_blank_values=True, errors="strict")
             except ValueError:  # (UnicodeDecodeError too)
-                abort(400, "the form's %-escapes must encode UTF-8 text")
+                abort(400, f"{what}'s %-escapes must encode UTF-8 text")
         form = request.values
+        if "vars" in form:
+            abort(400, "a form gives each variable as a field var=NAME=VALUE (vars is for "
+                       "JSON bodies)")
         body = {k: form.get(k) for k in JOB_FIELDS if k in form and k != "var"}
         assignments = form.getlist("var")
         if assignments:

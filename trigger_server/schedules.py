@@ -109,6 +109,9 @@ def parse_line(text: str, where: str) -> Schedule:
             raise ScheduleError(f"{where}: {expr!r} never fires (no such date)") from None
     if not rest:
         raise ScheduleError(f"{where}: no target after the cron expression")
+    if any(word.startswith("#") for word in rest):
+        raise ScheduleError(f"{where}: a '#' comment must have a line of its own (cron does not "
+                            "take one at the end of a line either)")
     try:
         target = rules.check_target_syntax(rest[0])
         variables = dict(rules.parse_assignment(a) for a in rest[1:])

@@ -8,7 +8,7 @@ import os
 import stat
 import tempfile
 
-from . import watch
+from . import rules, watch
 
 
 class ConfigError(RuntimeError):
@@ -103,6 +103,11 @@ def load(overrides: dict | None = None, environ=None) -> dict:
     problem = log_level_problem("WORKER_LOG_LEVEL", cfg["LOG_LEVEL"])
     if problem:
         raise ConfigError(problem)
+    for name in cfg["VARS"]:  # a name no request could ever pass is a typo, said at once
+        try:
+            rules.check_var_name(name)
+        except rules.RuleError as exc:
+            raise ConfigError(f"WORKER_VARS: {exc}") from None
     try:
         cfg["WATCH_RULES"] = watch.parse(cfg["WATCH"])
     except watch.WatchError as exc:

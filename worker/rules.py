@@ -158,6 +158,8 @@ def check_utf8(what: str, text: str) -> str:
 
 def check_target_syntax(target: object) -> str:
     """Return `target` if its spelling is acceptable to pass to make, else raise RuleError."""
+    if target is None:
+        raise RuleError("target is required: the make target to build")
     if not isinstance(target, str):
         raise RuleError("target must be a string")
     if not target:

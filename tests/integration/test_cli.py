@@ -1,5 +1,6 @@
 """The `trigger` command against a real controller: its output and its exit statuses."""
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,20 @@ import pytest
 import requests
 
 from .procs import free_port, wait_for
+
+
+@contextlib.contextmanager
+def another_server(handler):
+    """Another HTTP server on 127.0.0.1 (not a controller), with `handler`: its URL."""
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def trigger(stack, *args, url=None, timeout=60):
@@ -269,19 +284,13 @@ def test_a_server_that_is_not_a_controller_exits_69_with_a_word_not_a_traceback(
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with another_server(Other) as url:
         for args in (["workers"], ["targets"], ["status"], ["status", "1"], ["run", "ok"],
                      ["cancel", "1"], ["log", "1"]):
             out = trigger(cli_stack, *args, url=url)
             assert out.returncode == 69, (args, out.stderr)
             assert "did not answer as a maketrigger controller does" in out.stderr, out.stderr
             assert "Traceback" not in out.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize("how", ["--wait", "--follow"])
@@ -304,18 +313,12 @@ def test_another_servers_error_page_exits_69_not_65(cli_stack):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with another_server(NotFound) as url:
         for args in (["status", "5"], ["targets"], ["run", "ok"], ["log", "5"]):
             out = trigger(cli_stack, *args, url=url)
             assert out.returncode == 69, (args, out.stderr)
             if args[0] != "run":  # (a POST gets that server's 501: a failing server, as said)
                 assert "not as a maketrigger controller does (is --url right?)" in out.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
     refused = trigger(cli_stack, "status", "999999")  # the API's own 404 is still a refusal
     assert refused.returncode == 65 and "no job 999999" in refused.stderr, refused.stderr
 

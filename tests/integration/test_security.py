@@ -221,6 +221,12 @@ def test_values_reach_make_as_literal_text(stack):
     ({"data": b'{"target": "ok", "wait": ' + b"1" * 5000 + b"}", "headers": {
         "Content-Type": "application/json"}}, 400, "limit (4300 digits)"),
     ({"json": {"target": "ok", "vars": {"V": "x" * 70000}}}, 413, ""),
+    # (from a newcomer's walkthrough: each said something less helpful before)
+    ({"json": {}}, 400, "target is required"),
+    ({}, 400, "target is required"),
+    ({"data": {"target": "ok", "vars": "V=1"}}, 400, "a form gives each variable as a field "
+                                                     "var=NAME=VALUE"),
+    ({"path": "/jobs?target=sit%E9"}, 400, "the query string's %-escapes must encode UTF-8"),
 ])
 def test_malformed_requests_get_a_json_error(guarded, kwargs, status, message):
     resp = guarded.post(**kwargs)

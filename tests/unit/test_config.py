@@ -169,3 +169,15 @@ def test_a_docker_worker_without_the_docker_sdk_is_a_config_error(monkeypatch):
                        match=r"needs the Docker SDK.*pip install '\.\[docker\]'"):
         controller_config.load(environ={"TRIGGER_WORKER_TOKEN": "t",
                                         "TRIGGER_WORKERS": "docker://rbuilder"})
+
+
+@pytest.mark.parametrize("names,message", [
+    ("SHELL", "variable SHELL is always refused"),
+    ("V,1BAD", "variable name '1BAD' must match"),
+    ("MAKEFLAGS", "variable MAKEFLAGS is always refused"),
+])
+def test_worker_vars_that_no_request_could_pass_stop_the_worker(tmp_path, names, message):
+    """WORKER_VARS=SHELL,1BAD was taken without a word, though neither could ever be used."""
+    with pytest.raises(worker_config.ConfigError, match=f"WORKER_VARS: {message}"):
+        worker_config.load(environ={"WORKER_WORKDIR": str(tmp_path),
+                                    "TRIGGER_WORKER_TOKEN": "t", "WORKER_VARS": names})

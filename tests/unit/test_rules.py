@@ -39,7 +39,7 @@ def test_it_accepts_ordinary_target_names(target):
     (".DEFAULT", "start with '.'"),
     ("%.o", "'%'"),
     ("x" * 201, "at most"),
-    (None, "string"),
+    (None, "target is required"),
     (3, "string"),
 ])
 def test_it_rejects_a_target_naming_the_rule(target, rule):

@@ -51,6 +51,8 @@ def test_lines_are_parsed_with_targets_and_variables():
     ("0 3 * * * site SHELL=/bin/sh", "line 2: variable SHELL is always refused"),
     ("0 0 31 2 * site", "line 2: '0 0 31 2 *' never fires"),  # valid fields, no such date
     ("0 0 31 4,6,9,11 * site", "line 2: '0 0 31 4,6,9,11 *' never fires"),
+    ("@hourly site # the site", "line 2: a '#' comment must have a line of its own"),
+    ("@hourly site MSG=x #1", "line 2: a '#' comment must have a line of its own"),
 ])
 def test_a_bad_line_is_an_error_naming_the_line(line, message):
     with pytest.raises(ScheduleError) as err:
