@@ -34,6 +34,7 @@ from .workers import (
     WorkerError,
     WorkerPool,
     WorkerRejected,
+    WorkerStopping,
 )
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,11 @@ HOUSEKEEPING = 1.0  # the loop also runs this often, for backoffs that expire
 DISPATCH_PAGE = 25  # queued jobs read at a time (more pages only while workers have room)
 MAX_START_FAILURES = 5  # a job that workers keep refusing with 5xx (or cannot be sent) fails
 END_RECHECK = 5.0  # a request waiting for a job's end also reads the job this often
+# After a start whose answer was lost, how long the worker is asked whether it started it.
+START_ASK = 12.0
 # A request that waits at least this long starts its job itself: longer than a start may take
-# (workers.py: 2 s to connect, 30 s for the answer, 7 s more to ask after an uncertain one), so
-# starting it never keeps the request past its wait.
+# (workers.py: 2 s to connect, 30 s for the answer, START_ASK more to ask after an uncertain
+# one), so starting it never keeps the request past its wait.
 START_HERE_WAIT = 60.0
 
 
@@ -276,12 +279,11 @@ class Dispatcher:
     def recover(self) -> None:
         """Follow again the jobs a previous controller left running or being started, and end
         the waiting ones it was asked to cancel (the cancel was recorded before their claim)."""
-        queued = self.store.jobs_in(JobState.QUEUED)
-        for job in queued:
-            if job.worker is None and job.cancel_requested:
+        left = self.store.left_over()  # all of them: one left out would stay queued for ever
+        for job in left:
+            if job.state is JobState.QUEUED and job.worker is None:  # a cancel was asked
                 self._cancel_waiting_logged(job.id)
-        claimed = [j for j in queued if j.worker]
-        for job in self.store.jobs_in(JobState.RUNNING) + claimed:
+        for job in (j for j in left if j.worker or j.state is JobState.RUNNING):
             if job.cancel_requested:  # asked of the previous controller: delivered now
                 with self._lock:
                     self._cancel.add(job.id)
@@ -409,17 +411,20 @@ class Dispatcher:
         except WorkerRejected as exc:
             self._end(job.id, JobState.FAILED, error=f"rejected by the worker: {exc}")
             return False, None
+        except WorkerStopping as exc:  # not the job's failure: another worker, or this one back
+            log.info("job %s: %s; requeued", job.id, exc)
+            worker.healthy, worker.last_error = False, str(exc)  # (until it answers again)
+            self._unclaim(job, worker)
+            return False, None
         except WorkerError as exc:
             if not exc.uncertain:
                 return self._requeue(job, worker, exc), None
-            try:  # it may have started: ask, rather than risk running it twice
-                self.client.get_run(worker, self.store.run_id(job))
-            except RunUnknown:
-                return self._requeue(job, worker, exc), None  # it did not
-            except WorkerError as again:
-                self._end(job.id, JobState.LOST, error=f"cannot ask {worker.url} whether it "
-                                                       f"started: {again}")
+            # It may have started: ask, rather than risk running it twice.
+            started = self._ask_started(job, worker, min(self.lost_after, START_ASK))
+            if started is None:
                 return False, None
+            if not started:
+                return self._requeue(job, worker, exc), None  # it did not, and will not
         self._start_failures.pop(job.id, None)
         try:
             return self._started(job), events
@@ -476,21 +481,36 @@ class Dispatcher:
     def _reclaim(self, job: Job, worker: Worker) -> bool:
         """A previous controller (or this one, before a store error) was starting this job: did
         the worker get it? A worker that does not answer is asked again for lost_after."""
-        deadline = time.monotonic() + self.lost_after
+        started = self._ask_started(job, worker, self.lost_after)
+        if started is None:
+            return False
+        if not started:
+            self._unclaim(job, worker)  # it never started: dispatch it again
+            return False
+        return self._started(job)
+
+    def _ask_started(self, job: Job, worker: Worker, seconds: float) -> bool | None:
+        """Whether the worker started the job's run, after a start whose answer was lost: asked
+        again for `seconds` while it does not answer, or answers that a start of it is still
+        under way (its own checks: a worker that gets the answer to its start, there, must not
+        be taken for one that never got it: the job ran on two workers). None if that could
+        not be told: the job is then ended `lost` (or, the controller stopping, left claimed
+        for the next one to ask). A start given up before make started never starts: the
+        worker sees its sender gone (`Runner.start`'s `wanted`)."""
+        deadline = time.monotonic() + seconds
         while True:
             try:
                 self.client.get_run(worker, self.store.run_id(job))
-                return self._started(job)
+                return True
             except RunUnknown:
-                self._unclaim(job, worker)  # it never started: dispatch it again
                 return False
             except WorkerError as exc:
                 if self._stop.is_set():
-                    return False  # left claimed: the next controller asks again
+                    return None  # left claimed: the next controller asks again
                 if exc.gone or time.monotonic() >= deadline:
                     self._end(job.id, JobState.LOST, error=f"cannot ask {worker.url} whether "
                                                            f"it started: {exc}")
-                    return False
+                    return None
                 self._stop.wait(1.0)
 
     def _follow(self, job: Job, worker: Worker, events: Iterable | None = None) -> None:

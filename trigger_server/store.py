@@ -442,10 +442,13 @@ class Store:
         sql += " ORDER BY id DESC LIMIT ?"
         return [Job.from_row(r) for r in self._read(sql, (*args, limit))]
 
-    def jobs_in(self, state: JobState, limit: int = 1000) -> list[Job]:
-        """Oldest first: the dispatcher's FIFO order."""
-        rows = self._read("SELECT * FROM jobs WHERE state = ? ORDER BY id LIMIT ?",
-                          (state.value, limit))
+    def left_over(self) -> list[Job]:
+        """What a previous controller left for the next one, all of it, oldest first: running
+        jobs, and the queued ones it had handed to a worker (claimed) or was asked to cancel.
+        (A long queue behind them is not read: its jobs are dispatched as usual.)"""
+        rows = self._read(
+            "SELECT * FROM jobs WHERE state = 'running' UNION ALL SELECT * FROM jobs WHERE "
+            "state = 'queued' AND (worker IS NOT NULL OR cancel_requested) ORDER BY id")
         return [Job.from_row(r) for r in rows]
 
     def dispatchable(self, after: int = 0, limit: int = 200,

@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import errno
 import json
-import select
-import socket
 import threading
 import time
 
 from flask import Response, request, stream_with_context
+
+from worker.serving import hung_up
 
 from .store import StoreError
 
 LOG_CHUNK = 256 * 1024
 KEEPALIVE = 15.0  # seconds between SSE comments while a followed log is quiet
 QUIET_CHECK = 5.0  # seconds between looks at whether the client of a quiet request has gone
-# Linux tells a peer's close apart from data to read; elsewhere only a full hang-up is seen.
-POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 
 
 class TooBusy(Exception):
@@ -40,23 +38,6 @@ class WaitSlots:
 
     def give(self) -> None:
         self._sem.release()
-
-
-def hung_up(sock: socket.socket | None) -> bool:
-    """Whether the client closed the connection (or its sending half): a `wait` or a quiet log
-    follow writes nothing until the job ends or logs, so a client that gave up would otherwise
-    hold its wait slot (and a thread) until then. Data waiting to be read (a pipelined
-    request) is not a hang-up. poll, not select: any descriptor number, and TLS sockets too."""
-    if sock is None:
-        return False
-    try:
-        poller = select.poll()
-        poller.register(sock.fileno(), POLLRDHUP)
-        events = poller.poll(0)
-    except (OSError, ValueError):  # closed already
-        return True
-    return any(mask & (POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
-               for _, mask in events)
 
 
 def hang_up_check():

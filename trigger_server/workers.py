@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from worker import rules
 
 from . import worker_http
+from .store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class WorkerError(Exception):
         super().__init__(message)
         self.gone = gone
         self.uncertain = uncertain  # the request may have reached the worker
+
+
+class WorkerStopping(WorkerError):
+    """The worker is shutting down (a 503 that says so): it takes no build, for now."""
 
 
 class WorkerBusy(WorkerError):
@@ -242,6 +247,8 @@ class WorkerClient:
                 raise RunUnknown(message)
             if 400 <= resp.status_code < 500:
                 raise WorkerRejected(message)
+            if resp.status_code == 503 and body.get("reason") == "stopping":
+                raise WorkerStopping(f"worker {worker.url}: {message}")
             raise WorkerError(f"worker {worker.url}: {message}")
         return body
 
@@ -474,11 +481,14 @@ class WorkerPool:
             worker.watch_boot, worker.watch_ack = watch.get("boot", ""), 0
         for event in watch.get("events", []):
             if event["seq"] > worker.watch_ack:
-                worker.watch_ack = event["seq"]
                 try:
                     self.on_watch(worker, event)
-                except Exception:
+                except StoreError as exc:  # taken again at the next check: not acknowledged
+                    log.error("file change from %s not queued yet: %s", worker.url, exc)
+                    return
+                except Exception:  # (a request no retry can mend: acknowledged all the same)
                     log.exception("file change from %s not queued", worker.url)
+                worker.watch_ack = event["seq"]
 
     def check_all(self) -> None:
         workers = [w for w in self.all() if not w.gone]

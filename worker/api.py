@@ -12,7 +12,17 @@ from werkzeug.exceptions import HTTPException
 
 from . import rules
 from .makefile import MakefileError
-from .runner import Busy, Run, RunExists, RunState, ShuttingDown, UnknownRun
+from .runner import (
+    Busy,
+    Run,
+    RunExists,
+    RunStarting,
+    RunState,
+    ShuttingDown,
+    StartAbandoned,
+    UnknownRun,
+)
+from .serving import hung_up
 
 bp = Blueprint("worker", __name__)
 
@@ -92,14 +102,26 @@ def unreadable_makefile(exc):
     return jsonify(error=str(exc)), 422
 
 
+@bp.app_errorhandler(RunStarting)
+def starting(exc):
+    return jsonify(error=str(exc), reason="starting"), 503
+
+
+@bp.app_errorhandler(StartAbandoned)
+def abandoned(exc):  # (its sender is gone: the answer is for the log, if anyone's)
+    return jsonify(error=str(exc), reason="abandoned"), 409
+
+
 @bp.app_errorhandler(ShuttingDown)
 def unavailable(exc):
-    return jsonify(error=str(exc)), 503
+    return jsonify(error=str(exc), reason="stopping"), 503
 
 
 @bp.get("/healthz")
 def healthz():
     cfg = current_app.config
+    if _runner().stopping:  # not a worker to start builds on: the controller looks elsewhere
+        raise ShuttingDown("the worker is shutting down")
     runs = _runner().active()
     body = {"ok": True, "busy": bool(runs), "runs": [r.id for r in runs], "lock": cfg["LOCK"],
             "job_timeout": cfg["JOB_TIMEOUT"], "workdir": cfg["WORKDIR"],
@@ -161,9 +183,11 @@ def start_run():
     run_id = body.get("id")
     if not isinstance(run_id, str):
         raise rules.RuleError("id must be a string")
-    target, variables, timeout = check_request(body)
     runner = _runner()
-    run = runner.start(run_id, target, variables, timeout)
+    sock = request.environ.get("gunicorn.socket")
+    with runner.starting(run_id):  # from here on, a question about the run waits for this
+        target, variables, timeout = check_request(body)
+        run = runner.start(run_id, target, variables, timeout, wanted=lambda: not hung_up(sock))
     if body.get("follow") is True:  # the log is opened in the stream: the run has started
         path = runner.log_path(run.id)
         return _frames(run, lambda: open(path, "rb", buffering=0), started=True), 201

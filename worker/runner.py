@@ -27,6 +27,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 POLL_SLICE = 86400.0  # seconds: the longest single wait for make's end (see `exited`)
+START_WAIT = 3.0  # seconds a question about a run waits for a start of it under way (`get`)
 
 
 class RunState(str, Enum):
@@ -57,6 +59,14 @@ class RunExists(Exception):
 
 class UnknownRun(KeyError):
     """No run with this id is known here."""
+
+
+class RunStarting(Exception):
+    """A start of the run is still under way (its checks can take a while): ask again."""
+
+
+class StartAbandoned(Exception):
+    """The controller that sent the start gave up on it before make was started."""
 
 
 class ShuttingDown(Exception):
@@ -224,6 +234,9 @@ class Runner:
         self._active: dict[str, Run] = {}
         self._unsaved: dict[str, Run] = {}  # ended runs whose end is not on disk yet (_save_end)
         self._stopping = False
+        # Starts under way, by run id (from the request's arrival to its answer): what a
+        # controller whose start timed out asks about must not look unknown meanwhile.
+        self._starting: dict[str, list[threading.Event]] = {}
         self.last_end = 0.0  # when a build of this worker last ended (time.time())
         self._ends = 0  # runs ended since the run folder was last pruned
         self._logged = 0  # bytes of log those runs wrote
@@ -362,8 +375,30 @@ class Runner:
         return os.path.join(folder, hashlib.sha256(target.encode()).hexdigest()[:32] + ".lock")
 
     # --- runs ----------------------------------------------------------------------------
-    def start(self, run_id: str, target: str, variables: dict, timeout: float | None) -> Run:
-        """Start `make -- target` as run `run_id`. The caller has validated target and vars."""
+    @contextlib.contextmanager
+    def starting(self, run_id: str) -> Iterator[None]:
+        """A start of `run_id` is under way for the block (its checks, then `start`): `get`
+        waits for it. A controller whose start timed out asks whether the run exists, and an
+        answer of "unknown" given while the start was still at its checks (a makefile slow to
+        read) had it start the job on another worker too."""
+        done = threading.Event()
+        with self._lock:
+            self._starting.setdefault(run_id, []).append(done)
+        try:
+            yield
+        finally:
+            with self._lock:
+                pending = self._starting[run_id]
+                pending.remove(done)
+                if not pending:
+                    del self._starting[run_id]
+            done.set()
+
+    def start(self, run_id: str, target: str, variables: dict, timeout: float | None,
+              wanted: Callable[[], bool] = lambda: True) -> Run:
+        """Start `make -- target` as run `run_id`. The caller has validated target and vars.
+        `wanted()`: whether whoever asked still waits for the answer; looked at last, as make
+        is about to start (a controller that gave up on the start may ask another worker)."""
         if not RUN_ID_RE.fullmatch(run_id):
             raise rules.RuleError("run id must be 1-64 letters, digits, '_', '.' or '-'")
         limit = self.job_timeout if timeout is None else timeout
@@ -373,6 +408,8 @@ class Runner:
                 raise ShuttingDown("the worker is shutting down")
             if run_id in self._active or os.path.exists(self._record_path(run_id)):
                 raise RunExists(f"run {run_id} was already started on this worker")
+            if not wanted():
+                raise StartAbandoned(f"run {run_id}: the start was given up by its sender")
             fds = self._take_locks(target)
             try:
                 run = self._spawn(run_id, target, dict(variables), limit, argv, fds)
@@ -509,7 +546,14 @@ class Runner:
         self._stop(run, RunState.CANCELLED, reason)
         return run
 
-    def get(self, run_id: str) -> Run:
+    def get(self, run_id: str, start_wait: float = START_WAIT) -> Run:
+        """The run (RunStarting if a start of it is still under way after `start_wait`)."""
+        with self._lock:
+            pending = list(self._starting.get(run_id, ()))
+        deadline = time.monotonic() + start_wait
+        for done in pending:
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                raise RunStarting(f"run {run_id} is being started; ask again")
         with self._lock:
             run = self._active.get(run_id) or self._unsaved.get(run_id)
         if run is None and RUN_ID_RE.fullmatch(run_id):
@@ -548,6 +592,11 @@ class Runner:
         if run is None or run.state is not RunState.RUNNING:
             return False
         return run.host != self.host or (run.owner_pid != os.getpid() and _alive(run.owner_pid))
+
+    @property
+    def stopping(self) -> bool:
+        """Shutting down: new builds are refused."""
+        return self._stopping
 
     def active(self) -> list[Run]:
         with self._lock:

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from .procs import MAKEFILE, pids_of, wait_for
+from .procs import MAKEFILE, TOKEN, pids_of, wait_for
 
 # The `tree` target's sleeps, by durations nothing else on the machine uses (pgrep sees all).
 TREE_SLEEPS = r"^sleep 30[01]\.25$"
@@ -118,3 +118,25 @@ def test_a_stop_signal_to_the_worker_cancels_its_build_and_reports_it(stack, sig
     assert w.proc.wait(30) == 0
     for pid in make:  # the recipe's sleep, whose only ancestor left was the worker
         wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), what=f"{pid} to end")
+
+
+def test_a_worker_slow_to_stop_says_so_to_health_checks_and_starts(stack):
+    """While its builds end (one that ignores SIGTERM keeps it for the kill grace), a stopping
+    worker answered its health checks as healthy: the controller kept sending it jobs, whose
+    refusals it counted as start failures. It now answers both with 503 "stopping"."""
+    ws = stack.workspace("stubborn", "stubborn:\n\t@trap '' TERM; echo started; sleep 30\n"
+                                     "ok:\n\t@echo ok\n")
+    w = stack.worker(ws, WORKER_LOCK="target", WORKER_KILL_GRACE=6)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    started = requests.post(f"{w.url}/runs", json={"id": "s1", "target": "stubborn"},
+                            headers=auth, timeout=10)
+    assert started.status_code == 201, started.text
+    w.proc.send_signal(15)
+    wait_for(lambda: requests.get(f"{w.url}/healthz", headers=auth, timeout=5).status_code
+             == 503, what="the health check to say the worker is stopping")
+    health = requests.get(f"{w.url}/healthz", headers=auth, timeout=5)
+    assert health.json() == {"error": "the worker is shutting down", "reason": "stopping"}
+    refused = requests.post(f"{w.url}/runs", json={"id": "o1", "target": "ok"}, headers=auth,
+                            timeout=10)
+    assert (refused.status_code, refused.json()["reason"]) == (503, "stopping")
+    assert w.proc.wait(30) == 0

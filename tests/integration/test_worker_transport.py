@@ -12,7 +12,7 @@ import requests
 
 from trigger_server import worker_http
 
-from .procs import TOKEN, Proc
+from .procs import TOKEN, Proc, wait_for
 
 
 def follow(answer: worker_http.Stream) -> tuple[bytes, dict | None]:
@@ -189,3 +189,25 @@ def test_a_follow_of_a_run_a_sibling_worker_runs_ends_with_it(stack):
     assert end["state"] == "succeeded" and b"done" in log
     assert b"done\nmake: Leaving directory" in plain.content  # (it ended: read to its end)
     assert follow(on_b)[1]["state"] == "succeeded"
+
+
+def test_a_start_given_up_during_a_slow_check_never_starts_and_is_not_unknown_meanwhile(stack):
+    """The controller gives up on a start after 30 s, then asks whether the run exists. A
+    worker still at its checks (a makefile slow to read) answered "unknown", and started make
+    later all the same: the job ran on another worker too. Now the question waits for the
+    start under way, and a start whose sender hung up does not start."""
+    ws = stack.workspace("slowread", "X := $(shell sleep 2)\nmark:\n\t@touch marked\n")
+    w = stack.worker(ws)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    # the first read of the makefile (at the first start) takes 2 s; this sender waits 0.5 s
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{w.url}/runs", json={"id": "r1", "target": "mark"}, headers=auth,
+                      timeout=(2, 0.5))
+    asked = requests.get(f"{w.url}/runs/r1", headers=auth, timeout=10)
+    assert asked.status_code == 404, asked.text  # after the start under way gave up
+    time.sleep(0.5)
+    assert not (stack.tmp / "slowread" / "marked").exists()
+    again = requests.post(f"{w.url}/runs", json={"id": "r1", "target": "mark"}, headers=auth,
+                          timeout=30)
+    assert again.status_code == 201, again.text
+    wait_for(lambda: (stack.tmp / "slowread" / "marked").exists(), what="the wanted start")

@@ -9,7 +9,7 @@ import pytest
 from trigger_server import dispatch
 from trigger_server.dispatch import Dispatcher
 from trigger_server.store import JobState, Store
-from trigger_server.workers import Worker, WorkerBusy, WorkerClient, WorkerPool
+from trigger_server.workers import Worker, WorkerBusy, WorkerClient, WorkerPool, WorkerStopping
 
 
 class LockedTarget(WorkerClient):
@@ -93,3 +93,33 @@ def test_the_later_jobs_of_a_refused_target_are_skipped_in_sql(refused, monkeypa
     monkeypatch.setattr(store, "dispatchable", spy)
     assert [j.id for j, _ in dispatcher._claim_ready()] == [html.id]
     assert "slow" in skipped[1]
+
+
+class Stopping(WorkerClient):
+    def __init__(self):
+        super().__init__("token")
+
+    def start_run(self, worker, run_id, target, variables, timeout):
+        raise WorkerStopping(f"worker {worker.url}: the worker is shutting down")
+
+
+def test_a_worker_shutting_down_is_not_the_jobs_failure(tmp_path):
+    """A worker that takes long to stop (a build slow to end) still answered its health
+    checks: each refused start counted towards MAX_START_FAILURES, and a job that never ran
+    ended `failed` after five (and its failure notification went out)."""
+    store = Store(str(tmp_path / "t.db"))
+    client = Stopping()
+    pool = WorkerPool([], client)
+    worker = Worker(url="http://w:8000", name="w", configured="http://w:8000", healthy=True,
+                    lock="target")
+    pool._workers[worker.url] = worker
+    dispatcher = Dispatcher(store, pool, client)
+    job, _ = store.create_job("html", {}, None, "api")
+    for _ in range(dispatch.MAX_START_FAILURES + 1):
+        worker.healthy = True  # as a health check that came between would have it
+        ((claimed, picked),) = dispatcher._claim_ready()
+        assert dispatcher._start(claimed, picked) == (False, None)
+        dispatcher._release(claimed, picked, ran=False)
+        assert not worker.healthy and "shutting down" in worker.last_error
+    again = store.get_job(job.id)
+    assert again.state is JobState.QUEUED and again.worker is None

@@ -6,7 +6,14 @@ import pytest
 
 from trigger_server.dispatch import Dispatcher
 from trigger_server.store import JobState, Store, StoreError
-from trigger_server.workers import RunUnknown, Worker, WorkerBusy, WorkerClient, WorkerPool
+from trigger_server.workers import (
+    RunUnknown,
+    Worker,
+    WorkerBusy,
+    WorkerClient,
+    WorkerError,
+    WorkerPool,
+)
 
 
 class HeldStart(WorkerClient):
@@ -162,3 +169,64 @@ def test_a_cancel_recorded_before_the_claim_ends_the_job_at_the_next_controllers
     assert (ended.state, ended.error) == (JobState.CANCELLED, "cancelled before it started")
     assert store.get_job(other.id).state is JobState.QUEUED  # only that one
     assert not dispatcher._cancel
+
+
+def test_a_restart_follows_every_claimed_job_however_long_the_queue_before_it(tmp_path):
+    """recover() read the 1,000 oldest queued jobs only: a job claimed (its start sent) behind
+    a longer queue was never followed again, and stayed `queued` with its worker for ever (a
+    cancel answered 503 "changing hands" on every try)."""
+    store = Store(str(tmp_path / "t.db"))
+    for n in range(1001):
+        store.create_job("html", {"N": str(n)}, "http://other:8000", "api")
+    job, _ = store.create_job("pdf", {}, None, "api")
+    assert store.claim(job.id, "http://w:8000")  # the controller was killed after this
+    client = NoRuns()
+    pool = WorkerPool([], client)
+    worker = _worker("w")
+    pool._workers[worker.url] = worker
+    dispatcher = Dispatcher(store, pool, client)
+    followed = []
+    dispatcher._followers.submit = lambda fn, job, worker, how: followed.append((job.id, how))
+    dispatcher.recover()
+    assert followed == [(job.id, "recover")]
+    assert dispatcher.running_jobs() == {job.id: worker.url}
+
+
+class LostAnswer(WorkerClient):
+    """A start whose answer is lost (a read timeout), on a worker that then answers twice that
+    the start is still under way, and then has the run."""
+
+    def __init__(self):
+        super().__init__("token")
+        self.asked = 0
+
+    def start_run(self, worker, run_id, target, variables, timeout):
+        raise WorkerError(f"worker {worker.url} did not answer: timed out", uncertain=True)
+
+    def get_run(self, worker, run_id):
+        self.asked += 1
+        if self.asked <= 2:
+            raise WorkerError(f"worker {worker.url}: run {run_id} is being started; ask again")
+        return {"id": run_id, "state": "running"}
+
+
+def test_a_start_still_under_way_on_its_worker_is_asked_about_again_not_moved(tmp_path):
+    """Asked once after a lost answer, a worker still checking the start (a slow makefile)
+    had the job either ended `lost` or, answering "unknown", started on another worker too.
+    The controller now asks again while the worker says the start is under way."""
+    from trigger_server import dispatch
+
+    store = Store(str(tmp_path / "t.db"))
+    client = LostAnswer()
+    pool = WorkerPool([], client)
+    worker = _worker("w")
+    pool._workers[worker.url] = worker
+    dispatcher = Dispatcher(store, pool, client)
+    dispatcher._stop.wait = lambda seconds: False  # (no pause between the questions)
+    job, _ = store.create_job("html", {}, None, "api")
+    ((claimed, picked),) = dispatcher._claim_ready()
+    assert dispatch.START_ASK > 2
+    started, events = dispatcher._start(claimed, picked)
+    assert started and events is None  # followed from its log, as a start without a stream
+    assert client.asked == 3
+    assert store.get_job(job.id).state is JobState.RUNNING

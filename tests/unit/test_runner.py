@@ -493,3 +493,40 @@ def test_a_runs_own_process_ends_it_not_refresh(workspace, tmp_path):
     assert not run.done.is_set() and run.state is RunState.RUNNING
     r.cancel("1")
     wait_done(run)
+
+
+def test_a_question_about_a_run_waits_for_its_start_under_way(workspace, tmp_path):
+    """A controller whose start timed out asks whether the run exists: answered "unknown"
+    while the start was still at its checks, it started the job on another worker too."""
+    import threading
+
+    r = Runner(str(workspace), str(tmp_path / "s"))
+    entered = threading.Event()
+
+    def slow_start():
+        with r.starting("x"):
+            entered.set()
+            time.sleep(0.5)  # as a makefile slow to read
+            r.start("x", "ok", {}, None)
+    starter = threading.Thread(target=slow_start)
+    starter.start()
+    assert entered.wait(5)
+    with pytest.raises(runner_module.RunStarting):
+        r.get("x", start_wait=0.05)
+    assert r.get("x", start_wait=5).id == "x"  # once the start is through: the run
+    starter.join(5)
+    wait_done(r.get("x"))
+    with pytest.raises(runner_module.UnknownRun):
+        r.get("never")
+
+
+def test_a_start_its_sender_gave_up_on_does_not_start(workspace, tmp_path):
+    """Once the controller has given up on a start (and may ask another worker), make must not
+    start here: the start looks at its sender last, and nothing of the run is left."""
+    r = Runner(str(workspace), str(tmp_path / "s"))
+    with pytest.raises(runner_module.StartAbandoned):
+        r.start("gone", "ok", {}, None, wanted=lambda: False)
+    with pytest.raises(runner_module.UnknownRun):
+        r.get("gone")
+    assert list((tmp_path / "s" / "runs").iterdir()) == []
+    wait_done(r.start("gone", "ok", {}, None))  # the id is free: a start that is wanted runs

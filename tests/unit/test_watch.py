@@ -1,9 +1,11 @@
-"""The workspace watcher's own loop (its events end to end: tests/integration/test_watch.py)."""
+"""File watching: the worker's watcher loop, and the controller taking its requests (end to
+end: tests/integration/test_watch.py)."""
 
 import threading
 import time
 import types
 
+from trigger_server.workers import Worker, WorkerClient, WorkerPool
 from worker.watch import Watcher, parse
 
 
@@ -35,3 +37,25 @@ def test_a_zero_debounce_sleeps_until_a_change_instead_of_spinning(tmp_path):
         assert {e["target"] for e in watcher.pending(0)} == {"hello"}
     finally:
         watcher.stop()
+
+
+def test_a_file_change_the_database_could_not_queue_is_taken_again(tmp_path):
+    """The watch request was acknowledged before it was queued: a locked database lost it
+    (the worker forgets what the controller acknowledged at its next health check)."""
+    from trigger_server.store import StoreError
+
+    pool = WorkerPool([], WorkerClient("token"))
+    worker = Worker(url="http://w:8000", name="w", configured="http://w:8000", healthy=True)
+    queued, locked = [], [True]
+
+    def on_watch(w, event):
+        if locked[0]:
+            raise StoreError("database unavailable: database is locked")
+        queued.append(event["seq"])
+    pool.on_watch = on_watch
+    watch = {"boot": "b1", "events": [{"seq": 1, "target": "site"}, {"seq": 2, "target": "pdf"}]}
+    pool._take_watch_events(worker, watch)
+    assert worker.watch_ack == 0 and queued == []  # asked for again at the next check
+    locked[0] = False
+    pool._take_watch_events(worker, watch)
+    assert worker.watch_ack == 2 and queued == [1, 2]
