@@ -185,9 +185,10 @@ def start_run():
         raise rules.RuleError("id must be a string")
     runner = _runner()
     sock = request.environ.get("gunicorn.socket")
-    with runner.starting(run_id):  # from here on, a question about the run waits for this
+    # From here on, a question about the run waits for this start, while its sender does.
+    with runner.starting(run_id, lambda: not hung_up(sock)) as wanted:
         target, variables, timeout = check_request(body)
-        run = runner.start(run_id, target, variables, timeout, wanted=lambda: not hung_up(sock))
+        run = runner.start(run_id, target, variables, timeout, wanted=wanted)
     if body.get("follow") is True:  # the log is opened in the stream: the run has started
         path = runner.log_path(run.id)
         return _frames(run, lambda: open(path, "rb", buffering=0), started=True), 201

@@ -112,6 +112,18 @@ class Run:
         return run
 
 
+class _Start:
+    """A start under way (`Runner.starting`)."""
+
+    def __init__(self, sender_waits: Callable[[], bool]):
+        self.sender_waits = sender_waits
+        self.given_up = False  # by `get`, its sender gone: it must not start
+        self.done = threading.Event()
+
+    def wanted(self) -> bool:
+        return not self.given_up and self.sender_waits()
+
+
 def describe_exit(code: int) -> str:
     """A readable end for a process return code: 'exit status 2', 'killed by SIGKILL'."""
     if code < 0:
@@ -376,23 +388,27 @@ class Runner:
 
     # --- runs ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def starting(self, run_id: str) -> Iterator[None]:
-        """A start of `run_id` is under way for the block (its checks, then `start`): `get`
-        waits for it. A controller whose start timed out asks whether the run exists, and an
-        answer of "unknown" given while the start was still at its checks (a makefile slow to
-        read) had it start the job on another worker too."""
-        done = threading.Event()
+    def starting(self, run_id: str, sender_waits: Callable[[], bool] = lambda: True
+                 ) -> Iterator[Callable[[], bool]]:
+        """A start of `run_id` is under way for the block (its checks, then `start`, given the
+        callable this yields as its `wanted`). A controller whose start timed out asks whether
+        the run exists, and an answer of "unknown" given while the start was still at its
+        checks (a makefile slow to read) had it start the job on another worker too. `get`
+        tells such a start apart: one whose sender still waits is waited for; one whose sender
+        has gone (`sender_waits()` false) is given up there and then, under the lock `start`
+        looks at it with, so the answer "unknown" stays true."""
+        entry = _Start(sender_waits)
         with self._lock:
-            self._starting.setdefault(run_id, []).append(done)
+            self._starting.setdefault(run_id, []).append(entry)
         try:
-            yield
+            yield entry.wanted
         finally:
             with self._lock:
                 pending = self._starting[run_id]
-                pending.remove(done)
+                pending.remove(entry)
                 if not pending:
                     del self._starting[run_id]
-            done.set()
+            entry.done.set()
 
     def start(self, run_id: str, target: str, variables: dict, timeout: float | None,
               wanted: Callable[[], bool] = lambda: True) -> Run:
@@ -542,24 +558,38 @@ class Runner:
             run.group_gone.set()
 
     def cancel(self, run_id: str, reason: str = "cancelled on request") -> Run:
-        run = self.get(run_id)
+        run = self.get(run_id, start_wait=0)  # (a start under way: its sender asks again)
         self._stop(run, RunState.CANCELLED, reason)
         return run
 
     def get(self, run_id: str, start_wait: float = START_WAIT) -> Run:
-        """The run (RunStarting if a start of it is still under way after `start_wait`)."""
+        """The run. One not known yet, with a start of it under way whose sender still waits
+        (see `starting`), is waited for up to `start_wait`, then RunStarting."""
+        run = self._known(run_id)
+        if run is not None:
+            return run
         with self._lock:
             pending = list(self._starting.get(run_id, ()))
+            for entry in pending:
+                if not entry.sender_waits():
+                    entry.given_up = True  # (`start` looks at it under this lock)
+            live = [entry for entry in pending if not entry.given_up]
         deadline = time.monotonic() + start_wait
-        for done in pending:
-            if not done.wait(max(0.0, deadline - time.monotonic())):
-                raise RunStarting(f"run {run_id} is being started; ask again")
+        for entry in live:
+            if not entry.done.wait(max(0.0, deadline - time.monotonic())):
+                break
+        run = self._known(run_id)
+        if run is not None:
+            return run
+        if any(not entry.done.is_set() for entry in live):
+            raise RunStarting(f"run {run_id} is being started; ask again")
+        raise UnknownRun(run_id)
+
+    def _known(self, run_id: str) -> Run | None:
         with self._lock:
             run = self._active.get(run_id) or self._unsaved.get(run_id)
         if run is None and RUN_ID_RE.fullmatch(run_id):
             run = self._load(run_id)
-        if run is None:
-            raise UnknownRun(run_id)
         return run
 
     def refresh(self, run: Run) -> None:

@@ -530,3 +530,60 @@ def test_a_start_its_sender_gave_up_on_does_not_start(workspace, tmp_path):
         r.get("gone")
     assert list((tmp_path / "s" / "runs").iterdir()) == []
     wait_done(r.start("gone", "ok", {}, None))  # the id is free: a start that is wanted runs
+
+
+def test_a_start_whose_sender_has_gone_is_given_up_by_the_question_at_once(workspace, tmp_path):
+    """The controller asks only after it gave up on its start (it closed the connection): the
+    answer is "unknown" at once, not after the start's slow checks, and that start then does
+    not start: a job the controller moves to another worker runs once."""
+    import threading
+
+    r = Runner(str(workspace), str(tmp_path / "s"))
+    entered, checked = threading.Event(), threading.Event()
+    outcome = []
+
+    def abandoned_start():
+        with r.starting("x", lambda: False) as wanted:  # its sender has hung up
+            entered.set()
+            assert checked.wait(5)  # its checks take until after the question
+            try:
+                r.start("x", "ok", {}, None, wanted=wanted)
+            except runner_module.StartAbandoned:
+                outcome.append("abandoned")
+    starter = threading.Thread(target=abandoned_start)
+    starter.start()
+    assert entered.wait(5)
+    began = time.monotonic()
+    with pytest.raises(runner_module.UnknownRun):
+        r.get("x", start_wait=10)
+    assert time.monotonic() - began < 5  # not the 10 s wait for a start whose sender waits
+    checked.set()
+    starter.join(5)
+    assert outcome == ["abandoned"]
+
+
+def test_a_known_run_is_answered_at_once_even_with_a_repeat_of_its_start_under_way(
+        workspace, tmp_path):
+    import threading
+
+    r = Runner(str(workspace), str(tmp_path / "s"), kill_grace=1)
+    run = r.start("x", "slow", {}, None)
+    release = threading.Event()
+
+    def repeat():  # a repeated start of the same id, stuck at its checks
+        with r.starting("x"):
+            release.wait(5)
+    stuck = threading.Thread(target=repeat)
+    stuck.start()
+    try:
+        assert r.get("x", start_wait=10) is run  # (before: RunStarting after the wait)
+        began = time.monotonic()
+        # a cancel does not wait for a start under way: its sender asks again
+        with pytest.raises(runner_module.RunStarting), r.starting("y"):
+            r.cancel("y")
+        assert time.monotonic() - began < 1
+        r.cancel("x")
+        wait_done(run)
+    finally:
+        release.set()
+        stuck.join(5)
