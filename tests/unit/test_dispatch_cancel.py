@@ -4,16 +4,10 @@ import threading
 
 import pytest
 
+from trigger_server import workers
 from trigger_server.dispatch import Dispatcher
 from trigger_server.store import JobState, Store, StoreError
-from trigger_server.workers import (
-    RunUnknown,
-    Worker,
-    WorkerBusy,
-    WorkerClient,
-    WorkerError,
-    WorkerPool,
-)
+from trigger_server.workers import RunUnknown, Worker, WorkerBusy, WorkerClient, WorkerPool
 
 
 class HeldStart(WorkerClient):
@@ -201,12 +195,14 @@ class LostAnswer(WorkerClient):
         self.asked = 0
 
     def start_run(self, worker, run_id, target, variables, timeout):
-        raise WorkerError(f"worker {worker.url} did not answer: timed out", uncertain=True)
+        raise workers.WorkerError(f"worker {worker.url} did not answer: timed out",
+                                  uncertain=True)
 
     def get_run(self, worker, run_id):
         self.asked += 1
         if self.asked <= 2:
-            raise WorkerError(f"worker {worker.url}: run {run_id} is being started; ask again")
+            raise workers.WorkerError(f"worker {worker.url}: run {run_id} is being started; "
+                                      "ask again")
         return {"id": run_id, "state": "running"}
 
 
