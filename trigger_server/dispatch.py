@@ -490,13 +490,13 @@ class Dispatcher:
         return self._started(job)
 
     def _ask_started(self, job: Job, worker: Worker, seconds: float) -> bool | None:
-        """Whether the worker started the job's run, after a start whose answer was lost: asked
-        again for `seconds` while it does not answer, or answers that a start of it is still
-        under way (its own checks: a worker that gets the answer to its start, there, must not
-        be taken for one that never got it: the job ran on two workers). None if that could
-        not be told: the job is then ended `lost` (or, the controller stopping, left claimed
-        for the next one to ask). A start given up before make started never starts: the
-        worker sees its sender gone (`Runner.start`'s `wanted`)."""
+        """Whether the worker started the job's run, after a start whose answer was lost (its
+        connection closed): asked again for `seconds` while the worker does not answer, or
+        answers that a start of it is under way for a sender that still waits. Asked, the
+        worker gives up a start of the run whose sender has gone (`Runner.get`), so "unknown"
+        means it never starts there and the job may go to another worker. None if it could not
+        be told: the job is then ended `lost` (or, the controller stopping, left claimed for
+        the next one to ask)."""
         deadline = time.monotonic() + seconds
         while True:
             try:
