@@ -246,9 +246,9 @@ class Runner:
         self._active: dict[str, Run] = {}
         self._unsaved: dict[str, Run] = {}  # ended runs whose end is not on disk yet (_save_end)
         self._stopping = False
-        # Starts under way, by run id (from the request's arrival to its answer): what a
-        # controller whose start timed out asks about must not look unknown meanwhile.
-        self._starting: dict[str, list[threading.Event]] = {}
+        # Starts under way, by run id (from the request's arrival to its answer): see
+        # `starting` and `get`.
+        self._starting: dict[str, list[_Start]] = {}
         self.last_end = 0.0  # when a build of this worker last ended (time.time())
         self._ends = 0  # runs ended since the run folder was last pruned
         self._logged = 0  # bytes of log those runs wrote
@@ -609,7 +609,7 @@ class Runner:
         elif again.state is not RunState.RUNNING:
             run.state, run.exit_code, run.error, run.finished_at = (
                 again.state, again.exit_code, again.error, again.finished_at)
-        elif again.host != self.host or _alive(again.owner_pid):
+        elif self._owned_elsewhere(again):
             return  # still running, as far as anyone here can tell
         else:
             run.state, run.error = RunState.LOST, "the worker process that ran it is gone"
@@ -619,9 +619,13 @@ class Runner:
         """Whether another worker may still be running this run (its record says running and
         its owner lives, or is on another host): a sibling on the same state folder."""
         run = self._load(run_id)
-        if run is None or run.state is not RunState.RUNNING:
-            return False
-        return run.host != self.host or (run.owner_pid != os.getpid() and _alive(run.owner_pid))
+        return run is not None and run.state is RunState.RUNNING and self._owned_elsewhere(run)
+
+    def _owned_elsewhere(self, record: Run) -> bool:
+        """Whether the worker that recorded this run may still be running it: another host's
+        (nothing here can tell), or another live process on this one."""
+        return record.host != self.host or (record.owner_pid != os.getpid()
+                                            and _alive(record.owner_pid))
 
     @property
     def stopping(self) -> bool:
