@@ -4,7 +4,7 @@
 from worker.serving import tune_interpreter
 
 workers = 1
-worker_class = "gthread"
+worker_class = "worker.gthread_linger.LingeringThreadWorker"  # gthread, see there
 threads = 16
 timeout = 30
 control_socket_disable = True

@@ -10,7 +10,7 @@ from worker.serving import setup_logging, tune_interpreter
 
 bind = os.environ.get("WORKER_BIND") or "0.0.0.0:8000"
 workers = 1  # never more: the runs and their waiter threads live in this one process
-worker_class = "gthread"
+worker_class = "worker.gthread_linger.LingeringThreadWorker"  # gthread, see there
 threads = int(os.environ.get("WORKER_THREADS") or "16")  # each running build streams its log
 timeout = 30
 keepalive = 75  # longer than the controller's health interval, so kept-alive links get reused
