@@ -1,10 +1,10 @@
-"""The architecture's floor, for the `relay` row: two bare Flask apps under gunicorn (gthread,
-one process, the settings maketrigger's servers use), the front one relaying each POST over a
-keep-alive `http.client` connection to the back one, which runs make synchronously and answers
-with its output. What maketrigger does on the same path, minus everything it does besides:
-no validation, no token, no history, no log stream, no queue. The front one's `/accept` answers
-the same POST with 202 and does nothing else: one hop of Flask under gunicorn, the ceiling of
-triggers accepted per second on this stack.
+"""The architecture's floor, for the `relay` row: two bare Flask apps under gunicorn (gthread as
+worker/gthread_linger.py changes it, one process: the settings maketrigger's servers use), the
+front one relaying each POST over a keep-alive `http.client` connection to the back one, which runs
+make synchronously and answers with its output. What maketrigger does on the same path, minus
+everything it does besides: no validation, no token, no history, no log stream, no queue. The front
+one's `/accept` answers the same POST with 202 and does nothing else: one hop of Flask under
+gunicorn, the ceiling of triggers accepted per second on this stack.
 
     gunicorn 'bench.relay_app:back("/path/to/workspace")'
     gunicorn 'bench.relay_app:front("127.0.0.1:PORT")'
