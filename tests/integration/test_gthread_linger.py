@@ -1,6 +1,7 @@
 """The servers' gunicorn worker class (worker/gthread_linger.py) under a real gunicorn: a
-kept-alive client's next request is served by the thread that answered the last one, and a
-client that never pauses does not keep the pool from another."""
+kept-alive client's next request is served by the thread that answered the last one, without
+going back to the pool; a client that never pauses does not keep the pool from another; and a
+new connection does not wait for a lingering thread's linger to end."""
 
 from __future__ import annotations
 
@@ -23,23 +24,28 @@ def serve(tmp_path):
     """serve(threads) -> port of tests/integration/linger_app.py under gunicorn."""
     procs = []
 
-    def start(threads: int, worker_class: str = "tests.integration.linger_app.LongLinger"):
+    def start(threads: int):
         port = free_port()
         log = open(tmp_path / f"gunicorn-{port}.log", "wb")  # noqa: SIM115 (closed below)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-k", worker_class, "--threads", str(threads),
-             "--no-control-socket", "-b", f"127.0.0.1:{port}", "tests.integration.linger_app:app"],
+            [sys.executable, "-m", "gunicorn", "-k", "tests.integration.linger_app.LongLinger",
+             "--threads", str(threads), "--no-control-socket", "-b", f"127.0.0.1:{port}",
+             "tests.integration.linger_app:app"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         procs.append((proc, log))
 
-        def answers():
+        def answers():  # on a connection that is closed at once: no request of it comes later
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             try:
-                get(http.client.HTTPConnection("127.0.0.1", port, timeout=5))
+                conn.request("GET", "/", headers={"Connection": "close"})
+                conn.getresponse().read()
                 return True
             except OSError:
                 assert proc.poll() is None, (tmp_path / f"gunicorn-{port}.log").read_text()
                 return False
+            finally:
+                conn.close()
 
         wait_for(answers, timeout=20, what="gunicorn to answer")
         return port
@@ -51,44 +57,61 @@ def serve(tmp_path):
         log.close()
 
 
-def get(conn: http.client.HTTPConnection) -> tuple[int, int]:
-    """(serving thread, request number)"""
-    conn.request("GET", "/")
+def get(conn: http.client.HTTPConnection, path: str = "/") -> tuple[int, int, int]:
+    """(serving thread, request number, connections handed to the pool so far); "/slow"
+    takes 50 ms."""
+    conn.request("GET", path)
     resp = conn.getresponse()
     assert resp.status == 200
-    thread, number = resp.read().split()
-    return int(thread), int(number)
+    thread, number, handed = resp.read().split()
+    return int(thread), int(number), int(handed)
 
 
-def test_a_kept_alive_clients_requests_are_served_by_one_thread(serve):
+def test_a_kept_alive_clients_requests_are_served_by_the_thread_that_answered(serve):
     port = serve(threads=4)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    threads = {get(conn)[0] for _ in range(60)}
+    answers = [get(conn) for _ in range(60)]
     conn.close()
-    assert len(threads) == 1
+    assert len({thread for thread, _, _ in answers}) == 1
+    # Handed to the pool for its first request only (plain gthread: for each of the 60).
+    assert answers[-1][2] == answers[0][2]
 
 
 def test_a_client_that_never_pauses_does_not_keep_the_only_thread(serve):
     port = serve(threads=1)
-    busy = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    first = get(busy)[1]
-    last = [first]
+    busy = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    last = [get(busy, "/slow")[1]]
     stop = threading.Event()
 
-    def keep_asking():  # back to back, bounded: 3,000 requests at most
-        for _ in range(3000):
+    def keep_asking():  # back to back, 50 ms each, bounded: 200 requests at most
+        for _ in range(200):
             if stop.is_set():
                 return
-            last.append(get(busy)[1])
+            last.append(get(busy, "/slow")[1])
 
     asker = threading.Thread(target=keep_asking, daemon=True)
     asker.start()
-    wait_for(lambda: len(last) > 20, what="the busy client's requests")
-    other = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    _, number = get(other)  # waits at most for the busy client's current request (and linger)
+    wait_for(lambda: len(last) > 3, what="the busy client's requests")
+    # Queued while the only thread serves the busy client (its requests take 50 ms, its pauses
+    # a fraction of a millisecond): served next, not after all of the busy client's requests.
+    other = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    _, number, _ = get(other)
+    other.close()
+    seen = len(last)  # the busy client goes on (unless it was done: then it was served first)
+    wait_for(lambda: len(last) >= min(seen + 2, 201), what="the busy client's next requests")
     stop.set()
     asker.join(30)
     assert asker.is_alive() is False
-    # Served amid the busy client's requests, not after all of them.
     assert number < last[-1]
-    assert len(last) < 3001
+    assert len(last) < 201
+
+
+def test_a_new_connection_does_not_wait_for_a_lingering_thread(serve):
+    port = serve(threads=1)
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    get(idle)  # the only thread now lingers on it for 5 s
+    # Answered at once, not after the linger: well within 2 s even on a busy machine.
+    other = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    get(other)
+    other.close()
+    idle.close()
