@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,20 @@ def test_a_kept_alive_clients_requests_are_served_by_the_thread_that_answered(se
     assert answers[-1][2] == answers[0][2]
 
 
+def test_a_connection_that_a_free_thread_takes_ends_no_linger(serve):
+    port = serve(threads=4)
+    first = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    thread, _, _ = get(first)
+    time.sleep(0.2)  # its thread lingers on it; three threads are free
+    other = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    _, _, handed = get(other)  # (handed to the pool: a free thread takes it)
+    other.close()
+    again, _, handed_again = get(first)
+    first.close()
+    assert again == thread
+    assert handed_again == handed  # the first client's connection was not handed back
+
+
 def test_a_client_that_never_pauses_does_not_keep_the_only_thread(serve):
     port = serve(threads=1)
     busy = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -109,7 +124,8 @@ def test_a_client_that_never_pauses_does_not_keep_the_only_thread(serve):
 def test_a_new_connection_does_not_wait_for_a_lingering_thread(serve):
     port = serve(threads=1)
     idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    get(idle)  # the only thread now lingers on it for 5 s
+    get(idle)
+    time.sleep(0.2)  # the only thread now lingers on it (for 5 s)
     # Answered at once, not after the linger: well within 2 s even on a busy machine.
     other = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     get(other)
