@@ -37,6 +37,8 @@ class Sizes:
     http_load: int = 2000     # requests per HTTP load phase (distinct, identical)
     cmd_load: int = 160       # commands per pooled docker exec phase (about 7/s)
     run_load: int = 32        # containers per pooled `docker run` phase (about 2/s)
+    turns: int = 10           # side by side (side_by_side.py): turns of round trips per row
+    per_turn: int = 200       # round trips per row and turn
     concurrency: int = 8
     big_bytes: int = 200 * MB
     history: int = 1_000_000
@@ -49,8 +51,8 @@ class Sizes:
 FULL = Sizes(quick=False)
 QUICK = Sizes(quick=True, rt=50, stamp=20, docker_rt=50, docker_stamp=10, run_rt=10,
               run_stamp=5, http_load=200, cmd_load=32, run_load=16, big_bytes=20 * MB,
-              history=10_000, api_samples=100, loop_seconds=60, load_seconds=60,
-              drain_seconds=120)
+              history=10_000, api_samples=100, turns=2, per_turn=20, loop_seconds=60,
+              load_seconds=60, drain_seconds=120)
 
 MAKEFILE = """\
 # The trivial Makefile every row of the benchmark runs (bench/common.py writes it).

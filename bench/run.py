@@ -236,6 +236,35 @@ class Run:
         self.row("mt-compose",
                  lambda: MaketriggerCompose(workspace, self.sizes, self.raw, self.run_id))
 
+    def side_by_side(self, workspace: Path) -> None:
+        """webhook and the maketrigger rows up at once, their round trips taken in turns
+        (bench/side_by_side.py): the round-trip ratio goal compares these."""
+        from bench import side_by_side
+        from bench.rows_local import Webhook
+        from bench.rows_maketrigger import MaketriggerCompose, MaketriggerHost
+
+        measured = [n for n in ("mt-host", "mt-compose")
+                    if "error" not in self.results["rows"].get(n, {"error": "not run"})]
+        if "error" in self.results["rows"].get("webhook", {"error": "not run"}) or not measured:
+            return
+        log.info("=== side by side: webhook, %s", ", ".join(measured))
+        raw = self.raw / "side-by-side"  # the servers' logs, apart from their own rows'
+        try:
+            raw.mkdir(parents=True, exist_ok=True)
+            with contextlib.ExitStack() as stack:
+                rows = {"webhook": stack.enter_context(Webhook(workspace, self.sizes, raw))}
+                if "mt-host" in measured:
+                    rows["mt-host"] = stack.enter_context(
+                        MaketriggerHost(workspace, self.sizes, raw))
+                if "mt-compose" in measured:
+                    rows["mt-compose"] = stack.enter_context(MaketriggerCompose(
+                        workspace, self.sizes, raw, self.run_id + "-sbs"))
+                self.results["side_by_side"] = side_by_side.interleave(
+                    rows, self.sizes.turns, self.sizes.per_turn, self.sizes.loop_seconds)
+        except Exception as exc:
+            log.exception("side by side failed")
+            self.results["side_by_side"] = {"error": f"{type(exc).__name__}: {exc}"}
+
     def go(self) -> dict:
         from bench.rows_local import Floor, Relay, Webhook
 
@@ -253,6 +282,7 @@ class Run:
             self.mt_host(workspace)
             self.docker_rows(workspace)
             self.mt_compose(workspace)
+            self.side_by_side(workspace)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.results["machine"]["loadavg_at_end"] = os.getloadavg()
