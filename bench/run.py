@@ -237,28 +237,31 @@ class Run:
                  lambda: MaketriggerCompose(workspace, self.sizes, self.raw, self.run_id))
 
     def side_by_side(self, workspace: Path) -> None:
-        """webhook and the maketrigger rows up at once, their round trips taken in turns
-        (bench/side_by_side.py): the round-trip ratio goal compares these."""
+        """The host rows and the maketrigger rows up at once, their round trips taken in turns
+        (bench/side_by_side.py): the round-trip ratio goal compares these; the floor and the
+        relay come along as controls and for the relay's reference line."""
         from bench import side_by_side
-        from bench.rows_local import Webhook
+        from bench.rows_local import Floor, Relay, Webhook
         from bench.rows_maketrigger import MaketriggerCompose, MaketriggerHost
 
-        measured = [n for n in ("mt-host", "mt-compose")
-                    if "error" not in self.results["rows"].get(n, {"error": "not run"})]
-        if "error" in self.results["rows"].get("webhook", {"error": "not run"}) or not measured:
+        ok = {n for n in ("floor", "webhook", "relay", "mt-host", "mt-compose")
+              if "error" not in self.results["rows"].get(n, {"error": "not run"})}
+        if "webhook" not in ok or not ok & {"mt-host", "mt-compose"}:
             return
-        log.info("=== side by side: webhook, %s", ", ".join(measured))
+        log.info("=== side by side: %s", ", ".join(sorted(ok)))
         raw = self.raw / "side-by-side"  # the servers' logs, apart from their own rows'
+        makers = {
+            "floor": lambda: Floor(workspace, self.sizes),
+            "webhook": lambda: Webhook(workspace, self.sizes, raw),
+            "relay": lambda: Relay(workspace, self.sizes, raw),
+            "mt-host": lambda: MaketriggerHost(workspace, self.sizes, raw),
+            "mt-compose": lambda: MaketriggerCompose(workspace, self.sizes, raw,
+                                                     self.run_id + "-sbs")}
         try:
             raw.mkdir(parents=True, exist_ok=True)
             with contextlib.ExitStack() as stack:
-                rows = {"webhook": stack.enter_context(Webhook(workspace, self.sizes, raw))}
-                if "mt-host" in measured:
-                    rows["mt-host"] = stack.enter_context(
-                        MaketriggerHost(workspace, self.sizes, raw))
-                if "mt-compose" in measured:
-                    rows["mt-compose"] = stack.enter_context(MaketriggerCompose(
-                        workspace, self.sizes, raw, self.run_id + "-sbs"))
+                rows = {name: stack.enter_context(make()) for name, make in makers.items()
+                        if name in ok}
                 self.results["side_by_side"] = side_by_side.interleave(
                     rows, self.sizes.turns, self.sizes.per_turn, self.sizes.loop_seconds)
         except Exception as exc:

@@ -2,9 +2,11 @@
 (maketrigger's p50 against webhook's).
 
 Each row's own block of round trips (measure.py) comes minutes after the other rows', and the
-speed of this shared machine drifts by several percent within minutes. Here every row is up at
-once and gets `per_round` sequential round trips in turn, for `rounds` turns, the order reversed
-every other turn: a drift slows every row alike, and the ratio of the p50s is the rows' own.
+speed of this shared machine drifts by several percent within minutes. Here the rows are up at
+once and each gets `per_round` sequential round trips in turn, for `rounds` turns. A ratio is
+taken within each turn (report.turn_ratio), so that a drift over time weighs on both of its
+rows alike, to first order. The order rotates from turn to turn, and runs backwards in every
+other set of rotations, so each row has every place in a turn and both neighbours equally often.
 """
 
 from __future__ import annotations
@@ -18,28 +20,42 @@ log = logging.getLogger(__name__)
 WARMUP = 5
 
 
+def orders(names: list[str], rounds: int) -> list[list[str]]:
+    """The rows' order in each turn: rotated by one each turn, reversed in every other cycle."""
+    out = []
+    for turn in range(rounds):
+        k = turn % len(names)
+        order = names[k:] + names[:k]
+        out.append(order[::-1] if (turn // len(names)) % 2 else order)
+    return out
+
+
 def interleave(rows: dict, rounds: int, per_round: int, seconds: float) -> dict:
-    """`rows`: name -> a row (measure.py) whose servers are up. The p50 of all of each row's
-    round trips, and each turn's p50, in ms; failed round trips are counted, not timed."""
+    """`rows`: name -> a row (measure.py) whose servers are up. For each row, the p50 of all of
+    its round trips and the p50 of each turn (None for a turn without one), in ms; failed round
+    trips are counted, not timed."""
     for row in rows.values():
         for i in range(WARMUP):
             row.roundtrip(i)
     samples: dict[str, list[float]] = {name: [] for name in rows}
-    turns: dict[str, list[float]] = {name: [] for name in rows}
+    turns: dict[str, list[float | None]] = {name: [] for name in rows}
     errors: dict[str, dict[str, int]] = {name: {} for name in rows}
-    order = list(rows)
-    for turn in range(rounds):
-        for name in order if turn % 2 == 0 else order[::-1]:
+    stopped = set()
+    for turn, order in enumerate(orders(list(rows), rounds)):
+        for name in order:
             series = sequential(rows[name].roundtrip, per_round, seconds)
             samples[name] += series.seconds
-            if series.seconds:
-                turns[name].append(round(statistics.median(series.seconds) * 1000, 3))
+            turns[name].append(round(statistics.median(series.seconds) * 1000, 3)
+                               if series.seconds else None)
             for error, count in series.errors.items():
                 errors[name][error] = errors[name].get(error, 0) + count
+            if series.stopped_by_time:
+                stopped.add(name)
         log.info("side by side, turn %d of %d: %s", turn + 1, rounds,
-                 ", ".join(f"{n} {turns[n][-1]:.2f} ms" for n in order if turns[n]))
-    return {"rounds": rounds, "per_round": per_round, "rows": {
+                 ", ".join(f"{n} {turns[n][-1]} ms" for n in order))
+    return {"rounds": rounds, "per_round": per_round, "order": list(rows), "rows": {
         name: {"p50_ms": round(statistics.median(samples[name]) * 1000, 3)
                if samples[name] else None,
-               "n": len(samples[name]), "turn_p50s_ms": turns[name], "errors": errors[name]}
-        for name in order}}
+               "n": len(samples[name]), "turn_p50s_ms": turns[name], "errors": errors[name],
+               "stopped_by_time": name in stopped}
+        for name in rows}}
