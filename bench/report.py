@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -50,12 +51,10 @@ def turn_ratio(sbs: dict, row: str, base: str) -> tuple[float, float, float, int
                                                                 "turn_p50s_ms")
     if not mine or not theirs:
         return None
-    ratios = sorted(a / b for a, b in zip(mine, theirs, strict=False) if a and b)
+    ratios = [a / b for a, b in zip(mine, theirs, strict=False) if a and b]
     if not ratios:
         return None
-    mid = len(ratios) // 2
-    median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
-    return median, ratios[0], ratios[-1], len(ratios)
+    return statistics.median(ratios), min(ratios), max(ratios), len(ratios)
 
 
 def goals(results: dict) -> list[dict]:

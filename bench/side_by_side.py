@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections import Counter
 
 from bench.common import sequential
 
@@ -39,7 +40,7 @@ def interleave(rows: dict, rounds: int, per_round: int, seconds: float) -> dict:
             row.roundtrip(i)
     samples: dict[str, list[float]] = {name: [] for name in rows}
     turns: dict[str, list[float | None]] = {name: [] for name in rows}
-    errors: dict[str, dict[str, int]] = {name: {} for name in rows}
+    errors: dict[str, Counter] = {name: Counter() for name in rows}
     stopped = set()
     for turn, order in enumerate(orders(list(rows), rounds)):
         for name in order:
@@ -47,15 +48,14 @@ def interleave(rows: dict, rounds: int, per_round: int, seconds: float) -> dict:
             samples[name] += series.seconds
             turns[name].append(round(statistics.median(series.seconds) * 1000, 3)
                                if series.seconds else None)
-            for error, count in series.errors.items():
-                errors[name][error] = errors[name].get(error, 0) + count
+            errors[name] += series.errors
             if series.stopped_by_time:
                 stopped.add(name)
         log.info("side by side, turn %d of %d: %s", turn + 1, rounds,
                  ", ".join(f"{n} {turns[n][-1]} ms" for n in order))
-    return {"rounds": rounds, "per_round": per_round, "order": list(rows), "rows": {
+    return {"rounds": rounds, "per_round": per_round, "rows": {
         name: {"p50_ms": round(statistics.median(samples[name]) * 1000, 3)
                if samples[name] else None,
-               "n": len(samples[name]), "turn_p50s_ms": turns[name], "errors": errors[name],
+               "n": len(samples[name]), "turn_p50s_ms": turns[name], "errors": dict(errors[name]),
                "stopped_by_time": name in stopped}
         for name in rows}}
