@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Flask
 
+from worker.unread_body import closing_after_unread_bodies
+
 from . import config as config_module
 from .api import bp
 from .checkpoint import Checkpointer
@@ -57,4 +59,5 @@ def create_app(config: dict | None = None) -> Flask:
         joined=JoinedAnswers())
     app.register_blueprint(bp)
     app.register_blueprint(hooks_bp)
+    app.wsgi_app = closing_after_unread_bodies(app.wsgi_app)  # see there
     return app

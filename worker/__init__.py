@@ -10,6 +10,7 @@ from . import config as config_module
 from . import rules
 from .makefile import TargetCatalog
 from .runner import Runner
+from .unread_body import closing_after_unread_bodies
 from .watch import Watcher
 
 
@@ -34,4 +35,5 @@ def create_app(config: dict | None = None) -> Flask:
         logging.getLogger(__name__).warning("WORKER_INSECURE=1: serving without a token")
     from .api import bp
     app.register_blueprint(bp)
+    app.wsgi_app = closing_after_unread_bodies(app.wsgi_app)  # see there
     return app
