@@ -2,12 +2,14 @@
 will discard: WSGI middleware for both apps (their `create_app`).
 
 Before it serves the next request on a kept-alive connection, gunicorn's gthread reads and
-discards what the application left of the last body, but at most 64 KiB: past that it closes
-the connection after the answer, an answer that said `Connection: keep-alive`. A client that
-sends its next request on that connection before the close reaches it (a `requests.Session`, any
-keep-alive pool) gets "connection aborted" for a request the server never read. That was every
-413 for a body over TRIGGER_MAX_BODY (64 KiB by default), and a 401 or 404 with a large body. An
-answer that says `Connection: close` makes the client open a new connection instead.
+discards what the application left of the last body, but only while that is under 64 KiB: with
+64 KiB or more left, it closes the connection after the answer, an answer that said
+`Connection: keep-alive`. A client that sends its next request on that connection before the
+close reaches it (a `requests.Session`, any keep-alive pool) gets "connection aborted" for a
+request the server never read. With the default
+TRIGGER_MAX_BODY of 64 KiB that was every 413 to a body with a Content-Length (werkzeug reads
+none of one over the limit), and a 401 or 404 to a large body. An answer that says
+`Connection: close` makes the client open a new connection instead.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ def left_undrainable(body) -> bool:
     unknown until read."""
     if not isinstance(body, gunicorn_body.Body):
         return False
-    if body.failed:
+    if getattr(body, "failed", False):  # (as gunicorn reads it: older ones lack it)
         return True
     reader = body.reader
     if isinstance(reader, gunicorn_body.LengthReader):
         return body.buf.tell() + reader.length >= DRAIN_MAX_BYTES
     if isinstance(reader, gunicorn_body.ChunkedReader):
         return reader.parser is not None
-    return False  # EOFReader: the connection ends with the body anyway
+    return False  # (an EOFReader: a request never has one, gunicorn makes it a LengthReader(0))
 
 
 def closing_after_unread_bodies(app):
@@ -40,7 +42,9 @@ def closing_after_unread_bodies(app):
 
     gunicorn's `start_response` is a method of its response, whose `force_close` is read when
     the headers go out: at the first write of the body, after `app` has returned (Flask calls
-    `start_response` before it returns). Under another server nothing changes."""
+    `start_response` before it returns). Under gunicorn's sync worker every connection closes
+    anyway; its gevent and eventlet workers discard a whole body, so there this closes a
+    connection that could have been kept. Under another server nothing changes."""
 
     def wsgi(environ, start_response):
         answer = app(environ, start_response)
