@@ -133,6 +133,25 @@ def machine_busy_seconds() -> float:
     return (sum(values[:8]) - idle) / CLK_TCK
 
 
+def wait_for_quiet(idle_wanted: float = 0.9, window: float = 1.0,
+                   most: float = 30.0) -> dict:
+    """Wait until the machine's CPUs were idle for `idle_wanted` of a `window` (at most `most`
+    seconds): what a previous row left running (dockerd removing a hundred containers, an image
+    build) must not be measured as part of the next one. Returns how long that took and the
+    last window's idle fraction; a machine that never got quiet is measured anyway, and says
+    so in the results."""
+    started = time.monotonic()
+    cpus = os.cpu_count() or 1
+    while True:
+        busy, t0 = machine_busy_seconds(), time.monotonic()
+        time.sleep(window)
+        idle = 1 - (machine_busy_seconds() - busy) / ((time.monotonic() - t0) * cpus)
+        waited = time.monotonic() - started
+        if idle >= idle_wanted or waited >= most:
+            return {"waited_s": round(waited, 1), "idle": round(max(idle, 0.0), 3),
+                    "quiet": idle >= idle_wanted}
+
+
 def children_cpu_seconds() -> float:
     """CPU time of this harness's own finished children (make, docker CLI, hey)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -22,7 +22,15 @@ import logging
 import time
 from pathlib import Path
 
-from bench.common import CpuMeter, RssSampler, Sizes, memory_snapshot, sequential, write_json
+from bench.common import (
+    CpuMeter,
+    RssSampler,
+    Sizes,
+    memory_snapshot,
+    sequential,
+    wait_for_quiet,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 WARMUP = 5
@@ -33,7 +41,9 @@ def measure(row, sizes: Sizes, raw: Path) -> dict:
     log.info("%s: warming up", row.name)
     for i in range(WARMUP):
         row.roundtrip(i)
-    time.sleep(1)
+    quiet = wait_for_quiet()  # (a second at least: the warm-up's work ends too)
+    log.info("%s: machine quiet after %.1f s (%.0f%% idle)", row.name, quiet["waited_s"],
+             quiet["idle"] * 100)
     procs = row.processes()
     idle = memory_snapshot(procs)
 
@@ -74,7 +84,7 @@ def measure(row, sizes: Sizes, raw: Path) -> dict:
     return {
         "label": row.label, "kind": row.kind,
         "roundtrip_ms": rt.summary(), "make_started_ms": started.summary(),
-        "load": loads,
+        "load": loads, "quiet_before": quiet,
         "memory": {"idle": idle, "loaded_peak": loaded, "after_load": after,
                    "pss_per_service_idle": pss_per_service(procs, idle)},
         **extra,

@@ -301,7 +301,7 @@ def side_by_side_section(results: dict) -> list[str]:
             "ratios: a drift of the machine's speed over the minutes weighs on both rows of a "
             "turn alike, to first order. \"Against own block\": each row's p50 here over its "
             "p50 in its own block, which shows what running beside the others (and the "
-            "drift) cost each row.", "",
+            "drift) cost each row." + _sbs_quiet(sbs.get("quiet_before")), "",
             *_table(["row", "p50 ms", "own block p50 ms", "against own block",
                      "against webhook, median of turns (lowest-highest)", "n", "errors",
                      "p50 of each turn, ms"], lines)]
@@ -382,7 +382,29 @@ def _images_line(images: dict | None) -> str | None:
 def _loads_line(results: dict) -> str:
     loads = [f"{name} {row['loadavg_before'][0]:.1f}" for name, row in _rows(results)
              if "loadavg_before" in row]
-    return "Load average (1 min) before each row: " + ", ".join(loads) + "."
+    line = "Load average (1 min) before each row: " + ", ".join(loads) + "."
+    quiet = [f"{name} {_quiet(row['quiet_before'])}" for name, row in _rows(results)
+             if "quiet_before" in row]
+    if quiet:  # (runs before 2026-12-07 did not wait)
+        line += (" Each row's measurement began once the CPUs had been 90% idle for a second "
+                 "(after its servers were up and warm), waiting at most 30 s; waited: "
+                 + ", ".join(quiet) + ".")
+    return line
+
+
+def _sbs_quiet(q: dict | None) -> str:
+    if q is None:  # (runs before 2026-12-07 did not wait)
+        return ""
+    if q["quiet"]:
+        return (f" The turns began {q['waited_s']:.0f} s after the servers were up and warm, "
+                "once the CPUs had been 90% idle for a second.")
+    return (f" The turns began after {q['waited_s']:.0f} s of waiting for the CPUs to be 90% "
+            f"idle for a second, which they never were ({q['idle']:.0%} idle).")
+
+
+def _quiet(q: dict) -> str:
+    return (f"{q['waited_s']:.0f} s" if q["quiet"]
+            else f"{q['waited_s']:.0f} s, never quiet ({q['idle']:.0%} idle)")
 
 
 def markdown(results: dict) -> str:

@@ -15,7 +15,7 @@ import logging
 import statistics
 from collections import Counter
 
-from bench.common import sequential
+from bench.common import sequential, wait_for_quiet
 
 log = logging.getLogger(__name__)
 WARMUP = 5
@@ -38,6 +38,9 @@ def interleave(rows: dict, rounds: int, per_round: int, seconds: float) -> dict:
     for row in rows.values():
         for i in range(WARMUP):
             row.roundtrip(i)
+    quiet = wait_for_quiet()  # five sets of servers have just started
+    log.info("side by side: machine quiet after %.1f s (%.0f%% idle)", quiet["waited_s"],
+             quiet["idle"] * 100)
     samples: dict[str, list[float]] = {name: [] for name in rows}
     turns: dict[str, list[float | None]] = {name: [] for name in rows}
     errors: dict[str, Counter] = {name: Counter() for name in rows}
@@ -53,7 +56,7 @@ def interleave(rows: dict, rounds: int, per_round: int, seconds: float) -> dict:
                 stopped.add(name)
         log.info("side by side, turn %d of %d: %s", turn + 1, rounds,
                  ", ".join(f"{n} {turns[n][-1]} ms" for n in order))
-    return {"rounds": rounds, "per_round": per_round, "rows": {
+    return {"rounds": rounds, "per_round": per_round, "quiet_before": quiet, "rows": {
         name: {"p50_ms": round(statistics.median(samples[name]) * 1000, 3)
                if samples[name] else None,
                "n": len(samples[name]), "turn_p50s_ms": turns[name], "errors": dict(errors[name]),
