@@ -4,6 +4,7 @@ machine's description, and the sequential and pooled loops (each bounded in coun
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -125,31 +126,46 @@ def cpu_seconds(pid: int, children: bool = True) -> float:
     return ticks / CLK_TCK
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(idle, all) CPU time of the whole machine in clock ticks, summed over its CPUs, from
+    /proc/stat: idle counts iowait too; all is the first eight fields (guest time is already in
+    user time)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return values[3] + values[4], sum(values)
+
+
 def machine_busy_seconds() -> float:
     """Non-idle CPU time of the whole machine, summed over its CPUs."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
-    return (sum(values[:8]) - idle) / CLK_TCK
+    idle, total = cpu_ticks()
+    return (total - idle) / CLK_TCK
 
 
 def wait_for_quiet(idle_wanted: float = 0.9, window: float = 1.0,
                    most: float = 30.0) -> dict:
     """Wait until the machine's CPUs were idle for `idle_wanted` of a `window` (at most `most`
-    seconds): what a previous row left running (dockerd removing a hundred containers, an image
-    build) must not be measured as part of the next one. Returns how long that took and the
-    last window's idle fraction; a machine that never got quiet is measured anyway, and says
-    so in the results."""
+    seconds): what a previous row left using the CPUs (dockerd removing a hundred containers,
+    an image build) must not be measured as part of the next one. Work on the disk alone counts
+    as idle. Returns how long that took and the idle fraction of the last window; a machine
+    that never got quiet is measured anyway, and says so in the results."""
     started = time.monotonic()
-    cpus = os.cpu_count() or 1
     while True:
-        busy, t0 = machine_busy_seconds(), time.monotonic()
+        idle0, total0 = cpu_ticks()
         time.sleep(window)
-        idle = 1 - (machine_busy_seconds() - busy) / ((time.monotonic() - t0) * cpus)
+        idle1, total1 = cpu_ticks()
+        idle = (idle1 - idle0) / max(total1 - total0, 1)
         waited = time.monotonic() - started
         if idle >= idle_wanted or waited >= most:
-            return {"waited_s": round(waited, 1), "idle": round(max(idle, 0.0), 3),
-                    "quiet": idle >= idle_wanted}
+            return {"waited_s": round(waited, 1), "idle": math.floor(idle * 1000) / 1000,
+                    "quiet": idle >= idle_wanted}  # (rounded down: never "90.0%" if below)
+
+
+def quiet_words(quiet: dict) -> str:
+    """How a wait_for_quiet went, for the log."""
+    if quiet["quiet"]:
+        return f"the machine was quiet after {quiet['waited_s']:.1f} s ({quiet['idle']:.1%} idle)"
+    return (f"the machine was not quiet after {quiet['waited_s']:.1f} s ({quiet['idle']:.1%} "
+            "idle in the last second): measuring anyway")
 
 
 def children_cpu_seconds() -> float:

@@ -27,6 +27,7 @@ from bench.common import (
     RssSampler,
     Sizes,
     memory_snapshot,
+    quiet_words,
     sequential,
     wait_for_quiet,
     write_json,
@@ -42,8 +43,7 @@ def measure(row, sizes: Sizes, raw: Path) -> dict:
     for i in range(WARMUP):
         row.roundtrip(i)
     quiet = wait_for_quiet()  # (a second at least: the warm-up's work ends too)
-    log.info("%s: machine quiet after %.1f s (%.0f%% idle)", row.name, quiet["waited_s"],
-             quiet["idle"] * 100)
+    log.info("%s: %s", row.name, quiet_words(quiet))
     procs = row.processes()
     idle = memory_snapshot(procs)
 

@@ -387,7 +387,7 @@ def _loads_line(results: dict) -> str:
              if "quiet_before" in row]
     if quiet:  # (runs before 2026-12-07 did not wait)
         line += (" Each row's measurement began once the CPUs had been 90% idle for a second "
-                 "(after its servers were up and warm), waiting at most 30 s; waited: "
+                 "(after its servers were up and warm), or after 30 s without; waited: "
                  + ", ".join(quiet) + ".")
     return line
 
@@ -399,12 +399,13 @@ def _sbs_quiet(q: dict | None) -> str:
         return (f" The turns began {q['waited_s']:.0f} s after the servers were up and warm, "
                 "once the CPUs had been 90% idle for a second.")
     return (f" The turns began after {q['waited_s']:.0f} s of waiting for the CPUs to be 90% "
-            f"idle for a second, which they never were ({q['idle']:.0%} idle).")
+            f"idle for a second, which they never were ({q['idle']:.1%} idle in the last "
+            "second).")
 
 
 def _quiet(q: dict) -> str:
     return (f"{q['waited_s']:.0f} s" if q["quiet"]
-            else f"{q['waited_s']:.0f} s, never quiet ({q['idle']:.0%} idle)")
+            else f"{q['waited_s']:.0f} s, never quiet ({q['idle']:.1%} idle in the last second)")
 
 
 def markdown(results: dict) -> str:

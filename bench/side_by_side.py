@@ -15,7 +15,7 @@ import logging
 import statistics
 from collections import Counter
 
-from bench.common import sequential, wait_for_quiet
+from bench.common import quiet_words, sequential, wait_for_quiet
 
 log = logging.getLogger(__name__)
 WARMUP = 5
@@ -39,8 +39,7 @@ def interleave(rows: dict, rounds: int, per_round: int, seconds: float) -> dict:
         for i in range(WARMUP):
             row.roundtrip(i)
     quiet = wait_for_quiet()  # five sets of servers have just started
-    log.info("side by side: machine quiet after %.1f s (%.0f%% idle)", quiet["waited_s"],
-             quiet["idle"] * 100)
+    log.info("side by side: %s", quiet_words(quiet))
     samples: dict[str, list[float]] = {name: [] for name in rows}
     turns: dict[str, list[float | None]] = {name: [] for name in rows}
     errors: dict[str, Counter] = {name: Counter() for name in rows}
