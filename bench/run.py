@@ -4,12 +4,13 @@
     python3 bench/run.py --quick         # a smoke run of the same code (about 3 minutes)
     python3 bench/run.py --rows floor,webhook,mt-host
 
-Rows: floor (fork/exec make), webhook (adnanh/webhook), mt-host (maketrigger as processes),
-log-stream and history (maketrigger-only figures on mt-host), docker-exec-cli, docker-exec-sdk,
-docker-run, mt-compose (the compose stack); then the round trips of the floor, webhook, the
-relay and the maketrigger rows side by side (bench/side_by_side.py), which the round-trip goal
-compares. Writes bench/results/<timestamp>/results.md,
-results.json and chart.png; raw samples, hey's CSVs and the servers' logs go to raw/.
+Rows: floor (fork/exec make), webhook (adnanh/webhook), relay (two bare Flask hops), mt-host
+(maketrigger as processes), log-stream and history (maketrigger-only figures on mt-host),
+docker-exec-cli, docker-exec-sdk, docker-run, mt-compose (the compose stack); then the round
+trips of the floor, webhook, the relay and the maketrigger rows side by side
+(bench/side_by_side.py), which the round-trip goal compares. Writes
+bench/results/<timestamp>/results.md, results.json and chart.png; raw samples, hey's CSVs and
+the servers' logs go to raw/.
 Talks only to 127.0.0.1 and to containers it made; every loop is bounded in count and time.
 """
 

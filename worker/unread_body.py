@@ -6,10 +6,10 @@ discards what the application left of the last body, but only while that is unde
 64 KiB or more left, it closes the connection after the answer, an answer that said
 `Connection: keep-alive`. A client that sends its next request on that connection before the
 close reaches it (a `requests.Session`, any keep-alive pool) gets "connection aborted" for a
-request the server never read. With the default
-TRIGGER_MAX_BODY of 64 KiB that was every 413 to a body with a Content-Length (werkzeug reads
-none of one over the limit), and a 401 or 404 to a large body. An answer that says
-`Connection: close` makes the client open a new connection instead.
+request the server never read. With the default TRIGGER_MAX_BODY of 64 KiB that was every 413
+to a body with a Content-Length (werkzeug reads none of one over the limit), and a 401 or 404
+to a large body. An answer that says `Connection: close` makes the client open a new
+connection instead.
 """
 
 from __future__ import annotations
