@@ -263,7 +263,7 @@ def _frames(run: Run, log_file, *, started: bool) -> Response:
         # Frames that are ready together go out in one piece (one write, one wake-up of the
         # reader): the run with the log's first bytes, the log's last bytes with the end.
         sent, poll, pending = time.monotonic(), FOLLOW_POLL_MIN, first
-        with log_file() as f:
+        with runner.following(run), log_file() as f:
             while True:
                 ended = run.done.is_set()  # looked at first: a read after it sees all of make's
                 data = f.read(CHUNK)

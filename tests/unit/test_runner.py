@@ -486,6 +486,35 @@ def test_a_follower_of_a_sibling_workers_run_sees_its_end(workspace, tmp_path):
         sibling.wait()
 
 
+def test_an_ended_runs_record_waits_for_its_followers_end_but_not_for_ever(workspace, tmp_path,
+                                                                          monkeypatch):
+    """The record of an ended run is written after its followers have sent the end (the writing
+    thread would hold up theirs), or END_FIRST later if a follower lingers."""
+    (workspace / "Makefile").write_text("brief:\n\t@sleep 0.2\n")
+    r = Runner(str(workspace), str(tmp_path / "s"))
+    followers_at_save = []
+    save_end = r._save_end
+    monkeypatch.setattr(r, "_save_end", lambda run: followers_at_save.append(run.followers)
+                        or save_end(run))
+    monkeypatch.setattr(runner_module, "END_FIRST", 60.0)
+    run = r.start("1", "brief", {}, None)
+    with r.following(run):
+        wait_done(run)
+        time.sleep(0.2)
+        assert followers_at_save == [] and r.active()  # waits for this follower
+    wait_recorded(r)
+    assert followers_at_save == [0] and r.get("1").state is RunState.SUCCEEDED
+
+    monkeypatch.setattr(runner_module, "END_FIRST", 0.1)
+    run = r.start("2", "brief", {}, None)
+    with r.following(run):  # a follower that does not leave: the record is written anyway
+        wait_done(run)
+        wait_recorded(r)
+        assert followers_at_save == [0, 1]
+    assert json.loads((tmp_path / "s" / "runs" / "2.json").read_text().splitlines()[-1])[
+        "state"] == "succeeded"
+
+
 def test_a_runs_own_process_ends_it_not_refresh(workspace, tmp_path):
     r = Runner(str(workspace), str(tmp_path / "s"), kill_grace=1)
     run = r.start("1", "slow", {}, None)
