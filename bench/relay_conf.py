@@ -8,6 +8,9 @@ worker_class = "worker.gthread_linger.LingeringThreadWorker"  # gthread, see the
 threads = 16
 timeout = 30
 control_socket_disable = True
+forwarded_allow_ips = "*"  # as theirs: no forwarding header is taken
+forwarder_headers = ""
+secure_scheme_headers: dict = {}
 loglevel = "warning"
 
 
