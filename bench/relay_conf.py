@@ -11,6 +11,7 @@ control_socket_disable = True
 forwarded_allow_ips = "*"  # as theirs: no forwarding header is taken
 forwarder_headers = ""
 secure_scheme_headers: dict = {}
+http_protocols = "h1"
 loglevel = "warning"
 
 

@@ -342,20 +342,20 @@ def test_no_token_reaches_a_log_or_a_job_record(stack):
 @pytest.mark.parametrize("headers", [
     {"SCRIPT_NAME": "/elsewhere"},  # a prefix the path does not have
     {"SCRIPT_NAME": "/jobs"},
-    {"PATH_INFO": "/healthz"},
     {"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "off"},  # contradictory schemes
     {"X-Forwarded-Protocol": "ssl", "X-Forwarded-Proto": "http"},
 ])
 def test_no_peer_can_move_a_request_with_forwarding_headers(guarded, headers):
-    """gunicorn takes SCRIPT_NAME, PATH_INFO and the scheme from the headers of peers it
-    trusts (127.0.0.1 by default): a path the request does not have made it fail (a 500 with
-    gunicorn's HTML, or a 400 for contradictory schemes), and a request could be routed by a
-    header rather than by its path. Both servers take none of them, from anyone."""
+    """gunicorn takes SCRIPT_NAME and the scheme from the headers of peers it trusts (127.0.0.1
+    by default): a SCRIPT_NAME the path does not start with was a 500 with gunicorn's HTML,
+    contradictory schemes a 400, and a request was routed by what its path has after the
+    SCRIPT_NAME. Both servers take none of them, from anyone."""
     worker = next(p for p in guarded.procs if p.module == "worker")
     for url, auth in ((guarded.url + "/jobs", None), (worker.url + "/targets", TOKEN)):
         sent = {**headers, **({"Authorization": f"Bearer {auth}"} if auth else {})}
         resp = requests.get(url, headers=sent, timeout=10)
         assert resp.status_code == 200, (url, resp.status_code, resp.text[:200])
         assert isinstance(resp.json(), dict)
-    resp = requests.get(guarded.url + "/jobs/1/nothing", headers=headers, timeout=10)
-    assert resp.status_code == 404 and "error" in resp.json()
+    resp = requests.get(guarded.url + "/elsewhere/jobs", headers={"SCRIPT_NAME": "/elsewhere"},
+                        timeout=10)
+    assert resp.status_code == 404 and "error" in resp.json()  # it was /jobs, with a 200

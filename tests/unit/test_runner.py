@@ -488,17 +488,20 @@ def test_a_follower_of_a_sibling_workers_run_sees_its_end(workspace, tmp_path):
 
 def test_an_ended_runs_record_waits_for_its_followers_end_but_not_for_ever(workspace, tmp_path,
                                                                           monkeypatch):
-    """The record of an ended run is written after its followers have sent the end (the writing
-    thread would hold up theirs), or END_FIRST later if a follower lingers."""
-    (workspace / "Makefile").write_text("brief:\n\t@sleep 0.2\n")
+    """The record of an ended run is written after its followers have sent the end (the thread
+    writing it would compete with theirs for the interpreter lock), or END_FIRST later if a
+    follower lingers."""
+    (workspace / "Makefile").write_text(
+        "gated:\n\t@while [ ! -e $(GATE) ]; do sleep 0.01; done\n")
     r = Runner(str(workspace), str(tmp_path / "s"))
     followers_at_save = []
     save_end = r._save_end
     monkeypatch.setattr(r, "_save_end", lambda run: followers_at_save.append(run.followers)
                         or save_end(run))
     monkeypatch.setattr(runner_module, "END_FIRST", 60.0)
-    run = r.start("1", "brief", {}, None)
-    with r.following(run):
+    run = r.start("1", "gated", {"GATE": str(tmp_path / "go1")}, None)
+    with r.following(run):  # make ends only once this follower is there
+        (tmp_path / "go1").touch()
         wait_done(run)
         time.sleep(0.2)
         assert followers_at_save == [] and r.active()  # waits for this follower
@@ -506,13 +509,40 @@ def test_an_ended_runs_record_waits_for_its_followers_end_but_not_for_ever(works
     assert followers_at_save == [0] and r.get("1").state is RunState.SUCCEEDED
 
     monkeypatch.setattr(runner_module, "END_FIRST", 0.1)
-    run = r.start("2", "brief", {}, None)
+    run = r.start("2", "gated", {"GATE": str(tmp_path / "go2")}, None)
     with r.following(run):  # a follower that does not leave: the record is written anyway
+        (tmp_path / "go2").touch()
         wait_done(run)
         wait_recorded(r)
         assert followers_at_save == [0, 1]
     assert json.loads((tmp_path / "s" / "runs" / "2.json").read_text().splitlines()[-1])[
         "state"] == "succeeded"
+
+
+def test_a_followed_runs_record_is_written_once_its_stream_has_sent_the_end(tmp_path,
+                                                                            monkeypatch):
+    """The worker's run frames streams are the followers the record waits for."""
+    from worker import create_app
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "Makefile").write_text("brief:\n\t@echo hi\n")
+    monkeypatch.setattr(runner_module, "END_FIRST", 60.0)
+    app = create_app({"WORKDIR": str(ws), "STATE_DIR": str(tmp_path / "s"), "TOKEN": "t"})
+    r = app.extensions["runner"]
+    resp = app.test_client().post("/runs", json={"id": "1", "target": "brief", "follow": True},
+                                  headers={"Authorization": "Bearer t"}, buffered=False)
+    assert resp.status_code == 201, resp.get_data()
+    frames = iter(resp.response)
+    got = b""
+    while b"end {" not in got:
+        got += next(frames)
+    time.sleep(0.2)
+    assert [run.id for run in r.active()] == ["1"]  # the end is out; the stream is not done
+    assert b"".join(frames) == b""
+    resp.close()
+    wait_recorded(r)
+    assert r.get("1").state is RunState.SUCCEEDED
 
 
 def test_a_runs_own_process_ends_it_not_refresh(workspace, tmp_path):
