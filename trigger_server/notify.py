@@ -134,6 +134,10 @@ class Notifier:
         self._receivers_filled = False
         # Sent (or given up), but the database failed to record it: not sent again meanwhile.
         self._unsettled: dict[int, tuple[int, float] | None] = {}
+        # One _settle at a time (a lane's and the sender's look): two could both act on an
+        # entry, and the second delete would remove the notification queued meanwhile with the
+        # id the first freed (SQLite reuses the largest rowid once it is deleted).
+        self._settling = threading.Lock()
         store.notify_targets = self.targets
         store.notify_receiver = self.receiver_of
 
@@ -336,16 +340,17 @@ class Notifier:
         self._settle()
 
     def _settle(self) -> None:
-        with self._lock:
-            unsettled = list(self._unsettled.items())
-        for notification_id, later in unsettled:
-            if later is None:
-                self.store.notification_done(notification_id)
-            else:
-                self.store.notification_later(notification_id, *later)
+        with self._settling:
             with self._lock:
-                if self._unsettled.get(notification_id, 0) == later:  # not replaced meanwhile
-                    del self._unsettled[notification_id]
+                unsettled = list(self._unsettled.items())
+            for notification_id, later in unsettled:
+                if later is None:
+                    self.store.notification_done(notification_id)
+                else:
+                    self.store.notification_later(notification_id, *later)
+                with self._lock:
+                    if self._unsettled.get(notification_id, 0) == later:  # not replaced
+                        del self._unsettled[notification_id]
 
     def post(self, url: str, payload: dict) -> tuple[str, str]:
         """One POST within `deadline`: ("sent", ""), ("refused", why) for what retrying

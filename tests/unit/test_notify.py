@@ -302,6 +302,37 @@ def test_a_notification_sent_but_not_recorded_is_not_sent_again(store, receiver,
     assert len(receiver.received) == 1 and pending(store) == []
 
 
+def test_two_settles_at_once_do_not_delete_the_next_notification_with_its_id(store,
+                                                                             monkeypatch):
+    """A lane records its notification sent while the sender's look settles too: were both to
+    delete it, the second delete would remove the next job's notification, which SQLite gives
+    the id the first freed (the flake of test_change_notifies_only_when_the_result_differs)."""
+    notifier = Notifier(store, "http://127.0.0.1:9", "always", delays=())
+    ended(store, "site", JobState.FAILED)
+    ((sent, *_),) = pending(store)
+    notifier._unsettled[sent] = None  # POSTed; the lane is recording it
+    inside, go_on = threading.Event(), threading.Event()
+    done = store.notification_done
+
+    def slow(notification_id):  # the look's delete waits, as behind another writer
+        if threading.current_thread().name == "look":
+            inside.set()
+            go_on.wait(5)
+        done(notification_id)
+    monkeypatch.setattr(store, "notification_done", slow)
+    look = threading.Thread(target=notifier._settle, name="look")
+    look.start()
+    assert inside.wait(5)
+    lane = threading.Thread(target=notifier._settle, name="lane")
+    lane.start()
+    lane.join(0.3)
+    job = ended(store, "site", JobState.FAILED)
+    go_on.set()
+    look.join(5)
+    lane.join(5)
+    assert [job_id for _, job_id, _, _ in pending(store)] == [job.id]
+
+
 def test_a_slow_receiver_delays_only_its_own_notifications(store, receiver, notifiers):
     """A job's own receiver that does not answer (anyone who may trigger can name one) holds
     up its own notifications, not the next job's to another receiver."""
