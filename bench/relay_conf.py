@@ -1,17 +1,14 @@
 """gunicorn settings of the `relay` row's two apps: those of maketrigger's servers
 (trigger_server/gunicorn_conf.py, worker/gunicorn_conf.py), so the row differs in the app only."""
 
-from worker.serving import tune_interpreter
+from worker.serving import NO_FORWARDING, tune_interpreter
 
 workers = 1
 worker_class = "worker.gthread_linger.LingeringThreadWorker"  # gthread, see there
 threads = 16
 timeout = 30
 control_socket_disable = True
-forwarded_allow_ips = "*"  # as theirs: no forwarding header is taken
-forwarder_headers = ""
-secure_scheme_headers: dict = {}
-http_protocols = "h1"
+forwarded_allow_ips, forwarder_headers, secure_scheme_headers, http_protocols = NO_FORWARDING
 loglevel = "warning"
 
 

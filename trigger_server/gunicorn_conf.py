@@ -9,7 +9,7 @@ import threading
 import time
 
 from trigger_server import db_lock
-from worker.serving import setup_logging, tune_interpreter
+from worker.serving import NO_FORWARDING, setup_logging, tune_interpreter
 
 bind = os.environ.get("TRIGGER_BIND") or "0.0.0.0:8080"
 workers = 1  # never more: one dispatcher per database
@@ -19,18 +19,8 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 5
 control_socket_disable = True
-# No peer may set the WSGI path or scheme with headers: gunicorn takes SCRIPT_NAME and the
-# scheme (X-Forwarded-Proto, ...) from the peers in forwarded_allow_ips (127.0.0.1 by default),
-# where a SCRIPT_NAME the path does not start with was a 500, one it does routed the request by
-# the rest, and contradictory scheme headers were a 400. Neither app builds an absolute URL or
-# reads the scheme, so none is taken from anyone; and with nothing to grant, the check of each
-# request's peer against the list (an IP address parse: 4.5% of the controller's interpreter
-# time in a burst of identical triggers) is skipped by trusting "*". That list also lets peers
-# speak cleartext HTTP/2 and set its scheme: HTTP/1.1 only, so "*" grants nothing.
-forwarded_allow_ips = "*"
-forwarder_headers = ""
-secure_scheme_headers: dict = {}
-http_protocols = "h1"
+# No peer sets the request's path or scheme with headers (worker/serving.py):
+forwarded_allow_ips, forwarder_headers, secure_scheme_headers, http_protocols = NO_FORWARDING
 accesslog = os.environ.get("TRIGGER_ACCESS_LOG") or None
 loglevel = os.environ.get("TRIGGER_LOG_LEVEL") or "info"
 setup_logging(loglevel)
