@@ -161,6 +161,30 @@ def test_kept_logs_are_bounded_in_bytes_too(tmp_path):
     assert {"7.json", "7.log", "6.json", "6.log"} <= kept and "0.log" not in kept
 
 
+def test_the_run_files_are_weighed_only_when_there_may_be_too_many(workspace, tmp_path,
+                                                                     monkeypatch):
+    """Every tenth of WORKER_KEEP_RUNS ends, the pruning stat()ed every record and log kept
+    (0.6 ms for 110 runs, on the way to the next build), to find nothing to remove."""
+    weighed = []
+    real_stat = runner_module._stat
+    monkeypatch.setattr(runner_module, "_stat",
+                        lambda entry: weighed.append(entry.name) or real_stat(entry))
+    r = Runner(str(workspace), str(tmp_path / "s"), keep_runs=10)  # looks at every end
+    for i in range(11):
+        wait_done(r.start(str(i), "ok", {}, None))
+        wait_recorded(r)
+    assert weighed == []  # 11 runs: not a tenth over 10
+    time.sleep(0.01)
+    wait_done(r.start("11", "ok", {}, None))
+    wait_recorded(r)
+    deadline = time.monotonic() + 10
+    while len(list((tmp_path / "s" / "runs").iterdir())) > 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert "0.json" in weighed and "0.log" in weighed
+    assert not (tmp_path / "s" / "runs" / "0.json").exists()
+
+
 def test_a_log_left_without_its_record_is_pruned_in_its_turn(workspace, tmp_path):
     runs = tmp_path / "s" / "runs"
     runs.mkdir(parents=True)
@@ -526,7 +550,9 @@ def test_a_followed_runs_record_is_written_once_its_stream_has_sent_the_end(tmp_
 
     ws = tmp_path / "ws"
     ws.mkdir()
-    (ws / "Makefile").write_text("brief:\n\t@echo hi\n")
+    # make ends once the stream follows it (the stream's generator starts at its first
+    # frame): ending before, on a loaded machine, it had no follower to wait for.
+    (ws / "Makefile").write_text("brief:\n\t@while [ ! -e go ]; do sleep 0.01; done; echo hi\n")
     monkeypatch.setattr(runner_module, "END_FIRST", 60.0)
     app = create_app({"WORKDIR": str(ws), "STATE_DIR": str(tmp_path / "s"), "TOKEN": "t"})
     r = app.extensions["runner"]
@@ -534,7 +560,9 @@ def test_a_followed_runs_record_is_written_once_its_stream_has_sent_the_end(tmp_
                                   headers={"Authorization": "Bearer t"}, buffered=False)
     assert resp.status_code == 201, resp.get_data()
     frames = iter(resp.response)
-    got = b""
+    got = next(frames)
+    assert got.startswith(b"run {") and r.get("1").followers == 1
+    (ws / "go").touch()
     while b"end {" not in got:
         got += next(frames)
     time.sleep(0.2)
