@@ -254,7 +254,10 @@ class Runner:
         self._starting: dict[str, list[_Start]] = {}
         self.last_end = 0.0  # when a build of this worker last ended (time.time())
         self._ends = 0  # runs ended since the run folder was last pruned
-        self._logged = 0  # bytes of log those runs wrote
+        # Bytes of log written since the run files were last weighed; as if a tenth of the
+        # cap at first, so that each worker weighs them at its first look (what a predecessor
+        # left, or a cap lowered since, is not left until this worker has logged that much).
+        self._logged = keep_log_bytes // 10
         self._waiters = DaemonThreads("run")  # one waits for each make: its end, its timeout
         os.makedirs(self.runs_dir, exist_ok=True)
 
@@ -701,9 +704,10 @@ class Runner:
         `keep_log_bytes` in all: once there are a tenth more runs, or the logs are over, the
         oldest go (in batches, so a busy worker does not sort its runs every time; the newest
         tenth always stay). The folder's names are looked at every tenth of `keep_runs` ends;
-        its files are weighed and dated (a stat each, 0.6 ms for 110 runs here, on the way
-        to the next build) only when there are too many runs, or when this worker has logged
-        a tenth of `keep_log_bytes` since they last were. A log without a record (a worker
+        its files are weighed and dated (a stat each: 0.5 ms for 110 runs here, in the thread
+        that reaped make, as the next build's start arrives) only when there are too many
+        runs, at this worker's first look, or when it has logged a tenth of `keep_log_bytes`
+        since they were last weighed. A log without a record (a worker
         that died between reserving a run and recording it, or a version that kept the log
         of a make that could not start) counts as a run too, so it goes in its turn."""
         self._ends += 1
@@ -719,9 +723,9 @@ class Runner:
             return
         runs: dict[str, list] = {}  # run id -> [its record, its log], either may be None
         for entry in entries:
-            stem, _, ext = entry.name.rpartition(".")
-            if ext == "json" or ext == "log":
-                runs.setdefault(stem, [None, None])[ext == "log"] = entry
+            stem, ext = os.path.splitext(entry.name)
+            if ext == ".json" or ext == ".log":
+                runs.setdefault(stem, [None, None])[ext == ".log"] = entry
         if len(runs) <= self.keep_runs + batch and not weigh:
             return
         self._logged = 0

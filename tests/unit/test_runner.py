@@ -27,6 +27,13 @@ def wait_done(run):
     return run
 
 
+def wait_for(predicate, what: str, timeout: float = 10):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def wait_recorded(runner):
     """Until the runner's ends are written (after `done`, which answers followers first)."""
     deadline = time.monotonic() + 10
@@ -164,25 +171,44 @@ def test_kept_logs_are_bounded_in_bytes_too(tmp_path):
 def test_the_run_files_are_weighed_only_when_there_may_be_too_many(workspace, tmp_path,
                                                                      monkeypatch):
     """Every tenth of WORKER_KEEP_RUNS ends, the pruning stat()ed every record and log kept
-    (0.6 ms for 110 runs, on the way to the next build), to find nothing to remove."""
+    (0.5 ms for 110 runs, on the way to the next build), to find nothing to remove."""
     weighed = []
     real_stat = runner_module._stat
     monkeypatch.setattr(runner_module, "_stat",
                         lambda entry: weighed.append(entry.name) or real_stat(entry))
     r = Runner(str(workspace), str(tmp_path / "s"), keep_runs=10)  # looks at every end
-    for i in range(11):
+    wait_done(r.start("0", "ok", {}, None))
+    wait_recorded(r)
+    wait_for(lambda: weighed, "the first look weighs what is there")
+    assert set(weighed) <= {"0.json", "0.log"}
+    weighed.clear()
+    for i in range(1, 11):
         wait_done(r.start(str(i), "ok", {}, None))
         wait_recorded(r)
     assert weighed == []  # 11 runs: not a tenth over 10
     time.sleep(0.01)
     wait_done(r.start("11", "ok", {}, None))
     wait_recorded(r)
-    deadline = time.monotonic() + 10
-    while len(list((tmp_path / "s" / "runs").iterdir())) > 20:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: len(list((tmp_path / "s" / "runs").iterdir())) <= 20, "the pruning")
     assert "0.json" in weighed and "0.log" in weighed
     assert not (tmp_path / "s" / "runs" / "0.json").exists()
+
+
+def test_logs_over_the_cap_when_the_worker_starts_go_at_its_first_end(workspace, tmp_path):
+    """A cap lowered (or a predecessor's logs) waited until this worker had logged a tenth of
+    the cap itself: up to WORKER_KEEP_RUNS ends for quiet builds."""
+    runs = tmp_path / "s" / "runs"
+    runs.mkdir(parents=True)
+    for i in range(3):
+        (runs / f"old{i}.log").write_bytes(b"x" * 100_000)
+        (runs / f"old{i}.json").write_text("{}\n")
+        os.utime(runs / f"old{i}.json", (1_000_000 + i, 1_000_000 + i))
+    r = Runner(str(workspace), str(tmp_path / "s"), keep_runs=10, keep_log_bytes=150_000)
+    wait_done(r.start("new", "ok", {}, None))
+    wait_recorded(r)
+    wait_for(lambda: not (runs / "old1.log").exists(), "the old logs over the cap to go")
+    assert (runs / "old2.log").exists() and (runs / "new.log").exists()
+    assert not (runs / "old0.log").exists() and not (runs / "old0.json").exists()
 
 
 def test_a_log_left_without_its_record_is_pruned_in_its_turn(workspace, tmp_path):
@@ -552,7 +578,9 @@ def test_a_followed_runs_record_is_written_once_its_stream_has_sent_the_end(tmp_
     ws.mkdir()
     # make ends once the stream follows it (the stream's generator starts at its first
     # frame): ending before, on a loaded machine, it had no follower to wait for.
-    (ws / "Makefile").write_text("brief:\n\t@while [ ! -e go ]; do sleep 0.01; done; echo hi\n")
+    # (Bounded: a test that fails before the file is made must not leave make looping.)
+    (ws / "Makefile").write_text("brief:\n\t@i=0; while [ ! -e go ] && [ $$i -lt 1000 ]; do "
+                                 "sleep 0.01; i=$$((i+1)); done; echo hi\n")
     monkeypatch.setattr(runner_module, "END_FIRST", 60.0)
     app = create_app({"WORKDIR": str(ws), "STATE_DIR": str(tmp_path / "s"), "TOKEN": "t"})
     r = app.extensions["runner"]
