@@ -435,9 +435,12 @@ def test_a_run_that_succeeded_is_logged_at_debug_and_one_that_failed_at_info(
     for run_id, target in (("1", "ok"), ("2", "bad")):
         wait_done(r.start(run_id, target, {}, None))
     wait_recorded(r)
-    ends = {rec.getMessage().split(":")[0]: rec.levelname for rec in caplog.records
-            if "make ok" in rec.getMessage() or "make bad" in rec.getMessage()}
-    assert ends == {"run 1": "DEBUG", "run 2": "INFO"}
+
+    def ends():  # (the line comes after the run has left `active()`: wait for both)
+        return {rec.getMessage().split(":")[0]: rec.levelname for rec in caplog.records
+                if "make ok" in rec.getMessage() or "make bad" in rec.getMessage()}
+    wait_for(lambda: len(ends()) == 2, "both runs' end lines")
+    assert ends() == {"run 1": "DEBUG", "run 2": "INFO"}
 
 
 # --- found by a review of the worker (2026-12-06) ---------------------------------------------
@@ -469,8 +472,18 @@ def test_make_is_stopped_and_reaped_when_the_worker_loses_track_of_it(workspace,
     assert (run.state, run.error) == (RunState.LOST, "the worker lost track of make")
     assert runner_module._process_start(run.pid) is None  # gone, and not a zombie
     wait_recorded(r)
-    wait_done(r.start("2", "other", {}, None))  # the workspace lock was let go
+    # The workspace lock was let go: once make's whole group has exited (SIGKILL reaches the
+    # recipe's shell and `sleep` a moment after make itself was reaped).
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            second = r.start("2", "other", {}, None)
+            break
+        except Busy:
+            assert time.monotonic() < deadline, "the killed build's lock was never let go"
+            time.sleep(0.01)
     r.cancel("2")
+    wait_done(second)
 
 
 def _foreign_record(tmp_path, runner, run_id, owner_pid):
