@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -22,12 +23,16 @@ from flask import Blueprint, current_app, jsonify, request
 from worker import rules
 
 from . import config as config_module
+from .store import DELIVERY_DAYS
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("hooks", __name__, url_prefix="/hooks")
 
 SOURCE = "webhook"
+# A GitHub push older than this is not queued: a day less than its signed body's digest is
+# remembered (store.DELIVERY_DAYS), for a controller's clock behind GitHub's.
+PUSH_MAX_DAYS = DELIVERY_DAYS - 1
 ZERO_SHA = "0" * 40  # the `after` of a push that deleted its branch
 MAX_DELIVERY_ID = 200
 
@@ -180,6 +185,14 @@ def _check_makefile_has(host: Host, target: str) -> None:
         raise Refused(503, message)
 
 
+def _age_days(pushed_at) -> float | None:
+    """Days since `pushed_at` (a push payload's `repository.pushed_at`, seconds since the
+    epoch), or None if it is not a number."""
+    if isinstance(pushed_at, bool) or not isinstance(pushed_at, (int, float)):
+        return None
+    return (time.time() - pushed_at) / 86400
+
+
 def _get(payload: dict, *keys: str):
     """payload[k1][k2]..., or None where the shape differs."""
     for key in keys:
@@ -279,6 +292,13 @@ def github():
         # branch, as workflow_dispatch's) sent as a push, one this controller never saw
         raise Refused(400, "not a push payload: a push has `before` and `after` commit ids "
                            "and a `pusher`")
+    age = _age_days(_get(payload, "repository", "pushed_at"))
+    if age is not None and age > PUSH_MAX_DAYS:
+        # Its digest may have been forgotten (recorded for DELIVERY_DAYS): a push this old
+        # can only be a captured one sent again.
+        log.warning("GitHub push of %.0f days ago (repository.pushed_at): not queued", age)
+        return _ignored(f"a push of {age:.0f} days ago: older than the {PUSH_MAX_DAYS} days "
+                        "it is told from a replay for")
     return on_push(GITHUB, target, Push(
         ref=payload.get("ref"),
         deleted=payload.get("deleted") is True or payload.get("after") == ZERO_SHA,

@@ -8,6 +8,7 @@ import hmac
 import itertools
 import json
 import sqlite3
+import time
 import uuid
 
 import pytest
@@ -19,7 +20,7 @@ SECRET = "It's a Secret to Everybody"
 GITLAB_TOKEN = "gitlab-webhook-token"
 OLD_SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
 NEW_SHA = "59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5"
-PUSHED_AT = itertools.count(1795800602)  # each push GitHub sends has its own time
+PUSHED_AT = itertools.count(int(time.time()))  # each push GitHub sends has its own time
 ZERO_SHA = "0" * 40
 
 

@@ -152,6 +152,22 @@ def test_a_replayed_signed_body_is_refused_whatever_its_delivery_id(app, client,
     assert github(client, github_push("main"), delivery="d-4").json.get("coalesced") is True
 
 
+@pytest.mark.parametrize("days, queued", [(30, False), (28, True)])
+def test_a_push_older_than_the_remembered_deliveries_is_not_queued(app, client, days, queued):
+    """A signed push body is remembered for 30 days (store.DELIVERY_DAYS): one captured and
+    sent again after that was queued again, a build for whoever kept it."""
+    import time
+
+    payload = github_push("main")
+    payload["repository"]["pushed_at"] = int(time.time()) - days * 86400
+    resp = github(client, payload)
+    if queued:
+        assert resp.status_code == 202
+    else:
+        assert resp.status_code == 200 and "told from a replay" in resp.json["ignored"]
+    assert len(jobs(app)) == (1 if queued else 0)
+
+
 def test_the_branch_setting_overrides_the_default_branch(tmp_path):
     client = make_app(tmp_path, GITHUB_BRANCH="release").test_client()
     assert github(client, github_push("main")).json == {
