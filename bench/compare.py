@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -68,11 +69,12 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def start(tree: Path, extra: dict[str, str], sizes: common.Sizes):
+def start(tree: Path, extra: dict[str, str], sizes: common.Sizes, folder: Path):
     from bench.rows_maketrigger import MaketriggerHost  # (the Docker SDK: only to run)
 
-    workspace = common.make_workspace(Path(tempfile.mkdtemp(prefix="mtcompare-ws-")), 1000)
-    raw = Path(tempfile.mkdtemp(prefix="mtcompare-raw-"))
+    workspace = common.make_workspace(folder / "ws", 1000)
+    raw = folder / "raw"
+    raw.mkdir()
     env = {"PYTHONPATH": str(tree.resolve()), **extra}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # the stack's processes inherit it
@@ -105,7 +107,9 @@ def compare(stacks: dict[str, tuple[Path, dict]], order: tuple[str, str], rounds
     with ExitStack() as stop:
         up = {}
         for name in order:
-            up[name] = start(*stacks[name], sizes)
+            folder = Path(tempfile.mkdtemp(prefix=f"mtcompare-{name}-"))
+            stop.callback(shutil.rmtree, folder, ignore_errors=True)
+            up[name] = start(*stacks[name], sizes, folder)
             stop.callback(up[name].__exit__)
         for name in order:
             one_round(up[name], min(n, 300), seconds)
@@ -144,21 +148,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.n < 1:
         parser.error("--rounds and --n must be at least 1")
     stacks = {"A": (args.a, parse_env(args.a_env)), "B": (args.b, parse_env(args.b_env))}
-    os.chdir(tempfile.mkdtemp(prefix="mtcompare-"))  # '' on the servers' sys.path: not a tree
     print(f"A: {args.a.resolve()} {stacks['A'][1] or ''}\nB: {args.b.resolve()} "
-          f"{stacks['B'][1] or ''}\nB started second, rounds:", flush=True)
-    first = compare(stacks, ("A", "B"), args.rounds, args.n, args.round_seconds)
-    report("B started second, medians of the rounds:", first, args.rounds)
-    if args.one_order:
-        return 0
-    print("B started first, rounds:", flush=True)
-    second = compare(stacks, ("B", "A"), args.rounds, args.n, args.round_seconds)
-    report("B started first, medians of the rounds:", second, args.rounds)
-    effect = order_free(first, second)
-    print("B - A, both orders (mean of the two medians of differences): " + ", ".join(
-        f"{name} {effect[name]:+.3f} ms" for name in FIGURES))
+          f"{stacks['B'][1] or ''}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="mtcompare-") as here:
+        os.chdir(here)  # the servers' sys.path begins with '': not a tree
+        orders = [("A", "B")] if args.one_order else [("A", "B"), ("B", "A")]
+        diffs = []
+        for order in orders:
+            title = f"B started {'second' if order[0] == 'A' else 'first'}"
+            print(f"{title}, rounds:", flush=True)
+            diffs.append(compare(stacks, order, args.rounds, args.n, args.round_seconds))
+            report(f"{title}, medians of the rounds:", diffs[-1], args.rounds)
+        os.chdir("/")
+    if len(diffs) == 2:
+        effect = order_free(*diffs)
+        print("B - A, both orders (mean of the two medians of differences): " + ", ".join(
+            f"{name} {effect[name]:+.3f} ms" for name in FIGURES))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -297,8 +297,8 @@ def github():
         # Its digest may have been forgotten (recorded for DELIVERY_DAYS): a push this old
         # can only be a captured one sent again.
         log.warning("GitHub push of %.0f days ago (repository.pushed_at): not queued", age)
-        return _ignored(f"a push of {age:.0f} days ago: older than the {PUSH_MAX_DAYS} days "
-                        "it is told from a replay for")
+        return _ignored(f"a push of {age:.0f} days ago: over {PUSH_MAX_DAYS} days old, it "
+                        "cannot be told from a replay")
     return on_push(GITHUB, target, Push(
         ref=payload.get("ref"),
         deleted=payload.get("deleted") is True or payload.get("after") == ZERO_SHA,
