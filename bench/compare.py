@@ -7,7 +7,8 @@ machine's drift.
 
 Each stack's controller and worker import `trigger_server` and `worker` from the tree given
 (through PYTHONPATH; the servers start in a folder of their own, so the current directory
-does not shadow it), with the environment variables given added. The rounds alternate which
+does not shadow it), with the environment variables given added (not those the harness sets
+itself: the tokens, WORKER_VARS, the database and state folders). The rounds alternate which
 stack goes first. The stack started second came out up to 0.06 ms faster with the same code
 in both (2026-12-07, on a 2-CPU VM), so by default the comparison runs twice, started in both
 orders, and the effect given is the mean of the two orders' median differences, which cancels
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -69,17 +71,22 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def start(tree: Path, extra: dict[str, str], sizes: common.Sizes, folder: Path):
+def start(tree: Path, extra: dict[str, str], sizes: common.Sizes, folder: Path,
+          stop: ExitStack):
+    """A host stack on `tree` (an absolute path), stopped by `stop` even if its start is cut
+    short (its processes run in sessions of their own: Ctrl-C does not reach them)."""
     from bench.rows_maketrigger import MaketriggerHost  # (the Docker SDK: only to run)
 
     workspace = common.make_workspace(folder / "ws", 1000)
     raw = folder / "raw"
     raw.mkdir()
-    env = {"PYTHONPATH": str(tree.resolve()), **extra}
+    env = {"PYTHONPATH": str(tree), **extra}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # the stack's processes inherit it
     try:
-        return MaketriggerHost(workspace, sizes, raw).__enter__()
+        stack = MaketriggerHost(workspace, sizes, raw)
+        stop.callback(stack.__exit__)  # (__enter__ stops what it started only on an Exception)
+        return stack.__enter__()
     finally:
         for name, value in saved.items():
             if value is None:
@@ -109,8 +116,7 @@ def compare(stacks: dict[str, tuple[Path, dict]], order: tuple[str, str], rounds
         for name in order:
             folder = Path(tempfile.mkdtemp(prefix=f"mtcompare-{name}-"))
             stop.callback(shutil.rmtree, folder, ignore_errors=True)
-            up[name] = start(*stacks[name], sizes, folder)
-            stop.callback(up[name].__exit__)
+            up[name] = start(*stacks[name], sizes, folder, stop)
         for name in order:
             one_round(up[name], min(n, 300), seconds)
         for r in range(rounds):
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b", type=Path, default=ROOT, help="tree B (default: this one)")
     parser.add_argument("--a-env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=8,
+                        help="an even number: each stack goes first in half of them")
     parser.add_argument("--n", type=int, default=1000, help="round trips per round")
     parser.add_argument("--round-seconds", type=float, default=60.0,
                         help="a round stops after this long, whatever --n says")
@@ -147,11 +154,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{tree} is not a maketrigger tree (no trigger_server/ and worker/)")
     if args.rounds < 1 or args.n < 1:
         parser.error("--rounds and --n must be at least 1")
+    args.a, args.b = args.a.resolve(), args.b.resolve()  # (before the chdir below)
+    # A SIGTERM stops the stacks as Ctrl-C does (their processes are in sessions of their own).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stacks = {"A": (args.a, parse_env(args.a_env)), "B": (args.b, parse_env(args.b_env))}
-    print(f"A: {args.a.resolve()} {stacks['A'][1] or ''}\nB: {args.b.resolve()} "
+    print(f"A: {args.a} {stacks['A'][1] or ''}\nB: {args.b} "
           f"{stacks['B'][1] or ''}", flush=True)
     with tempfile.TemporaryDirectory(prefix="mtcompare-") as here:
-        os.chdir(here)  # the servers' sys.path begins with '': not a tree
+        os.chdir(here)  # the servers' sys.path begins with the current folder: not a tree
         orders = [("A", "B")] if args.one_order else [("A", "B"), ("B", "A")]
         diffs = []
         for order in orders:

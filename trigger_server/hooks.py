@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -187,10 +188,14 @@ def _check_makefile_has(host: Host, target: str) -> None:
 
 def _age_days(pushed_at) -> float | None:
     """Days since `pushed_at` (a push payload's `repository.pushed_at`, seconds since the
-    epoch), or None if it is not a number."""
+    epoch), or None if it is not a finite number (GitHub's pushes have one)."""
     if isinstance(pushed_at, bool) or not isinstance(pushed_at, (int, float)):
         return None
-    return (time.time() - pushed_at) / 86400
+    try:
+        age = (time.time() - float(pushed_at)) / 86400  # (an int beyond any float: Overflow)
+    except OverflowError:
+        return None
+    return age if math.isfinite(age) else None
 
 
 def _get(payload: dict, *keys: str):

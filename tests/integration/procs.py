@@ -67,7 +67,11 @@ class Proc:
             [sys.executable, "-c", code, "--bind", f"127.0.0.1:{self.port}"], env=env,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:  # not ready (or interrupted): not left running either
+                self.stop()
+                raise
         return self
 
     def wait_ready(self, timeout: float = 20) -> None:

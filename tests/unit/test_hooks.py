@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 from urllib.parse import urlencode
 
@@ -166,6 +167,16 @@ def test_a_push_older_than_the_remembered_deliveries_is_not_queued(app, client, 
     else:
         assert resp.status_code == 200 and "cannot be told from a replay" in resp.json["ignored"]
     assert len(jobs(app)) == (1 if queued else 0)
+
+
+@pytest.mark.parametrize("pushed_at", ["10" + "0" * 400, "1e400", "NaN", '"1700000000"', "null"])
+def test_a_push_time_that_is_no_usable_number_is_taken_as_before(app, client, pushed_at):
+    """An integer beyond any float was a 500 (OverflowError); infinities and strings are no
+    age: the push is queued as it was before the age was looked at."""
+    body = json.dumps(github_push("main")).encode()
+    body = re.sub(rb'"pushed_at": \d+', b'"pushed_at": ' + pushed_at.encode(), body)
+    assert pushed_at.encode() in body
+    assert github(client, None, body=body).status_code == 202
 
 
 def test_the_branch_setting_overrides_the_default_branch(tmp_path):
