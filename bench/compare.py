@@ -24,9 +24,9 @@ import signal
 import statistics
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,10 +37,10 @@ FIGURES = ("p50", "mean", "p90", "p99")
 
 
 def round_figures(latencies: list[float]) -> dict[str, float]:
-    """p50, mean, p90 and p99 of one round, in ms."""
-    lat = sorted(latencies)
-    return {"p50": common.percentile(lat, 50) * 1e3, "mean": statistics.fmean(lat) * 1e3,
-            "p90": common.percentile(lat, 90) * 1e3, "p99": common.percentile(lat, 99) * 1e3}
+    """p50, mean, p90 and p99 of one round (durations in seconds), in ms."""
+    summary = common.summary_ms(latencies)
+    p90 = common.percentile(sorted(s * 1000 for s in latencies), 90)
+    return {"p50": summary["p50"], "mean": summary["mean"], "p90": p90, "p99": summary["p99"]}
 
 
 def differences(a: list[dict], b: list[dict]) -> dict[str, tuple[float, float, float, int]]:
@@ -80,30 +80,18 @@ def start(tree: Path, extra: dict[str, str], sizes: common.Sizes, folder: Path,
     workspace = common.make_workspace(folder / "ws", 1000)
     raw = folder / "raw"
     raw.mkdir()
-    env = {"PYTHONPATH": str(tree), **extra}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # the stack's processes inherit it
-    try:
+    # The stack's processes inherit the environment.
+    with mock.patch.dict(os.environ, {"PYTHONPATH": str(tree), **extra}):
         stack = MaketriggerHost(workspace, sizes, raw)
         stop.callback(stack.__exit__)  # (__enter__ stops what it started only on an Exception)
         return stack.__enter__()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def one_round(stack, n: int, seconds: float) -> dict[str, float]:
-    latencies, deadline = [], time.monotonic() + seconds
-    for i in range(n):
-        t = time.perf_counter()
-        stack.roundtrip(i)
-        latencies.append(time.perf_counter() - t)
-        if time.monotonic() > deadline:
-            break
-    return round_figures(latencies)
+    series = common.sequential(stack.roundtrip, n, seconds)
+    if series.errors:
+        raise RuntimeError(f"round trips failed: {dict(series.errors)}")
+    return round_figures(series.seconds)
 
 
 def compare(stacks: dict[str, tuple[Path, dict]], order: tuple[str, str], rounds: int, n: int,

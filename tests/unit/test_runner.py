@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.procs import wait_for
 from worker import runner as runner_module
 from worker.runner import Busy, RunExists, Runner, RunState, describe_exit
 
@@ -25,13 +26,6 @@ def workspace(tmp_path):
 def wait_done(run):
     assert run.done.wait(10)
     return run
-
-
-def wait_for(predicate, what: str, timeout: float = 10):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def wait_recorded(runner):
@@ -179,7 +173,7 @@ def test_the_run_files_are_weighed_only_when_there_may_be_too_many(workspace, tm
     r = Runner(str(workspace), str(tmp_path / "s"), keep_runs=10)  # looks at every end
     wait_done(r.start("0", "ok", {}, None))
     wait_recorded(r)
-    wait_for(lambda: weighed, "the first look weighs what is there")
+    wait_for(lambda: weighed, what="the first look weighs what is there")
     assert set(weighed) <= {"0.json", "0.log"}
     weighed.clear()
     for i in range(1, 11):
@@ -189,7 +183,7 @@ def test_the_run_files_are_weighed_only_when_there_may_be_too_many(workspace, tm
     time.sleep(0.01)
     wait_done(r.start("11", "ok", {}, None))
     wait_recorded(r)
-    wait_for(lambda: len(list((tmp_path / "s" / "runs").iterdir())) <= 20, "the pruning")
+    wait_for(lambda: len(list((tmp_path / "s" / "runs").iterdir())) <= 20, what="the pruning")
     assert "0.json" in weighed and "0.log" in weighed
     assert not (tmp_path / "s" / "runs" / "0.json").exists()
 
@@ -206,7 +200,7 @@ def test_logs_over_the_cap_when_the_worker_starts_go_at_its_first_end(workspace,
     r = Runner(str(workspace), str(tmp_path / "s"), keep_runs=10, keep_log_bytes=150_000)
     wait_done(r.start("new", "ok", {}, None))
     wait_recorded(r)
-    wait_for(lambda: not (runs / "old1.log").exists(), "the old logs over the cap to go")
+    wait_for(lambda: not (runs / "old1.log").exists(), what="the old logs over the cap to go")
     assert (runs / "old2.log").exists() and (runs / "new.log").exists()
     assert not (runs / "old0.log").exists() and not (runs / "old0.json").exists()
 
@@ -439,7 +433,7 @@ def test_a_run_that_succeeded_is_logged_at_debug_and_one_that_failed_at_info(
     def ends():  # (the line comes after the run has left `active()`: wait for both)
         return {rec.getMessage().split(":")[0]: rec.levelname for rec in caplog.records
                 if "make ok" in rec.getMessage() or "make bad" in rec.getMessage()}
-    wait_for(lambda: len(ends()) == 2, "both runs' end lines")
+    wait_for(lambda: len(ends()) == 2, what="both runs' end lines")
     assert ends() == {"run 1": "DEBUG", "run 2": "INFO"}
 
 
