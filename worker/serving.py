@@ -1,5 +1,6 @@
-"""What both servers share: how a serving process logs, how soon a thread woken by another
-gets the interpreter, what the garbage collector scans, and telling a client that has hung up."""
+"""What both servers share: how a serving process logs (worker/deferred_log.py), how soon a
+thread woken by another gets the interpreter, what the garbage collector scans, and telling a
+client that has hung up."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 import select
 import socket
 import sys
+
+from .deferred_log import DeferredHandler
 
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 # A thread woken by another (a finished build, a waiting request) gets the interpreter within
@@ -30,9 +33,12 @@ POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 
 
 def setup_logging(level: str) -> None:
-    """Log records as LOG_FORMAT at `level`, without what the format does not show (the logging
-    HOWTO's "Optimization"): about a third of the cost of each line, and every job writes one."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    """Log records as LOG_FORMAT at `level` to stderr, lines below WARNING a moment later and
+    together (DeferredHandler), without what the format does not show (the logging HOWTO's
+    "Optimization"): about a third of the cost of each line, and every job writes one."""
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[DeferredHandler(stderr)])
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False

@@ -12,6 +12,8 @@ import time
 
 import requests
 
+from worker import deferred_log
+
 TOKEN = "test-worker-token"
 MAKEFILE = """\
 SECS ?= 30
@@ -89,6 +91,12 @@ class Proc:
     def output(self) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read()[-5000:]
+
+    def settled_output(self) -> str:
+        """output() once the lines held back (worker/deferred_log.py) have been written: for a
+        test that looks for what must *not* be there."""
+        time.sleep(5 * deferred_log.DELAY)
+        return self.output()
 
     def children(self) -> list[int]:
         """Pids of the gunicorn worker processes (children of the master)."""

@@ -71,4 +71,5 @@ def test_a_worker_started_again_with_other_vars_is_asked_again_at_once(stack):
     worker.start()
     wait_for(lambda: stack.get("/schedules")["schedules"][0]["problem"] is None, timeout=15,
              what="the line to be checked again")
-    assert "schedule '@daily ok N=1': the workers take it now" in server.output()
+    wait_for(lambda: "schedule '@daily ok N=1': the workers take it now" in server.output(),
+             what="the line in the controller's log")

@@ -310,7 +310,7 @@ def test_no_secret_or_signature_reaches_the_log(hooked):
     queued.append(send_gitlab(hooked.url, gitlab_push("main")).json()["id"])
     for job_id in queued:
         hooked.wait_state(job_id)
-    output = "\n".join(p.output() for p in hooked.procs)
+    output = "\n".join(p.settled_output() for p in hooked.procs)
     for secret in (SECRET, GITLAB_TOKEN, sign(SECRET, body), sign("wrong", body)[7:]):
         assert secret not in output
 
