@@ -13,6 +13,9 @@ from pathlib import Path
 MT_ROWS = ("mt-host", "mt-compose")
 ROW_ORDER = ("floor", "webhook", "relay", "mt-host", "mt-compose", "docker-exec-cli",
              "docker-exec-sdk", "docker-run")
+# Rows of the side-by-side turns only (bench/run.py, side_by_side), with the relay row each
+# stands beside.
+SBS_ONLY = {"relay-compose": ("bare two-hop Flask relay (containers)", "mt-compose")}
 
 
 def _get(d: dict, *keys, default=None):
@@ -55,6 +58,20 @@ def turn_ratio(sbs: dict, row: str, base: str) -> tuple[float, float, float, int
     if not ratios:
         return None
     return statistics.median(ratios), min(ratios), max(ratios), len(ratios)
+
+
+def sbs_only_lines(sbs: dict, v: str) -> list[dict]:
+    """Row `v`'s reference lines against the side-by-side-only rows that stand beside it."""
+    out = []
+    for name, (label, beside) in SBS_ONLY.items():
+        to_it, it_web = turn_ratio(sbs, v, name), turn_ratio(sbs, name, "webhook")
+        if beside == v and to_it and it_web:
+            out.append(_goal(
+                f"(reference, not a goal) round trip p50 against the {label}", v,
+                f"{to_it[0]:.2f}x (turns {to_it[1]:.2f}-{to_it[2]:.2f}x)", "-", None,
+                f"side by side; that relay alone is {it_web[0]:.2f}x webhook's p50: "
+                "the floor of this design in Docker"))
+    return out
 
 
 def goals(results: dict) -> list[dict]:
@@ -108,6 +125,7 @@ def goals(results: dict) -> list[dict]:
                 "(reference, not a goal) round trip p50 against the bare two-hop Flask relay",
                 v, f"{p50 / relay_p50:.2f}x ({p50:.2f} vs {relay_p50:.2f} ms)", "-", None,
                 f"the relay alone is {relay_p50 / web_p50:.2f}x webhook's p50"))
+        out += sbs_only_lines(sbs, v)
         out.append(_goal("round trip p99 <= 10 ms", v, f"{p99:.2f} ms", "<= 10 ms", p99 <= 10))
         start = _get(row, "make_started_ms", "p50")
         out.append(_goal("trigger-to-make-started p50 <= 5 ms", v, f"{start:.2f} ms", "<= 5 ms",
@@ -288,7 +306,8 @@ def side_by_side_section(results: dict) -> list[str]:
         block = _get(results, "rows", name, "roundtrip_ms", "p50")
         web = turn_ratio(sbs, name, "webhook") if name != "webhook" else None
         lines.append([
-            _get(results, "rows", name, "label", default=name), _f(r["p50_ms"], 2),
+            _get(results, "rows", name, "label",
+                 default=SBS_ONLY.get(name, (name,))[0]), _f(r["p50_ms"], 2),
             _f(block, 2), f"{r['p50_ms'] / block:.2f}x" if r["p50_ms"] and block else "-",
             f"{web[0]:.2f}x ({web[1]:.2f}-{web[2]:.2f})" if web else "-",
             f"{r['n']:,}" + (" (time bound hit)" if r.get("stopped_by_time") else ""),

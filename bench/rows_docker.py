@@ -207,3 +207,74 @@ class DockerRun:
         # The containers' shims and cgroups are gone when they end: only the machine-wide
         # figure counts them.
         return {**daemon_cpu_parts(), "docker CLI (the client's children)": children_cpu_seconds}
+
+
+class RelayContainers:
+    """The bare two-hop relay (bench/relay_app.py) as two containers of the worker image on a
+    network of their own, the client on the front one's published 127.0.0.1 port and the front
+    one reaching the back one by name: the floor of maketrigger's design as the compose stack
+    runs it (Docker's userland proxy and bridge included). Round trips only, for the side-by-side
+    turns; the back one runs make as the workspace's owner, as the worker does."""
+    name = "relay-compose"
+    label = "bare two-hop Flask relay (containers)"
+
+    def __init__(self, workspace: Path, run_id: str, image: str):
+        self.ws, self.run_id, self.image = str(workspace), f"{run_id}-relay", image
+        self.client = docker.from_env(timeout=120)
+        self.network = None
+        self.http = None
+
+    def _start(self, role: str, app: str, keepalive: int, **kw):
+        bench = str(Path(__file__).resolve().parent)
+        return self.client.containers.run(
+            self.image, ["-m", "gunicorn", "-c", "python:bench.relay_conf", "--keep-alive",
+                         str(keepalive), "--bind", "0.0.0.0:8000", app],
+            entrypoint="/opt/venv/bin/python", detach=True, labels={LABEL: self.run_id},
+            name=f"mtbench-{self.run_id}-{role}", network=self.network.name,
+            environment={"PYTHONPATH": "/opt/relay"}, working_dir="/opt/relay",
+            volumes={bench: {"bind": "/opt/relay/bench", "mode": "ro"},
+                     self.ws: {"bind": "/workspace", "mode": "rw"}}, **kw)
+
+    def __enter__(self) -> RelayContainers:
+        from bench import httpload
+        from bench.rows_local import free_port
+
+        try:
+            self.network = self.client.networks.create(f"mtbench-{self.run_id}",
+                                                       labels={LABEL: self.run_id})
+            owner = os.stat(self.ws)
+            back = self._start("back", "bench.relay_app:back('/workspace')", 75,
+                               user=f"{owner.st_uid}:{owner.st_gid}")
+            self.port = free_port()
+            self._start("front", f"bench.relay_app:front('{back.name}:8000')", 5,
+                        ports={"8000/tcp": ("127.0.0.1", self.port)})
+            deadline = time.monotonic() + 60
+            while True:
+                self.http = httpload.Client(self.port)
+                try:
+                    self.roundtrip(0)
+                    return self
+                except Exception as exc:  # not listening yet: refused, reset, ...
+                    self.http.close()
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the relay containers did not answer: {exc}") from None
+                    time.sleep(0.3)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def roundtrip(self, i: int) -> None:
+        status, raw = self.http.request("POST", "/jobs", {"target": "noop"})
+        if status != 200 or b'"exit_code":0' not in raw.replace(b" ", b""):
+            raise RuntimeError(f"HTTP {status}: {raw[:150]!r}")
+
+    def __exit__(self, *exc) -> None:
+        if self.http is not None:
+            self.http.close()
+        remove_labelled(self.client, self.run_id)
+        if self.network is not None:
+            try:
+                self.network.remove()
+            except docker.errors.APIError:
+                log.warning("could not remove network %s", self.network.name, exc_info=True)
+        self.client.close()

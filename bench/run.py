@@ -242,13 +242,17 @@ class Run:
     def side_by_side(self, workspace: Path) -> None:
         """The host rows and the maketrigger rows up at once, their round trips taken in turns
         (bench/side_by_side.py): the round-trip ratio goal compares these; the floor and the
-        relay come along as controls and for the relay's reference line."""
+        relay come along as controls and for the relay's reference lines; with the compose row
+        comes the relay as two containers (rows_docker.RelayContainers), its floor in Docker."""
         from bench import side_by_side
+        from bench.rows_docker import RelayContainers
         from bench.rows_local import Floor, Relay, Webhook
         from bench.rows_maketrigger import MaketriggerCompose, MaketriggerHost
 
         ok = {n for n in ("floor", "webhook", "relay", "mt-host", "mt-compose")
               if "error" not in self.results["rows"].get(n, {"error": "not run"})}
+        if {"relay", "mt-compose"} <= ok:
+            ok.add("relay-compose")
         if "webhook" not in ok or not ok & {"mt-host", "mt-compose"}:
             return
         log.info("=== side by side: %s", ", ".join(sorted(ok)))
@@ -259,7 +263,9 @@ class Run:
             "relay": lambda: Relay(workspace, self.sizes, raw),
             "mt-host": lambda: MaketriggerHost(workspace, self.sizes, raw),
             "mt-compose": lambda: MaketriggerCompose(workspace, self.sizes, raw,
-                                                     self.run_id + "-sbs")}
+                                                     self.run_id + "-sbs"),
+            "relay-compose": lambda: RelayContainers(
+                workspace, self.run_id, self.results["images"]["worker"]["tag"])}
         try:
             raw.mkdir(parents=True, exist_ok=True)
             with contextlib.ExitStack() as stack:
