@@ -559,7 +559,8 @@ class Dispatcher:
                     if run.get("log_size", 0) > offset:
                         continue  # the end of the log is still to copy
                     self._end(job.id, JobState(run["state"]), run.get("exit_code"),
-                              run.get("error"), from_worker=True)
+                              run.get("error"), from_worker=True,
+                              ended_at=run.get("finished_at"))
                     return
                 finally:  # after the end is recorded: the rest of the stream can wait
                     try:
@@ -609,10 +610,12 @@ class Dispatcher:
             return False
 
     def _end(self, job_id: int, state: JobState, exit_code: int | None = None,
-             error: str | None = None, from_worker: bool = False) -> None:
+             error: str | None = None, from_worker: bool = False,
+             ended_at: float | None = None) -> None:
         """Record the job's end (or, lost with retries left, queue it again). An end that is
         the controller's own finding (lost, failed before it started), not a run's end as its
-        worker wrote it into the log, gets a last log line saying so, as a retry does."""
+        worker wrote it into the log, gets a last log line saying so, as a retry does.
+        `ended_at`: the worker's time of the end (Store.finish)."""
         with self._lock:
             cancelled = job_id in self._cancel  # asked for: not to be run again
         if state is JobState.LOST and not cancelled and self.store.retry(job_id, error or "lost"):
@@ -620,7 +623,8 @@ class Dispatcher:
             self.notify()
             return  # the follower dispatches it again when it lets go of the job
         note = None if from_worker else f"\n*** maketrigger: {state.value}: {error}\n"
-        finished = self.store.finish(job_id, state, exit_code, error, note=note)
+        finished = self.store.finish(job_id, state, exit_code, error, note=note,
+                                     ended_at=ended_at)
         if finished is not None:
             self._tell_ended(finished)  # first: a request waiting for this job answers at once,
         time.sleep(0)  # and gets the interpreter now rather than at the next switch interval

@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 import types
+from datetime import datetime
 
 import pytest
 import requests
@@ -87,6 +88,28 @@ def test_a_restarted_controller_keeps_history_and_resumes_its_work(stack):
     assert stack.wait_state(queued)["state"] == "succeeded"
     # nothing ran twice: one run per job on the worker
     assert len([j for j in stack.get("/jobs?limit=500")["jobs"]]) == 3
+
+
+def test_a_run_that_ended_while_no_controller_followed_it_keeps_its_end_time(stack):
+    """Recorded by the next controller, the job's end is when make ended on the worker, not
+    when the controller came back (its duration would run until the restart)."""
+    w = stack.worker(WORKER_VARS="SECS")
+    server = stack.server([w])
+    job_id = stack.trigger("slow", vars={"SECS": "1"})["id"]
+    stack.wait_state(job_id, "running")
+    server.kill(signal.SIGKILL)
+    runs = stack.tmp / "worker0-state" / "runs"  # (the stack's first worker)
+    wait_for(lambda: any('"succeeded"' in p.read_text() for p in runs.glob("*.json")),
+             what="the run to end on the worker")
+    time.sleep(3)  # more than LATE_END (2 s): the controller is back well after the end
+    restarted = time.time()
+    server.start()
+    job = stack.wait_state(job_id)
+    assert job["state"] == "succeeded"
+    started, finished = (datetime.fromisoformat(job[k].replace("Z", "+00:00")).timestamp()
+                         for k in ("started_at", "finished_at"))
+    assert 0.9 <= finished - started < 2.5, job
+    assert finished < restarted - 2, job
 
 
 def test_a_second_controller_on_the_same_database_refuses_to_serve(stack):
