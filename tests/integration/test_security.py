@@ -334,7 +334,7 @@ def test_no_token_reaches_a_log_or_a_job_record(stack):
                            timeout=5)
     assert ok.status_code == 200 and refused.status_code == 401
     records = "".join(p.read_text() for p in (stack.tmp / "worker0-state" / "runs").iterdir())
-    for text in (w.settled_output(), server.output(), records, ok.text,
+    for text in (w.settled_output(), server.settled_output(), records, ok.text,
                  stack.log(ok.json()["id"])):
         for secret in (TOKEN, "api-s3cret-token", "wrong-one"):
             assert secret not in text
