@@ -10,6 +10,7 @@ import traceback
 
 import pytest
 
+from tests.integration.procs import wait_for
 from tests.receiver import Receiver
 from trigger_server import cuttable, notify
 from trigger_server.notify import IDLE_WAIT, Notifier, describe
@@ -552,7 +553,9 @@ def test_notifications_queued_by_an_older_version_are_sent_too(tmp_path, receive
     notifier.start_if_pending()
     (got,) = receiver.wait(1)
     assert got["json"]["id"] == job.id
-    assert again._read("SELECT receiver FROM notifications") == []  # sent and deleted
+    # sent, and deleted once the receiver's answer is in (after the receiver saw it)
+    wait_for(lambda: again._read("SELECT receiver FROM notifications") == [],
+             what="the sent notification's row to go")
 
 
 def test_the_operators_url_is_a_receiver_of_its_own(store):
