@@ -52,6 +52,19 @@ START_ASK = 12.0
 START_HERE_WAIT = 60.0
 
 
+def ended_ago(run: dict) -> float | None:
+    """How long before the worker's answer (its `now`) the run ended, by the worker's clock;
+    None if the answer does not say (docker:// runs, older workers) or says nonsense."""
+    now, ended = run.get("now"), run.get("finished_at")
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (now, ended)):
+        return None
+    try:
+        ago = float(now) - float(ended)
+    except OverflowError:
+        return None
+    return ago if math.isfinite(ago) else None
+
+
 class _EndWait:
     """One request waiting for one job's end; told the ended job, so it need not read it."""
 
@@ -559,8 +572,7 @@ class Dispatcher:
                     if run.get("log_size", 0) > offset:
                         continue  # the end of the log is still to copy
                     self._end(job.id, JobState(run["state"]), run.get("exit_code"),
-                              run.get("error"), from_worker=True,
-                              ended_at=run.get("finished_at"))
+                              run.get("error"), from_worker=True, ended_ago=ended_ago(run))
                     return
                 finally:  # after the end is recorded: the rest of the stream can wait
                     try:
@@ -611,11 +623,11 @@ class Dispatcher:
 
     def _end(self, job_id: int, state: JobState, exit_code: int | None = None,
              error: str | None = None, from_worker: bool = False,
-             ended_at: float | None = None) -> None:
+             ended_ago: float | None = None) -> None:
         """Record the job's end (or, lost with retries left, queue it again). An end that is
         the controller's own finding (lost, failed before it started), not a run's end as its
         worker wrote it into the log, gets a last log line saying so, as a retry does.
-        `ended_at`: the worker's time of the end (Store.finish)."""
+        `ended_ago`: how long before the worker's report of it the run ended (Store.finish)."""
         with self._lock:
             cancelled = job_id in self._cancel  # asked for: not to be run again
         if state is JobState.LOST and not cancelled and self.store.retry(job_id, error or "lost"):
@@ -624,7 +636,7 @@ class Dispatcher:
             return  # the follower dispatches it again when it lets go of the job
         note = None if from_worker else f"\n*** maketrigger: {state.value}: {error}\n"
         finished = self.store.finish(job_id, state, exit_code, error, note=note,
-                                     ended_at=ended_at)
+                                     ended_ago=ended_ago)
         if finished is not None:
             self._tell_ended(finished)  # first: a request waiting for this job answers at once,
         time.sleep(0)  # and gets the interpreter now rather than at the next switch interval

@@ -97,8 +97,8 @@ WAL_AUTOCHECKPOINT = 10000
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # what the WAL file is cut back to after a checkpoint
 
 MAX_SKIPPED_TARGETS = 500  # more busy targets than this are skipped by the caller, not in SQL
-# An end the worker dates this much before the controller records it (a run that ended while
-# no controller followed it) is dated by the worker; see finished_time.
+# An end the worker reports this long after it happened (a run that ended while no controller
+# followed it) is dated back by that much; see finished_time.
 LATE_END = 2.0
 DELIVERY_DAYS = 30  # webhook delivery ids are remembered this long, to refuse redeliveries
 TRUNCATION_MARKER = b"\n*** maketrigger: log truncated here: it reached TRIGGER_MAX_LOG_BYTES ***\n"
@@ -113,21 +113,22 @@ _PRUNABLE = (
     "ORDER BY n.id LIMIT 1) IN ('succeeded', 'failed', 'cancelled', 'lost')")
 
 
-
-def finished_time(ended_at: float | None, now: float | None = None) -> float:
-    """A job's finished_at: the time its end is recorded, by the controller's clock, as its
-    started_at is; but the worker's time of the end if that is more than LATE_END earlier (the
-    run ended while no controller followed it: recorded after a restart, it would otherwise
-    seem to have run until then). Never in the future, and the caller keeps it from coming
-    before the start (workers' clocks may differ from the controller's a little)."""
+def finished_time(ended_ago: float | None, now: float | None = None) -> float:
+    """A job's finished_at, by the controller's clock (as its started_at is): the time its end
+    is recorded, or, if the worker reported the end more than LATE_END seconds after it
+    happened (`ended_ago`, the worker's own clock's difference: clocks may differ between
+    hosts), that much earlier: a run that ended while no controller followed it, recorded
+    after a restart, would otherwise seem to have run until then. The caller keeps it from
+    coming before the start."""
     now = time.time() if now is None else now
-    if not isinstance(ended_at, (int, float)) or isinstance(ended_at, bool):
+    if not isinstance(ended_ago, (int, float)) or isinstance(ended_ago, bool):
         return now
     try:
-        ended = float(ended_at)
+        ago = float(ended_ago)
     except OverflowError:  # an int beyond any float
         return now
-    return ended if math.isfinite(ended) and ended < now - LATE_END else now
+    return now - ago if math.isfinite(ago) and ago > LATE_END else now
+
 
 class _SeenBefore(Exception):
     """A webhook delivery's key was recorded before (Store.record_delivery)."""
@@ -539,12 +540,13 @@ class Store:
 
     def finish(self, job_id: int, state: JobState, exit_code: int | None = None,
                error: str | None = None, *, only_waiting: bool = False,
-               note: str | None = None, ended_at: float | None = None) -> Job | None:
+               note: str | None = None, ended_ago: float | None = None) -> Job | None:
         """Move a queued (or running) job to an end state: the ended job, or None if it was not
         in one of those states. `only_waiting`: only a queued job no worker was asked to start
         (a claimed one may already run make). `note`: a line added to its log, in the same
         transaction (the controller's word on an end no worker wrote into the log).
-        `ended_at`: when the worker says the run ended (see finished_time)."""
+        `ended_ago`: how long before its report the worker says the run ended (see
+        finished_time)."""
         assert state.ended
         states = "('queued') AND worker IS NULL" if only_waiting else "('queued', 'running')"
         with self._waiting.moving(job_id), self._tx() as db:
@@ -552,7 +554,7 @@ class Store:
                 "UPDATE jobs SET state = ?, exit_code = ?, error = ?, "
                 "finished_at = MAX(COALESCE(started_at, created_at), ?) "
                 f"WHERE id = ? AND state IN {states}",
-                (state.value, exit_code, error, finished_time(ended_at), job_id))
+                (state.value, exit_code, error, finished_time(ended_ago), job_id))
             if cur.rowcount != 1:
                 return None
             if note:

@@ -41,7 +41,9 @@ def _runner():
 
 
 def _run_json(run: Run, log_size: int | None = None) -> dict:
-    """The run as the controller sees it: no process details, and how long its log is."""
+    """The run as the controller sees it: no process details, how long its log is, and `now`,
+    this worker's clock as it answers (the controller takes the age of an end from it, so that
+    clocks that differ between hosts do not matter)."""
     d = run.record()
     for private in ("pid", "pid_start", "owner_pid"):
         d.pop(private)
@@ -51,6 +53,7 @@ def _run_json(run: Run, log_size: int | None = None) -> dict:
         except OSError:
             log_size = 0
     d["log_size"] = log_size
+    d["now"] = time.time()
     return d
 
 
