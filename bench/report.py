@@ -320,7 +320,9 @@ def side_by_side_section(results: dict) -> list[str]:
             "ratios: a drift of the machine's speed over the minutes weighs on both rows of a "
             "turn alike, to first order. \"Against own block\": each row's p50 here over its "
             "p50 in its own block, which shows what running beside the others (and the "
-            "drift) cost each row." + _sbs_quiet(sbs.get("quiet_before")), "",
+            "drift) cost each row." + _sbs_quiet(sbs.get("quiet_before"))
+            + "".join(f" Not in the turns: {SBS_ONLY.get(name, (name,))[0]}, which could not "
+                      f"start ({why})." for name, why in sbs.get("skipped", {}).items()), "",
             *_table(["row", "p50 ms", "own block p50 ms", "against own block",
                      "against webhook, median of turns (lowest-highest)", "n", "errors",
                      "p50 of each turn, ms"], lines)]

@@ -218,15 +218,16 @@ class RelayContainers:
     name = "relay-compose"
     label = "bare two-hop Flask relay (containers)"
 
-    def __init__(self, workspace: Path, run_id: str, image: str):
-        self.ws, self.run_id, self.image = str(workspace), f"{run_id}-relay", image
+    def __init__(self, workspace: Path, run_id: str, image: str, raw: Path):
+        self.ws, self.run_id, self.image, self.raw = str(workspace), f"{run_id}-relay", image, raw
         self.client = docker.from_env(timeout=120)
         self.network = None
+        self.containers: dict = {}
         self.http = None
 
     def _start(self, role: str, app: str, keepalive: int, **kw):
         bench = str(Path(__file__).resolve().parent)
-        return self.client.containers.run(
+        self.containers[role] = self.client.containers.run(
             self.image, ["-m", "gunicorn", "-c", "python:bench.relay_conf", "--keep-alive",
                          str(keepalive), "--bind", "0.0.0.0:8000", app],
             entrypoint="/opt/venv/bin/python", detach=True, labels={LABEL: self.run_id},
@@ -234,6 +235,7 @@ class RelayContainers:
             environment={"PYTHONPATH": "/opt/relay"}, working_dir="/opt/relay",
             volumes={bench: {"bind": "/opt/relay/bench", "mode": "ro"},
                      self.ws: {"bind": "/workspace", "mode": "rw"}}, **kw)
+        return self.containers[role]
 
     def __enter__(self) -> RelayContainers:
         from bench import httpload
@@ -250,15 +252,23 @@ class RelayContainers:
                         ports={"8000/tcp": ("127.0.0.1", self.port)})
             deadline = time.monotonic() + 60
             while True:
-                self.http = httpload.Client(self.port)
+                self.http = httpload.Client(self.port, timeout=10)
                 try:
                     self.roundtrip(0)
-                    return self
+                    break
                 except Exception as exc:  # not listening yet: refused, reset, ...
                     self.http.close()
+                    for role, container in self.containers.items():
+                        container.reload()
+                        if container.status != "running":
+                            raise RuntimeError(f"the relay's {role} container is "
+                                               f"{container.status}") from None
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"the relay containers did not answer: {exc}") from None
                     time.sleep(0.3)
+            self.http.close()  # measured with the usual timeout
+            self.http = httpload.Client(self.port)
+            return self
         except BaseException:
             self.__exit__()
             raise
@@ -269,12 +279,21 @@ class RelayContainers:
             raise RuntimeError(f"HTTP {status}: {raw[:150]!r}")
 
     def __exit__(self, *exc) -> None:
+        """Everything removed, whatever fails on the way: failures are logged, not raised."""
         if self.http is not None:
             self.http.close()
-        remove_labelled(self.client, self.run_id)
+        for role, container in self.containers.items():
+            try:
+                (self.raw / f"relay-compose-{role}.log").write_bytes(container.logs())
+            except Exception:
+                log.warning("could not save the relay %s container's log", role, exc_info=True)
+        try:
+            remove_labelled(self.client, self.run_id)
+        except Exception:
+            log.warning("could not remove the relay containers", exc_info=True)
         if self.network is not None:
             try:
                 self.network.remove()
-            except docker.errors.APIError:
+            except Exception:
                 log.warning("could not remove network %s", self.network.name, exc_info=True)
         self.client.close()

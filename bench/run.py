@@ -265,17 +265,34 @@ class Run:
             "mt-compose": lambda: MaketriggerCompose(workspace, self.sizes, raw,
                                                      self.run_id + "-sbs"),
             "relay-compose": lambda: RelayContainers(
-                workspace, self.run_id, self.results["images"]["worker"]["tag"])}
+                workspace, self.run_id, self.results["images"]["worker"]["tag"], raw)}
+        optional = {"relay-compose"}  # a reference only: the turns go on without it
+        skipped = {}
         try:
             raw.mkdir(parents=True, exist_ok=True)
             with contextlib.ExitStack() as stack:
-                rows = {name: stack.enter_context(make()) for name, make in makers.items()
-                        if name in ok}
-                self.results["side_by_side"] = side_by_side.interleave(
-                    rows, self.sizes.turns, self.sizes.per_turn, self.sizes.loop_seconds)
+                rows = {}
+                for name, make in makers.items():
+                    if name not in ok:
+                        continue
+                    try:
+                        rows[name] = stack.enter_context(make())
+                    except Exception as exc:
+                        if name not in optional:
+                            raise
+                        log.exception("side by side: %s could not start; going on without",
+                                      name)
+                        skipped[name] = f"{type(exc).__name__}: {exc}"
+                self.results["side_by_side"] = {
+                    **side_by_side.interleave(rows, self.sizes.turns, self.sizes.per_turn,
+                                              self.sizes.loop_seconds),
+                    "skipped": skipped}
         except Exception as exc:
-            log.exception("side by side failed")
-            self.results["side_by_side"] = {"error": f"{type(exc).__name__}: {exc}"}
+            if "side_by_side" in self.results:  # measured: only the teardown failed
+                log.exception("side by side: stopping the rows failed")
+            else:
+                log.exception("side by side failed")
+                self.results["side_by_side"] = {"error": f"{type(exc).__name__}: {exc}"}
 
     def go(self) -> dict:
         from bench.rows_local import Floor, Relay, Webhook

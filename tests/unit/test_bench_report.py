@@ -31,3 +31,13 @@ def test_the_compose_row_gets_a_line_against_the_relay_in_containers():
 def test_the_side_by_side_table_names_the_relay_in_containers():
     text = "\n".join(report.side_by_side_section(results()))
     assert "| bare two-hop Flask relay (containers) | 3.00 |" in text
+
+
+def test_a_reference_row_that_could_not_start_is_said_to_be_missing():
+    res = results()
+    del res["side_by_side"]["rows"]["relay-compose"]
+    res["side_by_side"]["skipped"] = {"relay-compose": "RuntimeError: no answer"}
+    text = "\n".join(report.side_by_side_section(res))
+    assert ("Not in the turns: bare two-hop Flask relay (containers), which could not start "
+            "(RuntimeError: no answer).") in text
+    assert report.sbs_only_lines(res["side_by_side"], "mt-compose") == []
