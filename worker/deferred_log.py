@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 
 DELAY = 0.1  # seconds a line below WARNING may wait
 CAPACITY = 1000  # records held at most: more are written at once
@@ -108,5 +109,5 @@ class DeferredHandler(logging.Handler):
             due.clear()  # before the flush: a record held after it sets it again
             try:
                 self.flush()
-            except Exception:  # (_write reports its own errors) the thread must go on
-                pass
+            except Exception:  # (_write reports its own) said as logging's handleError does it,
+                traceback.print_exc()  # and the thread goes on
