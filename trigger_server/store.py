@@ -119,15 +119,9 @@ def finished_time(ended_ago: float | None, now: float | None = None) -> float:
     happened (`ended_ago`, the worker's own clock's difference: clocks may differ between
     hosts), that much earlier: a run that ended while no controller followed it, recorded
     after a restart, would otherwise seem to have run until then. The caller keeps it from
-    coming before the start."""
+    coming before the start; `ended_ago` is a finite number or None (dispatch.ended_ago)."""
     now = time.time() if now is None else now
-    if not isinstance(ended_ago, (int, float)) or isinstance(ended_ago, bool):
-        return now
-    try:
-        ago = float(ended_ago)
-    except OverflowError:  # an int beyond any float
-        return now
-    return now - ago if math.isfinite(ago) and ago > LATE_END else now
+    return now - ended_ago if ended_ago is not None and ended_ago > LATE_END else now
 
 
 class _SeenBefore(Exception):

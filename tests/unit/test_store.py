@@ -491,15 +491,13 @@ def test_an_end_the_worker_reports_late_is_dated_back_by_that_much(store):
     assert before - 3540 <= ended.finished_at <= time.time() - 3540
 
 
-def test_how_long_ago_an_end_was_is_taken_only_beyond_late_end_and_when_it_makes_sense():
+def test_how_long_ago_an_end_was_is_taken_only_beyond_late_end():
     from trigger_server.store import LATE_END, finished_time
     now = 1_000_000.0
     assert finished_time(None, now) == now
     assert finished_time(LATE_END / 2, now) == now  # reported as it happened
     assert finished_time(-30, now) == now  # a worker's answer from the future: no
     assert finished_time(60, now) == now - 60
-    for junk in (float("nan"), float("inf"), True, "1", 10**400):
-        assert finished_time(junk, now) == now
 
 
 def test_a_late_end_dated_before_the_start_is_the_start(store):
