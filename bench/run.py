@@ -266,7 +266,7 @@ class Run:
                                                      self.run_id + "-sbs"),
             "relay-compose": lambda: RelayContainers(
                 workspace, self.run_id, self.results["images"]["worker"]["tag"], raw)}
-        optional = {"relay-compose"}  # a reference only: the turns go on without it
+        optional = set(report.SBS_ONLY)  # references only: the turns go on without them
         skipped = {}
         try:
             raw.mkdir(parents=True, exist_ok=True)
