@@ -15,7 +15,6 @@ and asks that worker, instead of running it again. A run the worker does not kno
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from worker import rules
 from worker.threads import DaemonThreads
 
+from . import json_numbers
 from .log_writer import WRITE_BEHIND_AFTER, LogWriter
 from .store import Job, JobState, Store, StoreError
 from .workers import (
@@ -55,14 +55,8 @@ START_HERE_WAIT = 60.0
 def ended_ago(run: dict) -> float | None:
     """How long before the worker's answer (its `now`) the run ended, by the worker's clock;
     None if the answer does not say (docker:// runs, older workers) or says nonsense."""
-    now, ended = run.get("now"), run.get("finished_at")
-    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (now, ended)):
-        return None
-    try:
-        ago = float(now) - float(ended)
-    except OverflowError:
-        return None
-    return ago if math.isfinite(ago) else None
+    now, ended = json_numbers.finite(run.get("now")), json_numbers.finite(run.get("finished_at"))
+    return None if now is None or ended is None else json_numbers.finite(now - ended)
 
 
 class _EndWait:
@@ -711,9 +705,9 @@ class Dispatcher:
         workspace each ask for the same edit; the first request's build may already run)."""
         target = rules.check_target_syntax(event.get("target"))
         paths = ", ".join(event.get("paths", [])[:5])
-        changed_at = event.get("changed_at")
+        changed_at = json_numbers.finite(event.get("changed_at"))
         with self._watch_lock:  # health checks of several workers run in parallel
-            if isinstance(changed_at, (int, float)) and math.isfinite(changed_at):
+            if changed_at is not None:
                 covering = self.store.build_since(target, worker.name, changed_at)
                 if covering is not None:
                     log.info("files changed on %s (%s): job %s builds them already",

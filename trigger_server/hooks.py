@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from flask import Blueprint, current_app, jsonify, request
 from worker import rules
 
 from . import config as config_module
+from . import json_numbers
 from .store import DELIVERY_DAYS
 
 log = logging.getLogger(__name__)
@@ -189,13 +189,8 @@ def _check_makefile_has(host: Host, target: str) -> None:
 def _age_days(pushed_at) -> float | None:
     """Days since `pushed_at` (a push payload's `repository.pushed_at`, seconds since the
     epoch), or None if it is not a finite number (GitHub's pushes have one)."""
-    if isinstance(pushed_at, bool) or not isinstance(pushed_at, (int, float)):
-        return None
-    try:
-        age = (time.time() - float(pushed_at)) / 86400  # (an int beyond any float: Overflow)
-    except OverflowError:
-        return None
-    return age if math.isfinite(age) else None
+    pushed = json_numbers.finite(pushed_at)
+    return None if pushed is None else (time.time() - pushed) / 86400
 
 
 def _get(payload: dict, *keys: str):
