@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import Enum
 
@@ -188,7 +188,11 @@ class Job:
         d["state"] = JobState(d["state"])
         d["log_truncated"] = bool(d["log_truncated"])
         d["cancel_requested"] = bool(d.get("cancel_requested"))
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError:  # a column that a newer version added (a database rolled back to
+            # this one): not ours to read. (Only then: this is every job's way out of SQL.)
+            return cls(**{k: v for k, v in d.items() if k in _JOB_FIELDS})
 
     def to_dict(self) -> dict:
         return {
@@ -200,6 +204,9 @@ class Job:
             "log_size": self.log_size, "log_truncated": self.log_truncated,
             "notify": self.notify, "retries": self.retries, "attempt": self.attempt,
         }
+
+
+_JOB_FIELDS = frozenset(f.name for f in fields(Job))
 
 
 class Waiting:

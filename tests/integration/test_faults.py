@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -13,7 +14,10 @@ from datetime import datetime
 import pytest
 import requests
 
-from .procs import Proc, pids_of, wait_for
+from trigger_server import db_lock
+from trigger_server.store import Store
+
+from .procs import TOKEN, Proc, pids_of, wait_for
 
 
 def test_a_worker_killed_mid_build_ends_the_job_lost_and_the_next_job_runs(stack):
@@ -131,6 +135,40 @@ def test_a_second_controller_on_the_same_database_refuses_to_serve(stack):
     stack.url = second.url
     assert stack.post(json={"target": "ok", "wait": True}).status_code == 200
     second.stop()
+
+
+def test_a_controller_waiting_for_the_database_leaves_its_schema_alone(stack):
+    """Loading the app adds a newer version's columns to the database: that waits until the
+    database is free, or the serving controller would read jobs from a table changed under it
+    (a second controller started by mistake, a newer one started before the old one stopped).
+    """
+    w = stack.worker()
+    path = str(stack.tmp / "older.db")
+    with Store(path)._tx() as db:  # a database as the version before cancel_requested made it
+        db.execute("ALTER TABLE jobs DROP COLUMN cancel_requested")
+
+    def columns() -> set[str]:
+        with sqlite3.connect(path) as db:
+            return {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+
+    held = db_lock.hold(path)  # as the controller serving from it would
+    try:
+        server = Proc("trigger_server", {"TRIGGER_WORKERS": w.url, "TRIGGER_DB": path,
+                                         "TRIGGER_WORKER_TOKEN": TOKEN},
+                      str(stack.tmp / "waiting.log"))
+        stack.procs.append(server)
+        server.start(wait=False)
+        wait_for(lambda: "in use by another controller" in server.output(),
+                 what="the controller to wait for the database")
+        time.sleep(0.5)
+        assert "cancel_requested" not in columns()
+        assert server.proc.poll() is None
+    finally:
+        os.close(held)
+    server.wait_ready()
+    assert "cancel_requested" in columns()
+    stack.url = server.url
+    assert stack.post(json={"target": "ok", "wait": True}).json()["state"] == "succeeded"
 
 
 def _waiting_for_a_build(stack) -> tuple[threading.Thread, list, int]:

@@ -275,6 +275,23 @@ def test_a_jobs_table_made_before_run_keys_gets_the_column_and_keeps_its_run_ids
     assert again.get_job(new.id).run_key == new.run_key and new.run_key
 
 
+def test_a_database_a_newer_version_added_columns_to_still_serves_this_one(tmp_path):
+    """Rolled back after an upgrade, the controller reads the jobs of a table with columns it
+    does not know: every job read used to raise TypeError (a 500 on each request)."""
+    path = str(tmp_path / "newer.db")
+    store = Store(path)
+    job, _ = store.create_job("html", {}, None, "api")
+    with store._tx() as db:
+        db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 5")
+    again = Store(path)
+    assert again.get_job(job.id).target == "html"
+    new, coalesced = again.create_job("pdf", {"A": "1"}, None, "api")
+    assert not coalesced and again.get_job(new.id).vars == {"A": "1"}
+    assert again.claim(new.id, "http://w:8000") and again.mark_running(new.id)
+    ended = again.finish(new.id, JobState.SUCCEEDED, 0)
+    assert ended.state is JobState.SUCCEEDED and not hasattr(ended, "priority")
+
+
 def test_a_log_table_made_by_an_older_version_is_moved_to_the_faster_layout(tmp_path):
     path = str(tmp_path / "old.db")
     store = Store(path)
