@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 from flask import Flask
 
 from worker.unread_body import closing_after_unread_bodies
 
 from . import config as config_module
+from . import db_lock
 from .api import bp
 from .checkpoint import Checkpointer
 from .dispatch import Dispatcher
@@ -21,8 +26,22 @@ from .waiting import WaitSlots
 from .workers import WorkerClient, WorkerPool
 
 
-def create_app(config: dict | None = None) -> Flask:
+def serving_app() -> Flask:
+    """The app as `trigger-server` serves it: holding its database (db_lock) from before it
+    opens it, since opening it adds a newer version's columns (Store._migrate), which must not
+    happen under a controller that serves from it (a second one started by mistake, or a newer
+    one started before the old one stopped). Another controller's database: exit status 3,
+    gunicorn's "failed to boot", which stops its master too rather than retrying."""
+    try:
+        return create_app(hold_database=True)
+    except db_lock.DatabaseInUse as exc:
+        logging.getLogger(__name__).error("cannot serve: %s", exc)
+        sys.exit(3)
+
+
+def create_app(config: dict | None = None, hold_database: bool = False) -> Flask:
     """The controller app. Settings: defaults, then TRIGGER_* variables, then `config`.
+    `hold_database`: lock the database for this process first (serving_app).
 
     The dispatcher, the scheduler, the checkpointer, the notifier and the history's pruner
     are created here but
@@ -30,6 +49,16 @@ def create_app(config: dict | None = None) -> Flask:
     gunicorn's fork.
     """
     cfg = config_module.load(config)
+    held = db_lock.hold(cfg["DB"]) if hold_database else None
+    try:
+        return _create_app(cfg, held)
+    except BaseException:
+        if held is not None:
+            os.close(held)
+        raise
+
+
+def _create_app(cfg: dict, held: int | None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config.update(cfg)
     app.config["MAX_CONTENT_LENGTH"] = cfg["MAX_BODY"]
@@ -56,7 +85,7 @@ def create_app(config: dict | None = None) -> Flask:
         scheduler=Scheduler(cfg["SCHEDULES"], store, dispatcher, cfg["TIMEZONE"],
                             cfg["SCHEDULE_CATCHUP"], pool),
         wait_slots=WaitSlots(cfg["MAX_WAITERS"]), pruner=Pruner(store, cfg["KEEP_JOBS"]),
-        joined=JoinedAnswers())
+        joined=JoinedAnswers(), db_lock=held)
     app.register_blueprint(bp)
     app.register_blueprint(hooks_bp)
     app.wsgi_app = closing_after_unread_bodies(app.wsgi_app)  # see there

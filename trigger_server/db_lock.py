@@ -3,8 +3,8 @@
 The dispatcher's state (what is being started, followed, cancelled) lives in its process, so a
 second controller on the same database would start, cancel and join jobs behind the first one's
 back. The serving process holds an exclusive lock on `<database>.lock` for as long as it runs,
-taken before the app opens the database (gunicorn_conf.post_fork: opening it adds a newer
-version's columns); another waits for it a while (a restarting controller's predecessor may
+taken before the app opens the database (trigger_server.serving_app: opening it adds a
+newer version's columns); another waits for it a while (a restarting controller's predecessor may
 still be finishing its requests), then gives up naming the holder.
 """
 

@@ -4,12 +4,9 @@ thread starts after the fork."""
 
 import logging
 import os
-import sys
 import threading
 import time
 
-from trigger_server import config as settings  # (not `config`: a gunicorn setting)
-from trigger_server import db_lock
 from worker.serving import NO_FORWARDING, setup_logging, tune_interpreter
 
 bind = os.environ.get("TRIGGER_BIND") or "0.0.0.0:8080"
@@ -27,32 +24,10 @@ loglevel = os.environ.get("TRIGGER_LOG_LEVEL") or "info"
 setup_logging(loglevel)
 
 
-def post_fork(server, worker):
-    """Take the database (one controller each) in the serving process before the app is
-    loaded: loading it opens the database and adds what a newer version has to its schema
-    (Store._migrate), which must not happen under a controller that serves from it (a second
-    one started by mistake, or a newer one started before the old one stopped). Under
-    gunicorn's --preload the app is loaded before the fork, so before this."""
-    worker.db_lock = _hold(settings.load()["DB"])
-
-
-def _hold(path: str) -> tuple[str, int]:
-    try:
-        return path, db_lock.hold(path)
-    except db_lock.DatabaseInUse as exc:
-        logging.getLogger("trigger_server").error("cannot serve: %s", exc)
-        sys.exit(3)  # gunicorn's "failed to boot": the master stops too, not retrying
-
-
 def post_worker_init(worker):
     """Start the dispatcher, the scheduler, the checkpointer, the history's pruner (with
     TRIGGER_KEEP_JOBS) and (if anything is to be sent) the notifier in the serving process
-    (threads do not survive a fork)."""
-    path, fd = worker.db_lock
-    if path != worker.wsgi.config["DB"]:  # an app made with a database of its own
-        os.close(fd)
-        path, fd = _hold(worker.wsgi.config["DB"])
-    worker.wsgi.extensions["db_lock"] = fd
+    (threads do not survive a fork). The app holds its database already (serving_app)."""
     tune_interpreter()
     _warn_if_open(worker.cfg.bind, worker.wsgi.config["API_TOKEN"])
     threading.Thread(target=_answer_waits_on_stop, args=(worker,), name="stop-watch",

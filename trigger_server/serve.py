@@ -20,4 +20,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"trigger-server: {exc}")
     conf = os.path.join(os.path.dirname(__file__), "gunicorn_conf.py")
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--config", conf,
-                              "--bind", args.bind, *extra, "trigger_server:create_app()"])
+                              "--bind", args.bind, *extra, "trigger_server:serving_app()"])

@@ -151,18 +151,25 @@ def test_a_controller_waiting_for_the_database_leaves_its_schema_alone(stack):
         with sqlite3.connect(path) as db:
             return {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
 
+    env = {"TRIGGER_WORKERS": w.url, "TRIGGER_DB": path, "TRIGGER_WORKER_TOKEN": TOKEN}
     held = db_lock.hold(path)  # as the controller serving from it would
     try:
-        server = Proc("trigger_server", {"TRIGGER_WORKERS": w.url, "TRIGGER_DB": path,
-                                         "TRIGGER_WORKER_TOKEN": TOKEN},
-                      str(stack.tmp / "waiting.log"))
+        # gunicorn's --preload loads the app in its master, before any hook: it waits too,
+        # and Ctrl-C stops a waiting controller at once.
+        preloaded = Proc("trigger_server", {**env, "GUNICORN_CMD_ARGS": "--preload"},
+                         str(stack.tmp / "preloaded.log"))
+        stack.procs.append(preloaded)
+        server = Proc("trigger_server", env, str(stack.tmp / "waiting.log"))
         stack.procs.append(server)
-        server.start(wait=False)
-        wait_for(lambda: "in use by another controller" in server.output(),
-                 what="the controller to wait for the database")
+        for proc in (preloaded, server):
+            proc.start(wait=False)
+            wait_for(lambda p=proc: "in use by another controller" in p.output(),
+                     what="the controller to wait for the database")
         time.sleep(0.5)
         assert "cancel_requested" not in columns()
-        assert server.proc.poll() is None
+        assert server.proc.poll() is None and preloaded.proc.poll() is None
+        os.killpg(preloaded.proc.pid, signal.SIGINT)
+        preloaded.proc.wait(5)
     finally:
         os.close(held)
     server.wait_ready()
