@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from trigger_server.store import DELIVERY_DAYS, TRUNCATION_MARKER, JobState, Store
+from trigger_server.store import DELIVERY_DAYS, TRUNCATION_MARKER, Job, JobState, Store
 from worker.runner import RUN_ID_RE
 
 
@@ -262,13 +262,19 @@ def test_run_ids_carry_a_random_key_of_the_job_except_for_jobs_of_older_versions
     assert RUN_ID_RE.fullmatch(store.run_id(dataclasses.replace(a, id=2**63 - 1, attempt=99)))
 
 
-def test_a_jobs_table_made_before_run_keys_gets_the_column_and_keeps_its_run_ids(tmp_path):
-    path = str(tmp_path / "old.db")
+def _reopened_after(tmp_path, change: str) -> tuple[Store, Job]:
+    """A database with one job (`html`), changed by the SQL `change` (as another version made
+    it), then opened again: (the new Store, the job as first made)."""
+    path = str(tmp_path / "other-version.db")
     store = Store(path)
     job, _ = store.create_job("html", {}, None, "api")
     with store._tx() as db:
-        db.execute("ALTER TABLE jobs DROP COLUMN run_key")
-    again = Store(path)
+        db.execute(change)
+    return Store(path), job
+
+
+def test_a_jobs_table_made_before_run_keys_gets_the_column_and_keeps_its_run_ids(tmp_path):
+    again, job = _reopened_after(tmp_path, "ALTER TABLE jobs DROP COLUMN run_key")
     old = again.get_job(job.id)
     assert old.run_key is None and again.run_id(old) == f"{again.instance}-{job.id}"
     new, _ = again.create_job("pdf", {}, None, "api")
@@ -278,12 +284,8 @@ def test_a_jobs_table_made_before_run_keys_gets_the_column_and_keeps_its_run_ids
 def test_a_database_a_newer_version_added_columns_to_still_serves_this_one(tmp_path):
     """Rolled back after an upgrade, the controller reads the jobs of a table with columns it
     does not know: every job read used to raise TypeError (a 500 on each request)."""
-    path = str(tmp_path / "newer.db")
-    store = Store(path)
-    job, _ = store.create_job("html", {}, None, "api")
-    with store._tx() as db:
-        db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 5")
-    again = Store(path)
+    again, job = _reopened_after(
+        tmp_path, "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 5")
     assert again.get_job(job.id).target == "html"
     new, coalesced = again.create_job("pdf", {"A": "1"}, None, "api")
     assert not coalesced and again.get_job(new.id).vars == {"A": "1"}
