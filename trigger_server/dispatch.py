@@ -55,8 +55,17 @@ START_HERE_WAIT = 60.0
 def ended_ago(run: dict) -> float | None:
     """How long before the worker's answer (its `now`) the run ended, by the worker's clock;
     None if the answer does not say (docker:// runs, older workers) or says nonsense."""
-    now, ended = json_numbers.finite(run.get("now")), json_numbers.finite(run.get("finished_at"))
-    return None if now is None or ended is None else json_numbers.finite(now - ended)
+    return _ago(run, "finished_at")
+
+
+def started_ago(run: dict) -> float | None:
+    """The same for the run's start."""
+    return _ago(run, "started_at")
+
+
+def _ago(run: dict, field: str) -> float | None:
+    now, then = json_numbers.finite(run.get("now")), json_numbers.finite(run.get(field))
+    return None if now is None or then is None else json_numbers.finite(now - then)
 
 
 class _EndWait:
@@ -403,7 +412,7 @@ class Dispatcher:
     def _start(self, job: Job, worker: Worker) -> tuple[bool, Iterable | None]:
         """Ask the worker to start the job: (False, None) if it did not (requeued or ended);
         else True and the run as it goes on (`WorkerClient.follow`), if the start brought it."""
-        events = None
+        events, run = None, None
         try:
             events = self.client.start_run(worker, self.store.run_id(job), job.target, job.vars,
                                            job.timeout)
@@ -427,14 +436,15 @@ class Dispatcher:
             if not exc.uncertain:
                 return self._requeue(job, worker, exc), None
             # It may have started: ask, rather than risk running it twice.
-            started = self._ask_started(job, worker, min(self.lost_after, START_ASK))
-            if started is None:
+            asked = self._ask_started(job, worker, min(self.lost_after, START_ASK))
+            if asked is None:
                 return False, None
+            started, run = asked
             if not started:
                 return self._requeue(job, worker, exc), None  # it did not, and will not
         self._start_failures.pop(job.id, None)
         try:
-            return self._started(job), events
+            return self._started(job, run), events
         except BaseException:
             if events is not None:
                 events.close()
@@ -477,8 +487,10 @@ class Dispatcher:
         self._unclaim(job, worker)
         return False
 
-    def _started(self, job: Job) -> bool:
-        if not self.store.mark_running(job.id):
+    def _started(self, job: Job, run: dict | None = None) -> bool:
+        """The worker has the job's run (`run`, as it answered, when it was asked after the
+        start: a start confirmed late keeps the time the run started)."""
+        if not self.store.mark_running(job.id, started_ago(run) if run else None):
             self._cancel.add(job.id)  # cancelled while the start was on its way
         # One line per job at info, when it ends: a log line costs as much as a state change.
         log.debug("job %s: %s started on %s", job.id, job.target, job.worker)
@@ -488,18 +500,21 @@ class Dispatcher:
     def _reclaim(self, job: Job, worker: Worker) -> bool:
         """A previous controller (or this one, before a store error) was starting this job: did
         the worker get it? A worker that does not answer is asked again for lost_after."""
-        started = self._ask_started(job, worker, self.lost_after)
-        if started is None:
+        asked = self._ask_started(job, worker, self.lost_after)
+        if asked is None:
             return False
+        started, run = asked
         if not started:
             self._unclaim(job, worker)  # it never started: dispatch it again
             return False
-        return self._started(job)
+        return self._started(job, run)
 
-    def _ask_started(self, job: Job, worker: Worker, seconds: float) -> bool | None:
-        """Whether the worker started the job's run, after a start whose answer was lost (its
-        connection closed): asked again for `seconds` while the worker does not answer, or
-        answers that a start of it is under way for a sender that still waits. Asked, the
+    def _ask_started(self, job: Job, worker: Worker,
+                     seconds: float) -> tuple[bool, dict | None] | None:
+        """Whether the worker started the job's run, and the run as it answered (None if it
+        did not), after a start whose answer was lost (its connection closed): asked again
+        for `seconds` while the worker does not answer, or answers that a start of it is under
+        way for a sender that still waits. Asked, the
         worker gives up a start of the run whose sender has gone (`Runner.get`), so "unknown"
         means it never starts there and the job may go to another worker. None if it could not
         be told: the job is then ended `lost` (or, the controller stopping, left claimed for
@@ -507,10 +522,9 @@ class Dispatcher:
         deadline = time.monotonic() + seconds
         while True:
             try:
-                self.client.get_run(worker, self.store.run_id(job))
-                return True
+                return True, self.client.get_run(worker, self.store.run_id(job))
             except RunUnknown:
-                return False
+                return False, None
             except WorkerError as exc:
                 if self._stop.is_set():
                     return None  # left claimed: the next controller asks again

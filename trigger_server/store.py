@@ -97,9 +97,9 @@ WAL_AUTOCHECKPOINT = 10000
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # what the WAL file is cut back to after a checkpoint
 
 MAX_SKIPPED_TARGETS = 500  # more busy targets than this are skipped by the caller, not in SQL
-# An end the worker reports this long after it happened (a run that ended while no controller
-# followed it) is dated back by that much; see finished_time.
-LATE_END = 2.0
+# A start or an end the worker reports this long after it happened (a run that ended while no
+# controller followed it) is dated back by that much; see reported_time.
+LATE_REPORT = 2.0
 DELIVERY_DAYS = 30  # webhook delivery ids are remembered this long, to refuse redeliveries
 TRUNCATION_MARKER = b"\n*** maketrigger: log truncated here: it reached TRIGGER_MAX_LOG_BYTES ***\n"
 
@@ -113,15 +113,16 @@ _PRUNABLE = (
     "ORDER BY n.id LIMIT 1) IN ('succeeded', 'failed', 'cancelled', 'lost')")
 
 
-def finished_time(ended_ago: float | None, now: float | None = None) -> float:
-    """A job's finished_at, by the controller's clock (as its started_at is): the time its end
-    is recorded, or, if the worker reported the end more than LATE_END seconds after it
-    happened (`ended_ago`, the worker's own clock's difference: clocks may differ between
-    hosts), that much earlier: a run that ended while no controller followed it, recorded
-    after a restart, would otherwise seem to have run until then. The caller keeps it from
-    coming before the start; `ended_ago` is a finite number or None (dispatch.ended_ago)."""
+def reported_time(ago: float | None, now: float | None = None) -> float:
+    """A job's started_at or finished_at, by the controller's clock: the time the start or end
+    is recorded, or, if the worker reported it more than LATE_REPORT seconds after it happened
+    (`ago`, the worker's own clock's difference: clocks may differ between hosts), that much
+    earlier. A run that ended while no controller followed it, recorded after a restart, would
+    otherwise seem to have run until then; one whose start a controller killed meanwhile never
+    saw confirmed would seem to have started then. The caller keeps an end from coming before
+    the start; `ago` is a finite number or None (dispatch.ended_ago, dispatch.started_ago)."""
     now = time.time() if now is None else now
-    return now - ended_ago if ended_ago is not None and ended_ago > LATE_END else now
+    return now - ago if ago is not None and ago > LATE_REPORT else now
 
 
 class _SeenBefore(Exception):
@@ -532,11 +533,13 @@ class Store:
             self.log_written(job_id, row["log_size"], note)
         return True
 
-    def mark_running(self, job_id: int) -> bool:
-        """The worker accepted the job; False if it was cancelled meanwhile."""
+    def mark_running(self, job_id: int, started_ago: float | None = None) -> bool:
+        """The worker accepted the job; False if it was cancelled meanwhile. `started_ago`:
+        how long before its report the worker says the run started (see reported_time)."""
         with self._waiting.moving(job_id), self._tx() as db:
             cur = db.execute("UPDATE jobs SET state = 'running', started_at = ? "
-                             "WHERE id = ? AND state = 'queued'", (time.time(), job_id))
+                             "WHERE id = ? AND state = 'queued'",
+                             (reported_time(started_ago), job_id))
         return cur.rowcount == 1
 
     def finish(self, job_id: int, state: JobState, exit_code: int | None = None,
@@ -547,7 +550,7 @@ class Store:
         (a claimed one may already run make). `note`: a line added to its log, in the same
         transaction (the controller's word on an end no worker wrote into the log).
         `ended_ago`: how long before its report the worker says the run ended (see
-        finished_time)."""
+        reported_time)."""
         assert state.ended
         states = "('queued') AND worker IS NULL" if only_waiting else "('queued', 'running')"
         with self._waiting.moving(job_id), self._tx() as db:
@@ -555,7 +558,7 @@ class Store:
                 "UPDATE jobs SET state = ?, exit_code = ?, error = ?, "
                 "finished_at = MAX(COALESCE(started_at, created_at), ?) "
                 f"WHERE id = ? AND state IN {states}",
-                (state.value, exit_code, error, finished_time(ended_ago), job_id))
+                (state.value, exit_code, error, reported_time(ended_ago), job_id))
             if cur.rowcount != 1:
                 return None
             if note:

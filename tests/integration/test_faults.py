@@ -106,7 +106,7 @@ def test_a_run_that_ended_while_no_controller_followed_it_keeps_its_end_time(sta
     runs = stack.tmp / "worker0-state" / "runs"  # (the stack's first worker)
     wait_for(lambda: any('"succeeded"' in p.read_text() for p in runs.glob("*.json")),
              what="the run to end on the worker")
-    time.sleep(3)  # more than LATE_END (2 s): the controller is back well after the end
+    time.sleep(3)  # more than LATE_REPORT (2 s): the controller is back well after the end
     restarted = time.time()
     server.start()
     job = stack.wait_state(job_id)

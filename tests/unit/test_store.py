@@ -510,13 +510,25 @@ def test_an_end_the_worker_reports_late_is_dated_back_by_that_much(store):
     assert before - 3540 <= ended.finished_at <= time.time() - 3540
 
 
-def test_how_long_ago_an_end_was_is_taken_only_beyond_late_end():
-    from trigger_server.store import LATE_END, finished_time
+def test_how_long_ago_a_start_or_end_was_is_taken_only_beyond_late_report():
+    from trigger_server.store import LATE_REPORT, reported_time
     now = 1_000_000.0
-    assert finished_time(None, now) == now
-    assert finished_time(LATE_END / 2, now) == now  # reported as it happened
-    assert finished_time(-30, now) == now  # a worker's answer from the future: no
-    assert finished_time(60, now) == now - 60
+    assert reported_time(None, now) == now
+    assert reported_time(LATE_REPORT / 2, now) == now  # reported as it happened
+    assert reported_time(-30, now) == now  # a worker's answer from the future: no
+    assert reported_time(60, now) == now - 60
+
+
+def test_a_start_reported_late_keeps_the_time_it_happened(store):
+    early, _ = store.create_job("html", {}, None, "api")
+    late, _ = store.create_job("pdf", {}, None, "api")
+    for job in (early, late):
+        assert store.claim(job.id, "http://w")
+    before = time.time()
+    assert store.mark_running(early.id, started_ago=1.0)  # as it happened: now
+    assert store.mark_running(late.id, started_ago=600)
+    assert before <= store.get_job(early.id).started_at <= time.time()
+    assert before - 600 <= store.get_job(late.id).started_at <= time.time() - 600
 
 
 def test_a_late_end_dated_before_the_start_is_the_start(store):
