@@ -118,6 +118,35 @@ def test_a_run_that_ended_while_no_controller_followed_it_keeps_its_end_time(sta
     assert finished < restarted - 2, job
 
 
+def test_a_start_the_killed_controller_never_saw_confirmed_keeps_its_time(stack):
+    """The controller is stopped while the worker reads a changed makefile for a start (1.5 s),
+    so the worker starts make and answers, and the controller is killed without having read
+    the answer: the job stays claimed. Back 3 s after the build ended, the next controller
+    asks the worker: the job's times are make's, not the restart's."""
+    ws = stack.workspace(makefile="SLOW_READ := $(shell sleep 1.5)\nquick:\n\t@echo quick\n")
+    w = stack.worker(ws)
+    server = stack.server([w])
+    assert stack.post(json={"target": "quick", "wait": True}).json()["state"] == "succeeded"
+    makefile = os.path.join(ws, "Makefile")
+    os.utime(makefile, ns=(time.time_ns(), time.time_ns() + 10**9))  # changed: read again
+    job_id = stack.trigger("quick")["id"]
+    time.sleep(0.5)  # the start is at the worker, reading the makefile
+    server.kill(signal.SIGSTOP)
+    runs = stack.tmp / "worker0-state" / "runs"
+    wait_for(lambda: any(f"-{job_id}-" in p.name and '"succeeded"' in p.read_text()
+                         for p in runs.glob("*.json")), what="the build to end on the worker")
+    server.kill(signal.SIGKILL)
+    time.sleep(3)  # more than LATE_REPORT (2 s)
+    server.start()
+    job = stack.wait_state(job_id)
+    (record,) = [p for p in runs.glob("*.json") if f"-{job_id}-" in p.name]
+    run = json.loads(record.read_text().splitlines()[-1])  # (one clock here: the worker's)
+    assert job["state"] == "succeeded"
+    for field in ("started_at", "finished_at"):
+        recorded = datetime.fromisoformat(job[field].replace("Z", "+00:00")).timestamp()
+        assert abs(recorded - run[field]) < 0.5, (field, job, run)
+
+
 def test_a_second_controller_on_the_same_database_refuses_to_serve(stack):
     """Two dispatchers on one database started, cancelled and joined jobs behind each other's
     backs (a cancel through one was a 202 that did nothing). The second waits for the first to
