@@ -4,8 +4,9 @@ The dispatcher's state (what is being started, followed, cancelled) lives in its
 second controller on the same database would start, cancel and join jobs behind the first one's
 back. The serving process holds an exclusive lock on `<database>.lock` for as long as it runs,
 taken before the app opens the database (trigger_server.serving_app: opening it adds a
-newer version's columns); another waits for it a while (a restarting controller's predecessor may
-still be finishing its requests), then gives up naming the holder.
+newer version's columns); another waits for it a while (a restarting controller's predecessor
+may still be finishing its requests), then gives up naming the holder, or stops waiting when
+told to stop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -33,26 +36,48 @@ def hold(db_path: str, wait: float = WAIT) -> int:
     except OSError as exc:
         raise DatabaseInUse(f"cannot create {path}: {exc.strerror}") from None
     deadline = time.monotonic() + wait
-    told = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            holder = _holder(fd)
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise DatabaseInUse(f"database {db_path} is in use by another controller "
-                                    f"(pid {holder} on its host); one controller per database"
-                                    ) from None
-            if not told:
-                log.warning("database %s is in use by another controller (pid %s); waiting "
-                            "up to %g s for it to stop", db_path, holder, wait)
-                told = True
-            time.sleep(0.2)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    waiting, sigterm = False, None  # (sigterm: the handler the wait replaced)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _holder(fd)
+                if time.monotonic() >= deadline:
+                    raise DatabaseInUse(f"database {db_path} is in use by another controller "
+                                        f"(pid {holder} on its host); one controller per "
+                                        "database") from None
+                if not waiting:
+                    log.warning("database %s is in use by another controller (pid %s); "
+                                "waiting up to %g s for it to stop", db_path, holder, wait)
+                    waiting, sigterm = True, _stop_on_sigterm()
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     return fd
+
+
+def _stop_on_sigterm():
+    """A process told to stop while it waits (gunicorn passes the SIGTERM of `docker stop` on
+    to its worker, whose own handler only marks it as stopping) stops waiting and exits,
+    rather than take the database later and start serving in the middle of its shutdown.
+    Returns the handler it replaced (None if it did not: only the main thread can)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _exit)
+    return signal.SIG_DFL if previous is None else previous  # (None: set outside Python)
+
+
+def _exit(signum, frame):
+    raise SystemExit(0)
 
 
 def _holder(fd: int) -> str:

@@ -4,6 +4,7 @@ thread starts after the fork."""
 
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -28,6 +29,11 @@ def post_worker_init(worker):
     """Start the dispatcher, the scheduler, the checkpointer, the history's pruner (with
     TRIGGER_KEEP_JOBS) and (if anything is to be sent) the notifier in the serving process
     (threads do not survive a fork). The app holds its database already (serving_app)."""
+    if worker.wsgi.extensions.get("db_lock") is None:  # gunicorn run by hand on create_app()
+        logging.getLogger("trigger_server").error(
+            "cannot serve: the app was made without its database lock; serve "
+            "trigger_server:serving_app() (what trigger-server does)")
+        sys.exit(3)  # gunicorn's "failed to boot": the master stops too, not retrying
     tune_interpreter()
     _warn_if_open(worker.cfg.bind, worker.wsgi.config["API_TOKEN"])
     threading.Thread(target=_answer_waits_on_stop, args=(worker,), name="stop-watch",

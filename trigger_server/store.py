@@ -19,6 +19,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -273,12 +274,30 @@ class Waiting:
         return mine
 
 
+# Stores and the connections their threads opened before a fork (os.register_at_fork below).
+_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+_INHERITED: list[threading.local] = []
+
+
+def _forget_connections_after_fork() -> None:
+    """In a forked child (gunicorn's worker, when the app was loaded in its master with
+    --preload), each Store opens connections of its own: SQLite's connections must not be
+    used across a fork, nor closed in the child, so those it inherited are kept, untouched."""
+    for store in list(_STORES):
+        _INHERITED.append(store._local)
+        store._local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
 class Store:
     def __init__(self, path: str, max_log_bytes: int = 0, busy_timeout: float = 10.0):
         self.path = path
         self.max_log_bytes = max_log_bytes
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        _STORES.add(self)
         self._waiting = Waiting()
         self._deliveries_pruned = 0.0  # when old webhook delivery ids were last forgotten
         # Told each stored log piece once committed: (job id, its offset, the bytes stored).
@@ -535,10 +554,11 @@ class Store:
 
     def mark_running(self, job_id: int, started_ago: float | None = None) -> bool:
         """The worker accepted the job; False if it was cancelled meanwhile. `started_ago`:
-        how long before its report the worker says the run started (see reported_time)."""
+        how long before its report the worker says the run started (see reported_time; never
+        before the job was made, whatever a worker's clock did meanwhile)."""
         with self._waiting.moving(job_id), self._tx() as db:
-            cur = db.execute("UPDATE jobs SET state = 'running', started_at = ? "
-                             "WHERE id = ? AND state = 'queued'",
+            cur = db.execute("UPDATE jobs SET state = 'running', "
+                             "started_at = MAX(created_at, ?) WHERE id = ? AND state = 'queued'",
                              (reported_time(started_ago), job_id))
         return cur.rowcount == 1
 

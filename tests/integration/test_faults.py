@@ -6,6 +6,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import types
@@ -130,12 +131,15 @@ def test_a_start_the_killed_controller_never_saw_confirmed_keeps_its_time(stack)
     makefile = os.path.join(ws, "Makefile")
     os.utime(makefile, ns=(time.time_ns(), time.time_ns() + 10**9))  # changed: read again
     job_id = stack.trigger("quick")["id"]
-    time.sleep(0.5)  # the start is at the worker, reading the makefile
+    wait_for(lambda: pids_of("sleep 1.5"), what="the worker to read the makefile for the start")
     server.kill(signal.SIGSTOP)
     runs = stack.tmp / "worker0-state" / "runs"
     wait_for(lambda: any(f"-{job_id}-" in p.name and '"succeeded"' in p.read_text()
                          for p in runs.glob("*.json")), what="the build to end on the worker")
     server.kill(signal.SIGKILL)
+    with sqlite3.connect(stack.tmp / "trigger.db") as db:  # claimed, its start unconfirmed
+        assert db.execute("SELECT state, worker IS NOT NULL FROM jobs WHERE id = ?",
+                          (job_id,)).fetchone() == ("queued", 1)
     time.sleep(3)  # more than LATE_REPORT (2 s)
     server.start()
     job = stack.wait_state(job_id)
@@ -183,28 +187,45 @@ def test_a_controller_waiting_for_the_database_leaves_its_schema_alone(stack):
     env = {"TRIGGER_WORKERS": w.url, "TRIGGER_DB": path, "TRIGGER_WORKER_TOKEN": TOKEN}
     held = db_lock.hold(path)  # as the controller serving from it would
     try:
-        # gunicorn's --preload loads the app in its master, before any hook: it waits too,
-        # and Ctrl-C stops a waiting controller at once.
+        # gunicorn's --preload loads the app in its master, before any hook: it waits too.
+        # A waiting controller stops at once on Ctrl-C, and on the SIGTERM of `docker stop`
+        # (to gunicorn's master, which passes it on), without taking the database first.
         preloaded = Proc("trigger_server", {**env, "GUNICORN_CMD_ARGS": "--preload"},
                          str(stack.tmp / "preloaded.log"))
-        stack.procs.append(preloaded)
+        stopped = Proc("trigger_server", env, str(stack.tmp / "stopped.log"))
         server = Proc("trigger_server", env, str(stack.tmp / "waiting.log"))
-        stack.procs.append(server)
-        for proc in (preloaded, server):
+        for proc in (preloaded, stopped, server):
+            stack.procs.append(proc)
             proc.start(wait=False)
             wait_for(lambda p=proc: "in use by another controller" in p.output(),
                      what="the controller to wait for the database")
         time.sleep(0.5)
         assert "cancel_requested" not in columns()
-        assert server.proc.poll() is None and preloaded.proc.poll() is None
+        assert all(p.proc.poll() is None for p in (preloaded, stopped, server))
         os.killpg(preloaded.proc.pid, signal.SIGINT)
+        stopped.proc.send_signal(signal.SIGTERM)
         preloaded.proc.wait(5)
+        stopped.proc.wait(5)
+        assert "cancel_requested" not in columns()
     finally:
         os.close(held)
     server.wait_ready()
     assert "cancel_requested" in columns()
     stack.url = server.url
     assert stack.post(json={"target": "ok", "wait": True}).json()["state"] == "succeeded"
+
+
+def test_gunicorn_run_by_hand_on_an_app_without_its_database_lock_refuses_to_serve(stack):
+    """`trigger_server:create_app()` opens the database without the lock (serving_app takes
+    it): under the package's gunicorn settings it exits 3, saying what to serve instead."""
+    conf = os.path.join(os.path.dirname(db_lock.__file__), "gunicorn_conf.py")
+    env = {**os.environ, "TRIGGER_WORKERS": "http://127.0.0.1:9", "TRIGGER_WORKER_TOKEN": TOKEN,
+           "TRIGGER_DB": str(stack.tmp / "by-hand.db")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--config", conf, "--bind", "127.0.0.1:0",
+         "trigger_server:create_app()"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3, done.stderr
+    assert "serve trigger_server:serving_app()" in done.stderr
 
 
 def _waiting_for_a_build(stack) -> tuple[threading.Thread, list, int]:

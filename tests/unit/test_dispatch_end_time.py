@@ -49,6 +49,8 @@ def test_a_start_the_killed_controller_never_saw_confirmed_keeps_its_time(tmp_pa
     store = Store(str(tmp_path / "t.db"))
     job, _ = store.create_job("html", {}, None, "api")
     assert store.claim(job.id, "http://w:8000")  # ... and the controller was killed
+    with store._tx() as db:  # (made before the run started)
+        db.execute("UPDATE jobs SET created_at = created_at - 3600")
     client = EndedLongAgo()
     pool = WorkerPool([], client)
     worker = Worker(url="http://w:8000", name="w", configured="http://w:8000", healthy=True)

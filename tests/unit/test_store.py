@@ -1,6 +1,7 @@
 """The SQLite store: jobs, coalescing, guarded state changes, and logs by byte offset."""
 
 import dataclasses
+import os
 import sqlite3
 import threading
 import time
@@ -294,6 +295,27 @@ def test_a_database_a_newer_version_added_columns_to_still_serves_this_one(tmp_p
     assert ended.state is JobState.SUCCEEDED and not hasattr(ended, "priority")
 
 
+def test_a_forked_child_opens_connections_of_its_own(tmp_path):
+    """gunicorn's worker, when the app was loaded in its master (--preload): SQLite's
+    connections must not be used across a fork."""
+    store = Store(str(tmp_path / "t.db"))
+    job, _ = store.create_job("html", {}, None, "api")
+    parents = id(store._conn())
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if all went as it should
+        code = 1
+        try:
+            fresh = store._conn()
+            ok = id(fresh) != parents and store.get_job(job.id).target == "html"
+            ok = ok and store.claim(job.id, "http://w:8000")  # a write, seen by the parent
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert id(store._conn()) == parents and store.get_job(job.id).worker == "http://w:8000"
+
+
 def test_a_log_table_made_by_an_older_version_is_moved_to_the_faster_layout(tmp_path):
     path = str(tmp_path / "old.db")
     store = Store(path)
@@ -524,11 +546,16 @@ def test_a_start_reported_late_keeps_the_time_it_happened(store):
     late, _ = store.create_job("pdf", {}, None, "api")
     for job in (early, late):
         assert store.claim(job.id, "http://w")
+    with store._tx() as db:  # made an hour ago (a start is never dated before that)
+        db.execute("UPDATE jobs SET created_at = created_at - 3600")
     before = time.time()
     assert store.mark_running(early.id, started_ago=1.0)  # as it happened: now
     assert store.mark_running(late.id, started_ago=600)
     assert before <= store.get_job(early.id).started_at <= time.time()
     assert before - 600 <= store.get_job(late.id).started_at <= time.time() - 600
+    stepped, _ = store.create_job("doc", {}, None, "api")  # a worker clock stepped forward
+    assert store.claim(stepped.id, "http://w") and store.mark_running(stepped.id, 10**6)
+    assert store.get_job(stepped.id).started_at == stepped.created_at
 
 
 def test_a_late_end_dated_before_the_start_is_the_start(store):
