@@ -63,6 +63,17 @@ def started_ago(run: dict) -> float | None:
     return _ago(run, "started_at")
 
 
+def changed_here(event: dict) -> float | None:
+    """When a worker's watch event says its files changed, on this controller's clock (as the
+    jobs' started_at it is compared with): the worker's `now` minus its `changed_at` is how
+    long ago, by the worker's own clock, which may differ from ours (another Swarm host). An
+    older worker's event has no `now`: its changed_at as it is."""
+    ago = _ago(event, "changed_at")
+    if ago is None:
+        return json_numbers.finite(event.get("changed_at"))
+    return time.time() - max(ago, 0.0)
+
+
 def _ago(run: dict, field: str) -> float | None:
     now, then = json_numbers.finite(run.get("now")), json_numbers.finite(run.get(field))
     return None if now is None or then is None else json_numbers.finite(now - then)
@@ -719,7 +730,7 @@ class Dispatcher:
         workspace each ask for the same edit; the first request's build may already run)."""
         target = rules.check_target_syntax(event.get("target"))
         paths = ", ".join(event.get("paths", [])[:5])
-        changed_at = json_numbers.finite(event.get("changed_at"))
+        changed_at = changed_here(event)
         with self._watch_lock:  # health checks of several workers run in parallel
             if changed_at is not None:
                 covering = self.store.build_since(target, worker.name, changed_at)

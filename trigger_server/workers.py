@@ -482,7 +482,7 @@ class WorkerPool:
         for event in watch.get("events", []):
             if event["seq"] > worker.watch_ack:
                 try:
-                    self.on_watch(worker, event)
+                    self.on_watch(worker, {**event, "now": watch.get("now")})
                 except StoreError as exc:  # taken again at the next check: not acknowledged
                     log.error("file change from %s not queued yet: %s", worker.url, exc)
                     return

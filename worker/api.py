@@ -134,7 +134,8 @@ def healthz():
         ack = rules.parse_natural(request.args.get("ack", "0"), MAX_OFFSET)
         if ack is None:
             abort(400, f"ack must be an integer from 0 to {MAX_OFFSET} (the last seq taken)")
-        body["watch"] = {"boot": watcher.boot, "events": watcher.pending(ack)}
+        # `now`: this worker's clock, which the events' changed_at are on (as in _run_json)
+        body["watch"] = {"boot": watcher.boot, "events": watcher.pending(ack), "now": time.time()}
     return jsonify(body)
 
 

@@ -1,10 +1,13 @@
-"""How long before its answer a worker says a run started or ended: by the worker's clock
-alone; and a controller that finds a run its predecessor started (or ended) while nobody
-followed it keeps those times, not the time it came back."""
+"""How long before its answer a worker says a run started or ended, or its files changed: by
+the worker's clock alone (another host's may differ); a controller that finds a run its
+predecessor started (or ended) while nobody followed it keeps those times, not the time it came
+back; and a file change is compared with the builds on the controller's clock."""
 
 import time
 
-from trigger_server.dispatch import Dispatcher, ended_ago, started_ago
+import pytest
+
+from trigger_server.dispatch import Dispatcher, changed_here, ended_ago, started_ago
 from trigger_server.store import JobState, Store
 from trigger_server.workers import Worker, WorkerClient, WorkerPool
 
@@ -63,3 +66,36 @@ def test_a_start_the_killed_controller_never_saw_confirmed_keeps_its_time(tmp_pa
     assert ended.state is JobState.SUCCEEDED
     assert before - 100 <= ended.started_at <= time.time() - 100
     assert before - 40 <= ended.finished_at <= time.time() - 40
+
+
+def test_a_file_change_is_placed_on_the_controllers_clock():
+    now = time.time()
+    ahead = changed_here({"changed_at": now + 3600 - 5, "now": now + 3600})
+    assert now - 5 <= ahead <= time.time() - 5
+    assert changed_here({"changed_at": 1_000.0}) == 1_000.0  # an older worker: as it is
+    future = changed_here({"changed_at": now + 10, "now": now})  # a clock stepped back
+    assert now <= future <= time.time()
+    assert changed_here({"changed_at": "soon", "now": now}) is None
+
+
+@pytest.mark.parametrize(("worker_clock", "builds"), [(3600, 1), (-3600, 2)])
+def test_replicas_on_hosts_whose_clocks_differ_build_each_edit_once(tmp_path, worker_clock,
+                                                                    builds):
+    """A build of `lesson` started 2 s ago. A replica reports an edit: made 5 s ago, it is
+    that build's (no new one); made 1 s ago, it needs a build. The replica's clock is an hour
+    ahead (its changed_at looked later than the build's start: a second build) or behind (it
+    looked older: the edit was never built)."""
+    store = Store(str(tmp_path / "t.db"))
+    pool = WorkerPool([], WorkerClient("token"))
+    dispatcher = Dispatcher(store, pool, pool.client)  # (its threads not started)
+    running, _ = store.create_job("lesson", {}, "w", "watch")
+    assert store.claim(running.id, "http://w:8000") and store.mark_running(running.id)
+    with store._tx() as db:
+        db.execute("UPDATE jobs SET started_at = ?, created_at = ?",
+                   (time.time() - 2, time.time() - 3))
+    worker = Worker(url="http://w:8000", name="w", configured="http://w:8000", healthy=True)
+    worker_now = time.time() + worker_clock
+    age = 5 if builds == 1 else 1
+    dispatcher._watched(worker, {"target": "lesson", "paths": ["src/a.Rmd"],
+                                 "changed_at": worker_now - age, "now": worker_now})
+    assert len(store.list_jobs()) == builds
