@@ -49,9 +49,9 @@ def hold(db_path: str, wait: float = WAIT) -> int:
                                         f"(pid {holder} on its host); one controller per "
                                         "database") from None
                 if not waiting:
+                    waiting, sigterm = True, _stop_on_sigterm()
                     log.warning("database %s is in use by another controller (pid %s); "
                                 "waiting up to %g s for it to stop", db_path, holder, wait)
-                    waiting, sigterm = True, _stop_on_sigterm()
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -61,13 +61,16 @@ def hold(db_path: str, wait: float = WAIT) -> int:
     finally:
         if sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
+            if callable(sigterm):  # as gunicorn sets its handlers: system calls go on after it
+                signal.siginterrupt(signal.SIGTERM, False)
     return fd
 
 
 def _stop_on_sigterm():
-    """A process told to stop while it waits (gunicorn passes the SIGTERM of `docker stop` on
-    to its worker, whose own handler only marks it as stopping) stops waiting and exits,
-    rather than take the database later and start serving in the middle of its shutdown.
+    """A process told to stop while it waits stops waiting and exits, rather than take the
+    database later and start serving in the middle of its shutdown: gunicorn's master under
+    --preload, which has no handler of its own yet (as PID 1 in a container, SIGTERM without a
+    handler is ignored); its worker exits by itself (gunicorn_worker.ControllerWorker).
     Returns the handler it replaced (None if it did not: only the main thread can)."""
     if threading.current_thread() is not threading.main_thread():
         return None

@@ -1,6 +1,6 @@
 """gunicorn settings for the controller: one process (gthread, with worker/gthread_linger.py's
-change), because the dispatcher and the jobs it follows are in-process state. The dispatcher
-thread starts after the fork."""
+change and trigger_server/gunicorn_worker.py's), because the dispatcher and the jobs it follows
+are in-process state. The dispatcher thread starts after the fork."""
 
 import logging
 import os
@@ -12,7 +12,7 @@ from worker.serving import NO_FORWARDING, setup_logging, tune_interpreter
 
 bind = os.environ.get("TRIGGER_BIND") or "0.0.0.0:8080"
 workers = 1  # never more: one dispatcher per database
-worker_class = "worker.gthread_linger.LingeringThreadWorker"  # gthread, see there
+worker_class = "trigger_server.gunicorn_worker.ControllerWorker"  # gthread, see there
 threads = int(os.environ.get("TRIGGER_THREADS") or "16")
 timeout = 30
 graceful_timeout = 10

@@ -274,21 +274,25 @@ class Waiting:
         return mine
 
 
-# Stores and the connections their threads opened before a fork (os.register_at_fork below).
 _STORES: weakref.WeakSet[Store] = weakref.WeakSet()
-_INHERITED: list[threading.local] = []
 
 
-def _forget_connections_after_fork() -> None:
-    """In a forked child (gunicorn's worker, when the app was loaded in its master with
-    --preload), each Store opens connections of its own: SQLite's connections must not be
-    used across a fork, nor closed in the child, so those it inherited are kept, untouched."""
+def _close_connections_before_fork() -> None:
+    """Before a fork (gunicorn's master forking its worker, when it loaded the app itself with
+    --preload) the forking thread's connections are closed; it opens new ones when it needs
+    them. SQLite's connections must not be used across a fork, nor even closed in the child;
+    and a child that opened its own beside an inherited one took no file locks of its own
+    (SQLite keeps them per process), so a checkpoint by another process could delete a WAL
+    the child still wrote to. (Other threads' connections cross a fork as they are: nothing
+    here forks with more than one thread.)"""
     for store in list(_STORES):
-        _INHERITED.append(store._local)
-        store._local = threading.local()
+        db = getattr(store._local, "db", None)
+        if db is not None:
+            store._local.db = None
+            db.close()
 
 
-os.register_at_fork(after_in_child=_forget_connections_after_fork)
+os.register_at_fork(before=_close_connections_before_fork)
 
 
 class Store:

@@ -124,14 +124,14 @@ def test_a_start_the_killed_controller_never_saw_confirmed_keeps_its_time(stack)
     so the worker starts make and answers, and the controller is killed without having read
     the answer: the job stays claimed. Back 3 s after the build ended, the next controller
     asks the worker: the job's times are make's, not the restart's."""
-    ws = stack.workspace(makefile="SLOW_READ := $(shell sleep 1.5)\nquick:\n\t@echo quick\n")
+    ws = stack.workspace(makefile="SLOW_READ := $(shell sleep 1.517)\nquick:\n\t@echo quick\n")
     w = stack.worker(ws)
     server = stack.server([w])
     assert stack.post(json={"target": "quick", "wait": True}).json()["state"] == "succeeded"
     makefile = os.path.join(ws, "Makefile")
     os.utime(makefile, ns=(time.time_ns(), time.time_ns() + 10**9))  # changed: read again
     job_id = stack.trigger("quick")["id"]
-    wait_for(lambda: pids_of("sleep 1.5"), what="the worker to read the makefile for the start")
+    wait_for(lambda: pids_of("sleep 1.517"), what="the worker to read the makefile for the start")
     server.kill(signal.SIGSTOP)
     runs = stack.tmp / "worker0-state" / "runs"
     wait_for(lambda: any(f"-{job_id}-" in p.name and '"succeeded"' in p.read_text()
@@ -190,6 +190,13 @@ def test_a_controller_waiting_for_the_database_leaves_its_schema_alone(stack):
         # gunicorn's --preload loads the app in its master, before any hook: it waits too.
         # A waiting controller stops at once on Ctrl-C, and on the SIGTERM of `docker stop`
         # (to gunicorn's master, which passes it on), without taking the database first.
+        early = Proc("trigger_server", env, str(stack.tmp / "early.log"))  # still importing
+        stack.procs.append(early)
+        early.start(wait=False)
+        wait_for(lambda: "Booting worker" in early.output(), interval=0.005,
+                 what="gunicorn to start its worker")
+        early.proc.send_signal(signal.SIGTERM)
+        early.proc.wait(5)
         preloaded = Proc("trigger_server", {**env, "GUNICORN_CMD_ARGS": "--preload"},
                          str(stack.tmp / "preloaded.log"))
         stopped = Proc("trigger_server", env, str(stack.tmp / "stopped.log"))

@@ -50,7 +50,7 @@ def test_sigterm_stops_a_process_waiting_for_the_lock(tmp_path):
              "signal.signal(signal.SIGTERM, lambda *_: print('marked')); "
              "from trigger_server import db_lock; db_lock.hold(sys.argv[1]); print('held')",
              path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = waiting.stderr.readline()
+        line = waiting.stderr.readline()  # (its handler is in place before it says so)
         assert "in use by another controller" in line, line
         stopped = time.monotonic()
         waiting.send_signal(signal.SIGTERM)
@@ -59,3 +59,6 @@ def test_sigterm_stops_a_process_waiting_for_the_lock(tmp_path):
         assert time.monotonic() - stopped < 2
     finally:
         os.close(held)
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()

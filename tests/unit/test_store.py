@@ -297,23 +297,30 @@ def test_a_database_a_newer_version_added_columns_to_still_serves_this_one(tmp_p
 
 def test_a_forked_child_opens_connections_of_its_own(tmp_path):
     """gunicorn's worker, when the app was loaded in its master (--preload): SQLite's
-    connections must not be used across a fork."""
+    connections must not cross a fork, so the forking thread's are closed before it."""
     store = Store(str(tmp_path / "t.db"))
     job, _ = store.create_job("html", {}, None, "api")
-    parents = id(store._conn())
+    before = store._conn()
     pid = os.fork()
     if pid == 0:  # the child: exit status 0 only if all went as it should
         code = 1
         try:
-            fresh = store._conn()
-            ok = id(fresh) != parents and store.get_job(job.id).target == "html"
+            ok = store._conn() is not before and store.get_job(job.id).target == "html"
             ok = ok and store.claim(job.id, "http://w:8000")  # a write, seen by the parent
             code = 0 if ok else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert id(store._conn()) == parents and store.get_job(job.id).worker == "http://w:8000"
+    deadline = time.monotonic() + 10
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # (a child stuck for good would otherwise hang the suite)
+    if ended[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not end")
+    assert os.waitstatus_to_exitcode(ended[1]) == 0
+    with pytest.raises(sqlite3.ProgrammingError):  # closed before the fork
+        before.execute("SELECT 1")
+    assert store.get_job(job.id).worker == "http://w:8000"  # (on a new connection)
 
 
 def test_a_log_table_made_by_an_older_version_is_moved_to_the_faster_layout(tmp_path):
