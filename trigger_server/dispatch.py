@@ -65,10 +65,13 @@ def started_ago(run: dict) -> float | None:
 
 def changed_here(event: dict) -> float | None:
     """When a worker's watch event says its files changed, on this controller's clock (as the
-    jobs' started_at it is compared with): the worker's `now` minus its `changed_at` is how
-    long ago, by the worker's own clock, which may differ from ours (another Swarm host). An
-    older worker's event has no `now`: its changed_at as it is."""
-    ago = _ago(event, "changed_at")
+    jobs' started_at it is compared with), by how long ago the worker says it was: its
+    `changed_ago` (its monotonic clock), or its `now` minus its `changed_at` (its wall clock,
+    from a worker before `changed_ago`); either may differ from ours (another Swarm host). An
+    event with neither: its changed_at as it is."""
+    ago = json_numbers.finite(event.get("changed_ago"))
+    if ago is None:
+        ago = _ago(event, "changed_at")
     if ago is None:
         return json_numbers.finite(event.get("changed_at"))
     return time.time() - max(ago, 0.0)

@@ -175,7 +175,7 @@ class Watcher:
                     at = time.time()  # changed_at: the last change, on the same clock
                     self._events.append({"seq": self._seq, "target": target,
                                          "paths": sorted(paths)[:20], "at": at,
-                                         "changed_at": at - (now - last)})
+                                         "changed_at": at - (now - last), "_last": last})
                     log.info("changes to %s: requesting %s", ", ".join(sorted(paths)[:5]), target)
                 del self._events[:-KEEP_EVENTS]
             if self._changed:
@@ -184,7 +184,12 @@ class Watcher:
 
     # --- requests out ---------------------------------------------------------------------------
     def pending(self, ack: int) -> list[dict]:
-        """Requests newer than `ack`; the ones up to `ack` were taken and are forgotten."""
+        """Requests newer than `ack`; the ones up to `ack` were taken and are forgotten. Each
+        says how long ago its files last changed (`changed_ago`, on the monotonic clock: the
+        controller places the change on its own clock by it, whatever this host's clock says
+        or does meanwhile) and when (`changed_at`, this host's clock, for older controllers)."""
+        now = time.monotonic()
         with self._lock:
             self._events = [e for e in self._events if e["seq"] > ack]
-            return list(self._events)
+            return [{**{k: v for k, v in e.items() if k != "_last"},
+                     "changed_ago": now - e["_last"]} for e in self._events]

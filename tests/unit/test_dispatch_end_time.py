@@ -76,6 +76,9 @@ def test_a_file_change_is_placed_on_the_controllers_clock():
     future = changed_here({"changed_at": now + 10, "now": now})  # a clock stepped back
     assert now <= future <= time.time()
     assert changed_here({"changed_at": "soon", "now": now}) is None
+    # a worker's own monotonic age comes first (a wall clock stepped meanwhile: no matter)
+    told = changed_here({"changed_at": now - 3600, "now": now, "changed_ago": 7.0})
+    assert now - 7 <= told <= time.time() - 7
 
 
 @pytest.mark.parametrize(("worker_clock", "builds"), [(3600, 1), (-3600, 2)])
@@ -96,6 +99,6 @@ def test_replicas_on_hosts_whose_clocks_differ_build_each_edit_once(tmp_path, wo
     worker = Worker(url="http://w:8000", name="w", configured="http://w:8000", healthy=True)
     worker_now = time.time() + worker_clock
     age = 5 if builds == 1 else 1
-    dispatcher._watched(worker, {"target": "lesson", "paths": ["src/a.Rmd"],
-                                 "changed_at": worker_now - age, "now": worker_now})
+    dispatcher._watched(worker, {"target": "lesson", "paths": ["src/a.Rmd"],  # (no changed_ago:
+                                 "changed_at": worker_now - age, "now": worker_now})  # older)
     assert len(store.list_jobs()) == builds

@@ -39,6 +39,29 @@ def test_a_zero_debounce_sleeps_until_a_change_instead_of_spinning(tmp_path):
         watcher.stop()
 
 
+def test_a_request_says_how_long_ago_its_files_changed(tmp_path):
+    """By the monotonic clock, as each answer is given: the controller places the change on
+    its own clock by it (trigger_server.dispatch.changed_here)."""
+    idle = types.SimpleNamespace(active=lambda: [], last_end=0.0)
+    watcher = Watcher(str(tmp_path), parse("*.txt hello"), idle, debounce=0.2)
+    try:
+        watcher.start()
+        time.sleep(0.3)
+        (tmp_path / "a.txt").write_text("x")
+        deadline = time.monotonic() + 10
+        while not watcher.pending(0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (first,) = watcher.pending(0)
+        time.sleep(0.2)
+        (later,) = watcher.pending(0)
+        assert set(first) == {"seq", "target", "paths", "at", "changed_at", "changed_ago"}
+        assert 0.2 <= first["changed_ago"] < 5
+        assert later["changed_ago"] >= first["changed_ago"] + 0.2
+        assert first["changed_at"] <= time.time() - 0.2
+    finally:
+        watcher.stop()
+
+
 def test_a_file_change_the_database_could_not_queue_is_taken_again(tmp_path):
     """The watch request was acknowledged before it was queued: a locked database lost it
     (the worker forgets what the controller acknowledged at its next health check)."""
