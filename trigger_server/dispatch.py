@@ -528,11 +528,10 @@ class Dispatcher:
         """Whether the worker started the job's run, and the run as it answered (None if it
         did not), after a start whose answer was lost (its connection closed): asked again
         for `seconds` while the worker does not answer, or answers that a start of it is under
-        way for a sender that still waits. Asked, the
-        worker gives up a start of the run whose sender has gone (`Runner.get`), so "unknown"
-        means it never starts there and the job may go to another worker. None if it could not
-        be told: the job is then ended `lost` (or, the controller stopping, left claimed for
-        the next one to ask)."""
+        way for a sender that still waits. Asked, the worker gives up a start of the run whose
+        sender has gone (`Runner.get`), so "unknown" means it never starts there and the job
+        may go to another worker. None if it could not be told: the job is then ended `lost`
+        (or, the controller stopping, left claimed for the next one to ask)."""
         deadline = time.monotonic() + seconds
         while True:
             try:
