@@ -36,13 +36,14 @@ def post_worker_init(worker):
         sys.exit(3)  # gunicorn's "failed to boot": the master stops too, not retrying
     tune_interpreter()
     _warn_if_open(worker.cfg.bind, worker.wsgi.config["API_TOKEN"])
-    threading.Thread(target=_answer_waits_on_stop, args=(worker,), name="stop-watch",
-                     daemon=True).start()
     worker.wsgi.extensions["checkpointer"].start()
     worker.wsgi.extensions["notifier"].start_if_pending()
     worker.wsgi.extensions["dispatcher"].start()
     worker.wsgi.extensions["scheduler"].start()
     worker.wsgi.extensions["pruner"].start()
+    # Last: what it stops must have started (a stop before a start would not hold).
+    threading.Thread(target=_answer_waits_on_stop, args=(worker,), name="stop-watch",
+                     daemon=True).start()
 
 
 def _warn_if_open(binds: list[str], api_token: str) -> None:

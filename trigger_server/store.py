@@ -283,13 +283,20 @@ def _close_connections_before_fork() -> None:
     them. SQLite's connections must not be used across a fork, nor even closed in the child;
     and a child that opened its own beside an inherited one took no file locks of its own
     (SQLite keeps them per process), so a checkpoint by another process could delete a WAL
-    the child still wrote to. (Other threads' connections cross a fork as they are: nothing
-    here forks with more than one thread.)"""
+    the child still wrote to. One in a transaction is left open (closing it would lose the
+    transaction), with a warning. Only the forking thread's: a process whose Stores other
+    threads use must not fork (CPython closes those threads' connections in the child). The
+    one fork here is gunicorn's master, which has one thread."""
     for store in list(_STORES):
         db = getattr(store._local, "db", None)
-        if db is not None:
-            store._local.db = None
-            db.close()
+        if db is None:
+            continue
+        if db.in_transaction:
+            log.warning("a fork in the middle of a transaction on %s: its connection goes on "
+                        "in both processes", store.path)
+            continue
+        store._local.db = None
+        db.close()
 
 
 os.register_at_fork(before=_close_connections_before_fork)

@@ -8,9 +8,10 @@ been quiet for `WORKER_WATCH_DEBOUNCE` seconds, so saving ten files means one bu
 while a build holds the workspace, or just after one ended, are the build's own and are ignored.
 
 The controller collects the requests through the worker's health checks (`GET /healthz?ack=N`),
-so the worker needs to know nothing about the controller. Each request says when its files last
-changed (`changed_at`): replicas sharing a workspace all see one edit, and the controller starts
-one build for it, not one per replica.
+so the worker needs to know nothing about the controller. Each request says how long ago its
+files last changed (`changed_ago`, by the monotonic clock as it is answered; and `changed_at`):
+replicas sharing a workspace all see one edit, and the controller starts one build for it, not
+one per replica.
 """
 
 from __future__ import annotations
@@ -188,8 +189,8 @@ class Watcher:
         says how long ago its files last changed (`changed_ago`, on the monotonic clock: the
         controller places the change on its own clock by it, whatever this host's clock says
         or does meanwhile) and when (`changed_at`, this host's clock, for older controllers)."""
-        now = time.monotonic()
         with self._lock:
+            now = time.monotonic()
             self._events = [e for e in self._events if e["seq"] > ack]
             return [{**{k: v for k, v in e.items() if k != "_last"},
                      "changed_ago": now - e["_last"]} for e in self._events]

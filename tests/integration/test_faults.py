@@ -190,7 +190,7 @@ def test_a_controller_waiting_for_the_database_leaves_its_schema_alone(stack):
         # gunicorn's --preload loads the app in its master, before any hook: it waits too.
         # A waiting controller stops at once on Ctrl-C, and on the SIGTERM of `docker stop`
         # (to gunicorn's master, which passes it on), without taking the database first.
-        early = Proc("trigger_server", env, str(stack.tmp / "early.log"))  # still importing
+        early = Proc("trigger_server", env, str(stack.tmp / "early.log"))  # as it boots
         stack.procs.append(early)
         early.start(wait=False)
         wait_for(lambda: "Booting worker" in early.output(), interval=0.005,

@@ -323,6 +323,20 @@ def test_a_forked_child_opens_connections_of_its_own(tmp_path):
     assert store.get_job(job.id).worker == "http://w:8000"  # (on a new connection)
 
 
+def test_a_fork_in_the_middle_of_a_transaction_leaves_it_alone(tmp_path, caplog):
+    """Closing that connection before the fork would lose the transaction."""
+    store = Store(str(tmp_path / "t.db"))
+    with store._tx() as db:
+        db.execute("INSERT INTO meta (key, value) VALUES ('forked', 'in a transaction')")
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)  # (the child touches nothing)
+        os.waitpid(pid, 0)
+    assert store._read("SELECT value FROM meta WHERE key = 'forked'")[0][0] == (
+        "in a transaction")
+    assert "a fork in the middle of a transaction" in caplog.text
+
+
 def test_a_log_table_made_by_an_older_version_is_moved_to_the_faster_layout(tmp_path):
     path = str(tmp_path / "old.db")
     store = Store(path)
