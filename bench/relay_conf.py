@@ -1,5 +1,7 @@
 """gunicorn settings of the `relay` row's two apps: those of maketrigger's servers
-(trigger_server/gunicorn_conf.py, worker/gunicorn_conf.py), so the row differs in the app only."""
+(trigger_server/gunicorn_conf.py, worker/gunicorn_conf.py), so the row differs in the app only.
+(The controller's worker class adds to this one only an exit when stopped before it has booted:
+trigger_server/gunicorn_worker.py.)"""
 
 from worker.serving import NO_FORWARDING, tune_interpreter
 
